@@ -1,0 +1,139 @@
+//! Every error that reaches a client is mapped here, once, to a status and to
+//! the error shape of the API it came through: OpenAI's
+//! `{"error":{"message","type","code"}}` on `/v1`, KServe v2's `{"error":"…"}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::models::ModelError;
+
+/// What went wrong, independent of the API's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The request is malformed or its values are out of range.
+    BadRequest(String),
+    /// The body is over the limit (bytes allowed).
+    TooLarge(usize),
+    /// No such model on this worker.
+    UnknownModel(String),
+    /// No such route.
+    NotFound(String),
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// The model can't serve this kind of request (e.g. embeddings from a scorer).
+    WrongKind(String),
+    /// Not ready yet (loading) or shutting down.
+    Unavailable(String),
+    /// A failure of ours.
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::WrongKind(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::WrongKind(m)
+            | ApiError::Unavailable(m)
+            | ApiError::Internal(m) => m.clone(),
+            ApiError::TooLarge(limit) => format!("request body is larger than {limit} bytes"),
+            ApiError::UnknownModel(m) => format!("model {m:?} does not exist"),
+            ApiError::NotFound(path) => format!("no route for {path}"),
+            ApiError::MethodNotAllowed => "method not allowed on this path".to_string(),
+        }
+    }
+
+    /// OpenAI's `type` and `code` for this error.
+    fn openai_type_code(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            ApiError::WrongKind(_) => ("invalid_request_error", "unsupported_model_kind"),
+            ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ApiError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
+            ApiError::NotFound(_) => ("invalid_request_error", "not_found"),
+            ApiError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            ApiError::Unavailable(_) => ("server_error", "unavailable"),
+            ApiError::Internal(_) => ("server_error", "internal_error"),
+        }
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Stopped => ApiError::Unavailable(e.to_string()),
+            ModelError::Load(_) | ModelError::Inference(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// An error in OpenAI's shape.
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+/// An error in KServe v2's shape.
+#[derive(Debug)]
+pub struct V2Error(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OpenAiError {
+    fn from(e: E) -> Self {
+        OpenAiError(e.into())
+    }
+}
+
+impl<E: Into<ApiError>> From<E> for V2Error {
+    fn from(e: E) -> Self {
+        V2Error(e.into())
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let (kind, code) = self.0.openai_type_code();
+        let body = json!({"error": {"message": self.0.message(), "type": kind, "code": code}});
+        (self.0.status(), Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        (self.0.status(), Json(json!({"error": self.0.message()}))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            ApiError::TooLarge(10).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            ApiError::UnknownModel("x".into()).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::from(ModelError::Stopped).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(ModelError::Inference("boom".into())).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

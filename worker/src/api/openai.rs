@@ -1,0 +1,208 @@
+//! OpenAI-compatible routes: `POST /v1/embeddings` and `GET /v1/models`.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_json, read_body, ApiError, AppState, Backend, OpenAiError};
+use crate::models::embedding::{self, Tokens};
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "thaw",
+            "kind": state.kind,
+        }],
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: Option<String>,
+    input: Option<Value>,
+    encoding_format: Option<String>,
+    dimensions: Option<i64>,
+}
+
+/// How the vectors are written in the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Float,
+    Base64,
+}
+
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Json<Value>, OpenAiError> {
+    let body = read_body(request, state.limits.max_body_bytes).await?;
+    let req: EmbeddingsRequest = parse_json(&body)?;
+    let model = req
+        .model
+        .ok_or_else(|| ApiError::BadRequest("missing required parameter: 'model'".into()))?;
+    state.check_model(&model)?;
+    let texts = input_texts(req.input, state.limits.max_inputs)?;
+    let encoding = match req.encoding_format.as_deref() {
+        None | Some("float") => Encoding::Float,
+        Some("base64") => Encoding::Base64,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "encoding_format {other:?} is not supported (float, base64)"
+            ))
+            .into())
+        }
+    };
+    let Backend::Embedding {
+        batcher,
+        tokenizer,
+        dimensions,
+    } = state.backend()?
+    else {
+        return Err(ApiError::WrongKind(format!(
+            "model {:?} is a {} model and does not produce embeddings",
+            state.name, state.kind
+        ))
+        .into());
+    };
+    if let Some(d) = req.dimensions {
+        if d != *dimensions as i64 {
+            return Err(ApiError::BadRequest(format!(
+                "dimensions {d} is not supported: this model's vectors have {dimensions}"
+            ))
+            .into());
+        }
+    }
+    let tokens = tokenize(tokenizer, &texts)?;
+    let prompt_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
+    let vectors = batcher.submit(tokens).await?;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let embedding = match encoding {
+                Encoding::Float => json!(v),
+                Encoding::Base64 => json!(base64_f32(v)),
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": state.name,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })))
+}
+
+/// The texts of an `input`: a string or an array of strings, none empty,
+/// at most `max_inputs`.
+fn input_texts(input: Option<Value>, max_inputs: usize) -> Result<Vec<String>, ApiError> {
+    let bad = |m: String| ApiError::BadRequest(m);
+    let texts = match input {
+        None | Some(Value::Null) => return Err(bad("missing required parameter: 'input'".into())),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(bad("'input' is an empty array".into()));
+            }
+            if items.len() > max_inputs {
+                return Err(bad(format!(
+                    "'input' has {} items; at most {max_inputs} are allowed",
+                    items.len()
+                )));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(bad(format!(
+                        "'input[{i}]' must be a string, got {}",
+                        type_name(&other)
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "'input' must be a string or an array of strings, got {}",
+                type_name(&other)
+            )))
+        }
+    };
+    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+        return Err(bad(format!("'input[{i}]' is an empty string")));
+    }
+    Ok(texts)
+}
+
+pub(crate) fn tokenize(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: &[String],
+) -> Result<Vec<Tokens>, ApiError> {
+    embedding::tokenize(tokenizer, texts)
+        .map_err(|e| ApiError::BadRequest(format!("cannot tokenize input: {e}")))
+}
+
+pub(crate) fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A vector as OpenAI's base64 encoding: little-endian f32 bytes.
+fn base64_f32(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs() {
+        assert_eq!(
+            input_texts(Some(json!("hi")), 4).ok(),
+            Some(vec!["hi".to_string()])
+        );
+        assert!(input_texts(None, 4).is_err());
+        assert!(input_texts(Some(json!([])), 4).is_err());
+        assert!(input_texts(Some(json!([""])), 4).is_err());
+        assert!(input_texts(Some(json!(["a", 1])), 4).is_err());
+        assert!(input_texts(Some(json!(["a"; 5])), 4).is_err());
+        assert!(input_texts(Some(json!({"a": 1})), 4).is_err());
+    }
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        let encoded = base64_f32(&[1.0, -2.5]);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("valid base64");
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `thaw-worker`: serves one model over OpenAI and KServe v2 APIs.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use thaw_snapshot::ModelKind;
+use thaw_worker::api::Limits;
+use thaw_worker::models::parse_device;
+use thaw_worker::serve::{self, ListenAddr, WorkerOptions};
+use thaw_worker::{BatchConfig, LoadOptions};
+
+/// Serves one model from a model directory.
+#[derive(Debug, Parser)]
+#[command(name = "thaw-worker", version)]
+struct Args {
+    /// The model directory (safetensors + configs, a tabular manifest, or a GGUF).
+    #[arg(long)]
+    model: PathBuf,
+    /// HOST:PORT or unix:PATH.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: ListenAddr,
+    /// The name clients use; defaults to the directory's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// embedding, tabular or chat; detected from the directory when absent.
+    #[arg(long)]
+    kind: Option<ModelKind>,
+    /// The device to run on.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Most inputs in one forward pass.
+    #[arg(long, default_value_t = 32)]
+    max_batch_size: usize,
+    /// How long a non-full batch waits for more inputs, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    max_wait_ms: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most inputs in one request.
+    #[arg(long, default_value_t = 2048)]
+    max_inputs: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let name = match args.name {
+        Some(name) => name,
+        None => args
+            .model
+            .canonicalize()
+            .with_context(|| format!("model directory {}", args.model.display()))?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("the model directory has no name; pass --name")?,
+    };
+    let options = WorkerOptions {
+        model: LoadOptions {
+            dir: args.model,
+            kind: args.kind,
+            device: parse_device(&args.device)?,
+        },
+        name,
+        listen: args.listen,
+        batch: BatchConfig {
+            max_batch_size: args.max_batch_size,
+            max_wait: Duration::from_millis(args.max_wait_ms),
+        },
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_inputs: args.max_inputs,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("thaw-worker-io")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve::run(options))?;
+    Ok(())
+}

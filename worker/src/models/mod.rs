@@ -1,0 +1,108 @@
+//! Model backends behind one loading entry point: a model directory in, a
+//! ready-to-serve model out (weights mapped, tokenizer loaded, warmed up).
+
+pub mod embedding;
+pub mod tabular;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use thaw_snapshot::ModelKind;
+
+pub use embedding::{EmbeddingModel, Pooling};
+pub use tabular::TabularModel;
+
+/// Errors of a model backend, tagged by phase: loading fails the worker's
+/// start; inference fails one batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelError {
+    /// The model could not be loaded from its directory.
+    #[error("loading the model: {0}")]
+    Load(String),
+    /// A forward pass failed.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// The executor thread has stopped (the worker is shutting down).
+    #[error("the model executor has stopped")]
+    Stopped,
+}
+
+impl ModelError {
+    pub(crate) fn load(what: impl std::fmt::Display) -> Self {
+        ModelError::Load(what.to_string())
+    }
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Inference(e.to_string())
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The model directory.
+    pub dir: PathBuf,
+    /// The kind, when the caller knows it; detected from the files otherwise.
+    pub kind: Option<ModelKind>,
+    /// The device to run on.
+    pub device: Device,
+}
+
+/// A loaded model of one of the kinds thaw serves.
+pub enum LoadedModel {
+    /// A sentence-embedding encoder.
+    Embedding(EmbeddingModel),
+    /// A tabular scorer.
+    Tabular(TabularModel),
+}
+
+impl LoadedModel {
+    /// Loads the model in `options.dir` and runs a warm-up pass, so the first
+    /// request does not pay for lazy initialisation.
+    pub fn load(options: &LoadOptions) -> Result<Self, ModelError> {
+        let kind = match options.kind {
+            Some(kind) => kind,
+            None => thaw_snapshot::detect_kind(&options.dir).map_err(ModelError::load)?,
+        };
+        let model = match kind {
+            ModelKind::Embedding => {
+                LoadedModel::Embedding(EmbeddingModel::load(&options.dir, &options.device)?)
+            }
+            ModelKind::Tabular => {
+                LoadedModel::Tabular(TabularModel::load(&options.dir, &options.device)?)
+            }
+            ModelKind::Chat => {
+                return Err(ModelError::Load(
+                    "chat models are not served by this worker build yet".into(),
+                ))
+            }
+        };
+        Ok(model)
+    }
+
+    /// The model's kind.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            LoadedModel::Embedding(_) => ModelKind::Embedding,
+            LoadedModel::Tabular(_) => ModelKind::Tabular,
+        }
+    }
+}
+
+/// Parses a device name: `cpu` (the only one in a build without `cuda`).
+pub fn parse_device(name: &str) -> Result<Device, ModelError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        other => Err(ModelError::Load(format!(
+            "device {other:?} is not available in this build (only \"cpu\")"
+        ))),
+    }
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))
+}

@@ -1,0 +1,232 @@
+//! Runs a worker: binds its listener (TCP or a unix socket), loads the model
+//! on a blocking thread while `/v2/health/live` already answers, reports
+//! readiness as a message on stdout, and shuts down gracefully on SIGTERM or
+//! SIGINT (stop accepting, finish in-flight requests, exit).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::api::{self, AppState, Backend, Limits};
+use crate::batcher::{BatchConfig, Batcher};
+use crate::models::{LoadOptions, LoadedModel, ModelError};
+
+/// Where a worker listens: `HOST:PORT` or `unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address; port 0 picks a free port (reported in the messages).
+    Tcp(String),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(ListenAddr::Tcp(s.to_string()))
+            }
+            _ => Err(format!("{s:?} is neither HOST:PORT nor unix:PATH")),
+        }
+    }
+}
+
+/// Everything a worker needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The model to load.
+    pub model: LoadOptions,
+    /// The name clients use.
+    pub name: String,
+    /// Where to listen.
+    pub listen: ListenAddr,
+    /// Batching knobs.
+    pub batch: BatchConfig,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The model failed to load.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Another I/O failure (signals, the executor thread).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Prints one JSON message on stdout: how a supervisor learns of progress.
+fn announce(message: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{message}");
+    let _ = out.flush();
+}
+
+async fn bind(addr: &ListenAddr) -> Result<(Listener, String), ServeError> {
+    let fail = |source| ServeError::Bind {
+        addr: format!("{addr:?}"),
+        source,
+    };
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let l = TcpListener::bind(a).await.map_err(fail)?;
+            let local: SocketAddr = l.local_addr().map_err(fail)?;
+            Ok((Listener::Tcp(l), local.to_string()))
+        }
+        ListenAddr::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path).map_err(fail)?;
+            }
+            let l = UnixListener::bind(path).map_err(fail)?;
+            Ok((Listener::Unix(l), format!("unix:{}", path.display())))
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+fn load(options: &WorkerOptions) -> Result<Backend, ServeError> {
+    let batch = options.batch;
+    let thread = format!("model-{}", options.name);
+    Ok(match LoadedModel::load(&options.model)? {
+        LoadedModel::Embedding(model) => {
+            let tokenizer = Arc::new(model.tokenizer().clone());
+            let dimensions = model.dimensions();
+            Backend::Embedding {
+                batcher: Batcher::spawn(model, batch, &thread)?,
+                tokenizer,
+                dimensions,
+            }
+        }
+        LoadedModel::Tabular(model) => {
+            let manifest = model.manifest().clone();
+            Backend::Tabular {
+                batcher: Batcher::spawn(model, batch, &thread)?,
+                manifest,
+            }
+        }
+    })
+}
+
+/// Runs the worker until a shutdown signal; returns once in-flight requests
+/// have finished.
+pub async fn run(options: WorkerOptions) -> Result<(), ServeError> {
+    let start = Instant::now();
+    let kind = match options.model.kind {
+        Some(kind) => kind,
+        None => thaw_snapshot::detect_kind(&options.model.dir).map_err(ModelError::load)?,
+    };
+    let mut options = options;
+    options.model.kind = Some(kind);
+    let state = AppState::new(options.name.clone(), kind, options.limits);
+    let app = api::router(state.clone());
+    let (listener, address) = bind(&options.listen).await?;
+    announce(json!({"event": "listening", "address": address, "model": options.name}));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stopped = stop_rx.clone();
+    let graceful = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let server = match listener {
+        Listener::Tcp(l) => {
+            tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(graceful).await })
+        }
+        Listener::Unix(l) => {
+            tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(graceful).await })
+        }
+    };
+
+    let loading = tokio::task::spawn_blocking({
+        let options = options.clone();
+        move || load(&options)
+    });
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        loaded = loading => {
+            let backend = loaded.map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
+            state.set_ready(backend);
+            announce(json!({
+                "event": "ready",
+                "address": address,
+                "model": options.name,
+                "kind": kind,
+                "load_ms": start.elapsed().as_secs_f64() * 1e3,
+            }));
+            tracing::info!(model = %options.name, %address, "ready");
+            signal.await?;
+        }
+        s = &mut signal => s?,
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(result) => result?,
+        Err(e) => return Err(ServeError::Io(std::io::Error::other(e))),
+    }
+    if let ListenAddr::Unix(path) = &options.listen {
+        let _ = std::fs::remove_file(path);
+    }
+    announce(json!({"event": "stopped", "model": options.name}));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            "127.0.0.1:0".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:0".into()))
+        );
+        assert_eq!(
+            "unix:/tmp/x.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/tmp/x.sock".into()))
+        );
+        for bad in ["", "unix:", "8080", "host:port", ":80"] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad:?} accepted");
+        }
+    }
+}
