@@ -87,6 +87,7 @@ impl<M: BatchModel> Batcher<M> {
     /// Queues `items` now and returns where the answer will arrive.
     pub fn enqueue(&self, items: Vec<M::Input>) -> Result<Reply<M>, ModelError> {
         let (reply, rx) = oneshot::channel();
+        tracing::debug!(items = items.len(), "queued");
         self.tx
             .send(Job { items, reply })
             .map_err(|_| ModelError::Stopped)?;
