@@ -364,7 +364,7 @@ mod tests {
             input("features", "FP32", &[2, 2], json!([1, 2, 3])),
             input("features", "FP32", &[1, 2], json!([1, "2"])),
             input("features", "FP32", &[0, 2], json!([])),
-            input("features", "FP32", &[11, 2], json!([0; 22])),
+            input("features", "FP32", &[11, 2], json!(vec![0; 22])),
             input("features", "FP32", &[-1, 2], json!([1, 2])),
             input("features", "FP32", &[1, 2], json!([1, 1e300])),
         ];
@@ -386,6 +386,6 @@ mod tests {
             4
         )
         .is_err());
-        assert!(texts_of(&input("text", "BYTES", &[5], json!(["a"; 5])), 4).is_err());
+        assert!(texts_of(&input("text", "BYTES", &[5], json!(vec!["a"; 5])), 4).is_err());
     }
 }

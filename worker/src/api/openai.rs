@@ -190,7 +190,7 @@ mod tests {
         assert!(input_texts(Some(json!([])), 4).is_err());
         assert!(input_texts(Some(json!([""])), 4).is_err());
         assert!(input_texts(Some(json!(["a", 1])), 4).is_err());
-        assert!(input_texts(Some(json!(["a"; 5])), 4).is_err());
+        assert!(input_texts(Some(json!(vec!["a"; 5])), 4).is_err());
         assert!(input_texts(Some(json!({"a": 1})), 4).is_err());
     }
 
