@@ -172,8 +172,10 @@ fn credit_score_refuses_bad_input_and_keeps_serving() {
     v2_error(&r, 413);
 
     v2_error(
-        &w.client
-            .post_json("/v2/models/other/infer", &features_request(&[row.clone()])),
+        &w.client.post_json(
+            "/v2/models/other/infer",
+            &features_request(std::slice::from_ref(&row)),
+        ),
         404,
     );
     v2_error(&w.client.get("/v2/models/other"), 404);

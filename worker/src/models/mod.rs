@@ -50,7 +50,9 @@ pub struct LoadOptions {
     pub device: Device,
 }
 
-/// A loaded model of one of the kinds thaw serves.
+/// A loaded model of one of the kinds thaw serves. Made once per process
+/// and moved onto its executor thread, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum LoadedModel {
     /// A sentence-embedding encoder.
     Embedding(EmbeddingModel),
