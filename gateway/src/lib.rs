@@ -1,2 +1,5 @@
-//! thaw-gateway: the edge of thaw (config, routing, admission, autoscaling,
-//! supervision). Built in its own issue; the worker comes first.
+//! thaw-gateway: the edge of thaw — config, routing, admission, autoscaling
+//! and supervision of workers.
+#![forbid(unsafe_code)]
+
+pub mod config;

@@ -1,0 +1,580 @@
+//! The gateway's config: one TOML file, parsed strictly, each model's knobs
+//! resolved (model table → `[defaults]` → built-in), then validated. Every
+//! error names the file, the line and the field.
+
+pub mod schema;
+pub mod units;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thaw_snapshot::ModelKind;
+use toml::Spanned;
+
+use schema::{RawConfig, RawModel, RawQueue, RawScaling};
+pub use units::{parse_duration, parse_size};
+
+/// A config that parsed and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The gateway's own settings.
+    pub gateway: Gateway,
+    /// The models, in file order.
+    pub models: Vec<ModelConfig>,
+}
+
+/// `[gateway]`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    /// Public listener.
+    pub listen: String,
+    /// Admin listener.
+    pub admin_listen: String,
+    /// Where relative sources resolve.
+    pub models_dir: PathBuf,
+    /// Sockets and built snapshots (private, 0700).
+    pub state_dir: PathBuf,
+    /// Largest body read to find a request's model (413 beyond).
+    pub max_body_bytes: u64,
+}
+
+/// A model's scaling knobs, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    /// In-flight requests per instance the autoscaler aims at.
+    pub target_concurrency: u32,
+    /// Hard per-instance cap.
+    pub max_concurrency: u32,
+    /// Provisioned floor.
+    pub min_instances: u32,
+    /// Cap.
+    pub max_instances: u32,
+    /// Stable-mode averaging window.
+    pub stable_window: Duration,
+    /// Panic-mode averaging window.
+    pub panic_window: Duration,
+    /// Panic when desired/ready reaches this.
+    pub panic_threshold: f64,
+    /// Demand must stay lower this long before N → N−1.
+    pub scale_down_delay: Duration,
+    /// No requests this long before 1 → 0.
+    pub scale_to_zero_after: Duration,
+    /// A template outlives its last worker this long.
+    pub keep_template: Duration,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            target_concurrency: 8,
+            max_concurrency: 32,
+            min_instances: 0,
+            max_instances: 4,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 2.0,
+            scale_down_delay: Duration::from_secs(30),
+            scale_to_zero_after: Duration::from_secs(300),
+            keep_template: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// A model's queue knobs, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuePolicy {
+    /// Most requests waiting (deep by default: a burst at zero waits for the
+    /// wake-up instead of being shed).
+    pub max_depth: usize,
+    /// Longest wait in the queue, separate from execution time.
+    pub timeout: Duration,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            max_depth: 10_000,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One `[[models]]` entry, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// The name clients send.
+    pub name: String,
+    /// The source directory, resolved against `models_dir`.
+    pub source: PathBuf,
+    /// The kind, when the config names it.
+    pub kind: Option<ModelKind>,
+    /// `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// Per-instance memory cap, bytes.
+    pub memory_limit: Option<u64>,
+    /// Scaling knobs.
+    pub scaling: Scaling,
+    /// Queue knobs.
+    pub queue: QueuePolicy,
+}
+
+/// A config error: where and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {field}: {message}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// The field's path, e.g. `models[1].scaling.min_instances`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Reads, parses and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        field: "-".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `path` names the file in errors and
+/// anchors relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let ctx = Ctx { text, path };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| ctx.line(s.start)).unwrap_or(0);
+        ctx.error(line, "-", e.message().to_string())
+    })?;
+    ctx.resolve(raw)
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn error(&self, line: usize, field: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.path.display().to_string(),
+            line,
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    fn at<T>(&self, span: Range<usize>, field: &str, message: String) -> Result<T, ConfigError> {
+        Err(self.error(self.line(span.start), field, message))
+    }
+
+    fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let g = raw.gateway;
+        let listen = self.address(g.listen, "gateway.listen", "127.0.0.1:8080")?;
+        let admin_listen =
+            self.address(g.admin_listen, "gateway.admin_listen", "127.0.0.1:9090")?;
+        let models_dir = match std::env::var_os("THAW_MODELS") {
+            Some(dir) => PathBuf::from(dir),
+            None => expand_home(g.models_dir.as_deref().unwrap_or("~/.cache/thaw/models")),
+        };
+        let max_body_bytes = match g.max_body_bytes {
+            Some(s) => self.size(&s, "gateway.max_body_bytes")?,
+            None => 2 << 20,
+        };
+        let gateway = Gateway {
+            listen,
+            admin_listen,
+            models_dir,
+            state_dir: expand_home(g.state_dir.as_deref().unwrap_or("/tmp/thaw")),
+            max_body_bytes,
+        };
+        let defaults = self.scaling(
+            &raw.defaults.scaling,
+            &RawScaling::default(),
+            "defaults.scaling",
+        )?;
+        self.check_scaling(&defaults, &raw.defaults.scaling, "defaults.scaling")?;
+        self.queue(&raw.defaults.queue, &RawQueue::default(), "defaults.queue")?;
+        let mut models: Vec<ModelConfig> = Vec::new();
+        for (i, m) in raw.models.into_iter().enumerate() {
+            let span = m.span();
+            let model = self.model(m.into_inner(), &raw.defaults, &gateway, i)?;
+            if models.iter().any(|other| other.name == model.name) {
+                return self.at(
+                    span,
+                    &format!("models[{i}].name"),
+                    format!("model name {:?} is used twice", model.name),
+                );
+            }
+            models.push(model);
+        }
+        Ok(Config { gateway, models })
+    }
+
+    fn address(
+        &self,
+        value: Option<Spanned<String>>,
+        field: &str,
+        default: &str,
+    ) -> Result<String, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default.to_string());
+        };
+        match value.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(_) => Ok(value.into_inner()),
+            Err(_) => self.at(
+                value.span(),
+                field,
+                format!("{:?} is not an IP:PORT address", value.get_ref()),
+            ),
+        }
+    }
+
+    fn size(&self, s: &Spanned<String>, field: &str) -> Result<u64, ConfigError> {
+        parse_size(s.get_ref()).or_else(|m| self.at(s.span(), field, m))
+    }
+
+    fn duration(&self, s: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
+        parse_duration(s.get_ref()).or_else(|m| self.at(s.span(), field, m))
+    }
+
+    /// Resolves `over` on top of `base` on top of the built-in defaults.
+    fn scaling(
+        &self,
+        over: &RawScaling,
+        base: &RawScaling,
+        prefix: &str,
+    ) -> Result<Scaling, ConfigError> {
+        let d = Scaling::default();
+        let num = |o: &Option<Spanned<u32>>, b: &Option<Spanned<u32>>, dflt: u32| {
+            o.as_ref()
+                .or(b.as_ref())
+                .map(|s| *s.get_ref())
+                .unwrap_or(dflt)
+        };
+        let dur = |o: &Option<Spanned<String>>,
+                   b: &Option<Spanned<String>>,
+                   name: &str,
+                   dflt: Duration| {
+            match o.as_ref().or(b.as_ref()) {
+                Some(s) => self.duration(s, &format!("{prefix}.{name}")),
+                None => Ok(dflt),
+            }
+        };
+        Ok(Scaling {
+            target_concurrency: num(
+                &over.target_concurrency,
+                &base.target_concurrency,
+                d.target_concurrency,
+            ),
+            max_concurrency: num(
+                &over.max_concurrency,
+                &base.max_concurrency,
+                d.max_concurrency,
+            ),
+            min_instances: num(&over.min_instances, &base.min_instances, d.min_instances),
+            max_instances: num(&over.max_instances, &base.max_instances, d.max_instances),
+            stable_window: dur(
+                &over.stable_window,
+                &base.stable_window,
+                "stable_window",
+                d.stable_window,
+            )?,
+            panic_window: dur(
+                &over.panic_window,
+                &base.panic_window,
+                "panic_window",
+                d.panic_window,
+            )?,
+            panic_threshold: over
+                .panic_threshold
+                .as_ref()
+                .or(base.panic_threshold.as_ref())
+                .map(|s| *s.get_ref())
+                .unwrap_or(d.panic_threshold),
+            scale_down_delay: dur(
+                &over.scale_down_delay,
+                &base.scale_down_delay,
+                "scale_down_delay",
+                d.scale_down_delay,
+            )?,
+            scale_to_zero_after: dur(
+                &over.scale_to_zero_after,
+                &base.scale_to_zero_after,
+                "scale_to_zero_after",
+                d.scale_to_zero_after,
+            )?,
+            keep_template: dur(
+                &over.keep_template,
+                &base.keep_template,
+                "keep_template",
+                d.keep_template,
+            )?,
+        })
+    }
+
+    /// Range checks on resolved knobs; `raw` gives the line of the field
+    /// that broke the rule (or of the table, when it was inherited).
+    fn check_scaling(
+        &self,
+        s: &Scaling,
+        raw: &RawScaling,
+        prefix: &str,
+    ) -> Result<(), ConfigError> {
+        let line_of = |span: Option<Range<usize>>| span.map(|r| self.line(r.start)).unwrap_or(0);
+        let fail = |field: &str, span: Option<Range<usize>>, message: String| {
+            Err(self.error(line_of(span), &format!("{prefix}.{field}"), message))
+        };
+        let span_u = |o: &Option<Spanned<u32>>| o.as_ref().map(Spanned::span);
+        let span_s = |o: &Option<Spanned<String>>| o.as_ref().map(Spanned::span);
+        if s.target_concurrency == 0 {
+            return fail(
+                "target_concurrency",
+                span_u(&raw.target_concurrency),
+                "must be at least 1".into(),
+            );
+        }
+        if s.max_concurrency == 0 {
+            return fail(
+                "max_concurrency",
+                span_u(&raw.max_concurrency),
+                "must be at least 1".into(),
+            );
+        }
+        if s.target_concurrency > s.max_concurrency {
+            return fail(
+                "target_concurrency",
+                span_u(&raw.target_concurrency).or(span_u(&raw.max_concurrency)),
+                format!(
+                    "target_concurrency {} exceeds max_concurrency {}",
+                    s.target_concurrency, s.max_concurrency
+                ),
+            );
+        }
+        if s.max_instances == 0 {
+            return fail(
+                "max_instances",
+                span_u(&raw.max_instances),
+                "must be at least 1".into(),
+            );
+        }
+        if s.min_instances > s.max_instances {
+            return fail(
+                "min_instances",
+                span_u(&raw.min_instances).or(span_u(&raw.max_instances)),
+                format!(
+                    "min_instances {} exceeds max_instances {}",
+                    s.min_instances, s.max_instances
+                ),
+            );
+        }
+        for (name, value, span) in [
+            ("stable_window", s.stable_window, span_s(&raw.stable_window)),
+            ("panic_window", s.panic_window, span_s(&raw.panic_window)),
+            (
+                "scale_to_zero_after",
+                s.scale_to_zero_after,
+                span_s(&raw.scale_to_zero_after),
+            ),
+        ] {
+            if value.is_zero() {
+                return fail(name, span, "must be longer than zero".into());
+            }
+        }
+        if s.panic_window > s.stable_window {
+            return fail(
+                "panic_window",
+                span_s(&raw.panic_window),
+                "must not be longer than stable_window".into(),
+            );
+        }
+        if !(s.panic_threshold > 1.0 && s.panic_threshold.is_finite()) {
+            return fail(
+                "panic_threshold",
+                raw.panic_threshold.as_ref().map(Spanned::span),
+                "must be a number greater than 1".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn queue(
+        &self,
+        over: &RawQueue,
+        base: &RawQueue,
+        prefix: &str,
+    ) -> Result<QueuePolicy, ConfigError> {
+        let d = QueuePolicy::default();
+        let depth = over.max_depth.as_ref().or(base.max_depth.as_ref());
+        let max_depth = match depth {
+            Some(s) if *s.get_ref() == 0 => {
+                return self.at(
+                    s.span(),
+                    &format!("{prefix}.max_depth"),
+                    "must be at least 1".into(),
+                )
+            }
+            Some(s) => usize::try_from(*s.get_ref()).unwrap_or(usize::MAX),
+            None => d.max_depth,
+        };
+        let timeout = match over.timeout.as_ref().or(base.timeout.as_ref()) {
+            Some(s) => {
+                let t = self.duration(s, &format!("{prefix}.timeout"))?;
+                if t.is_zero() {
+                    return self.at(
+                        s.span(),
+                        &format!("{prefix}.timeout"),
+                        "must be longer than zero".into(),
+                    );
+                }
+                t
+            }
+            None => d.timeout,
+        };
+        Ok(QueuePolicy { max_depth, timeout })
+    }
+
+    fn model(
+        &self,
+        m: RawModel,
+        defaults: &schema::RawDefaults,
+        gateway: &Gateway,
+        i: usize,
+    ) -> Result<ModelConfig, ConfigError> {
+        let field = |f: &str| format!("models[{i}].{f}");
+        let name = m.name.get_ref().clone();
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid_name {
+            return self.at(
+                m.name.span(),
+                &field("name"),
+                format!("{name:?}: use letters, digits, '-', '_' and '.'"),
+            );
+        }
+        let source = self.source(&m.source, gateway, &field("source"))?;
+        let kind = match &m.kind {
+            Some(k) => Some(
+                k.get_ref()
+                    .parse::<ModelKind>()
+                    .or_else(|e| self.at(k.span(), &field("kind"), e.to_string()))?,
+            ),
+            None => None,
+        };
+        let device = match &m.device {
+            Some(d) => {
+                let dev = d.get_ref();
+                let known = dev == "cpu"
+                    || dev == "cuda"
+                    || dev
+                        .strip_prefix("cuda:")
+                        .is_some_and(|n| n.parse::<u32>().is_ok());
+                if !known {
+                    return self.at(
+                        d.span(),
+                        &field("device"),
+                        format!("{dev:?} is not a device (cpu, cuda, cuda:N)"),
+                    );
+                }
+                dev.clone()
+            }
+            None => "cpu".into(),
+        };
+        let memory_limit = m
+            .memory_limit
+            .as_ref()
+            .map(|s| self.size(s, &field("memory_limit")))
+            .transpose()?;
+        let prefix = field("scaling");
+        let scaling = self.scaling(&m.scaling, &defaults.scaling, &prefix)?;
+        let merged = merge_spans(&m.scaling, &defaults.scaling);
+        self.check_scaling(&scaling, &merged, &prefix)?;
+        let queue = self.queue(&m.queue, &defaults.queue, &field("queue"))?;
+        Ok(ModelConfig {
+            name,
+            source,
+            kind,
+            device,
+            memory_limit,
+            scaling,
+            queue,
+        })
+    }
+
+    fn source(
+        &self,
+        s: &Spanned<String>,
+        gateway: &Gateway,
+        field: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let raw = s.get_ref();
+        let path = expand_home(raw);
+        let resolved = if path.is_absolute() {
+            path
+        } else if raw.starts_with("./") || raw.starts_with("../") {
+            // Next to the config file, like the repository's own models.
+            self.path.parent().unwrap_or(Path::new(".")).join(path)
+        } else {
+            gateway.models_dir.join(path)
+        };
+        if !resolved.exists() {
+            let hint = if resolved.starts_with(&gateway.models_dir) {
+                " (run scripts/fetch-models.sh to fetch the registry models)"
+            } else {
+                ""
+            };
+            return self.at(
+                s.span(),
+                field,
+                format!("{} does not exist{hint}", resolved.display()),
+            );
+        }
+        Ok(resolved)
+    }
+}
+
+/// The model's own knobs where set, else the defaults' (for error lines).
+fn merge_spans(over: &RawScaling, base: &RawScaling) -> RawScaling {
+    let mut m = base.clone();
+    macro_rules! take {
+        ($($f:ident),*) => { $( if over.$f.is_some() { m.$f = over.$f.clone(); } )* };
+    }
+    take!(
+        target_concurrency,
+        max_concurrency,
+        min_instances,
+        max_instances,
+        stable_window,
+        panic_window,
+        panic_threshold,
+        scale_down_delay,
+        scale_to_zero_after,
+        keep_template
+    );
+    m
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(rest),
+        None => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests;

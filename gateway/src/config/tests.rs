@@ -1,0 +1,158 @@
+//! Config parsing and validation: good files resolve with overrides, bad
+//! ones are refused with file, line and field.
+
+use std::path::Path;
+
+use super::*;
+
+fn with_source(body: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = body.replace("SRC", &dir.path().display().to_string());
+    (dir, text)
+}
+
+const GOOD: &str = r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[defaults.scaling]
+target_concurrency = 4
+scale_to_zero_after = "2s"
+
+[defaults.queue]
+timeout = "5s"
+
+[[models]]
+name = "a"
+source = "SRC"
+
+[[models]]
+name = "b"
+source = "SRC"
+kind = "tabular"
+[models.scaling]
+target_concurrency = 2
+min_instances = 1
+[models.queue]
+max_depth = 7
+"#;
+
+#[test]
+fn models_override_defaults_field_by_field() {
+    let (_d, text) = with_source(GOOD);
+    let c = parse(&text, Path::new("good.toml")).expect("valid");
+    assert_eq!(c.gateway.listen, "127.0.0.1:0");
+    assert_eq!(c.gateway.admin_listen, "127.0.0.1:9090");
+    let (a, b) = (&c.models[0], &c.models[1]);
+    assert_eq!(a.scaling.target_concurrency, 4);
+    assert_eq!(a.scaling.min_instances, 0);
+    assert_eq!(a.scaling.scale_to_zero_after, Duration::from_secs(2));
+    assert_eq!(a.queue.timeout, Duration::from_secs(5));
+    assert_eq!(a.queue.max_depth, QueuePolicy::default().max_depth);
+    assert_eq!(b.scaling.target_concurrency, 2);
+    assert_eq!(b.scaling.min_instances, 1);
+    assert_eq!(b.scaling.scale_to_zero_after, Duration::from_secs(2));
+    assert_eq!(b.queue.max_depth, 7);
+    assert_eq!(b.kind, Some(ModelKind::Tabular));
+    assert_eq!(a.device, "cpu");
+}
+
+/// Parses `body` and returns its error, which must name `line` and `field`.
+fn refused(body: &str, line: usize, field: &str) -> ConfigError {
+    let (_d, text) = with_source(body);
+    let e = parse(&text, Path::new("bad.toml")).expect_err("refused");
+    assert_eq!(e.file, "bad.toml");
+    assert_eq!((e.line, e.field.as_str()), (line, field), "{e}");
+    e
+}
+
+#[test]
+fn errors_name_file_line_and_field() {
+    let e = refused(
+        "[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n",
+        3,
+        "-",
+    );
+    assert!(e.message.contains("lisen"), "{e}");
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\ncolour = \"red\"\n",
+        4,
+        "-",
+    );
+    refused("[gateway]\nlisten = \"localhost\"\n", 2, "gateway.listen");
+    refused(
+        "[defaults.scaling]\nmin_instances = 5\nmax_instances = 2\n",
+        2,
+        "defaults.scaling.min_instances",
+    );
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\n[models.scaling]\ntarget_concurrency = 50\n",
+        5,
+        "models[0].scaling.target_concurrency",
+    );
+    refused(
+        "[defaults.scaling]\nstable_window = \"0s\"\n",
+        2,
+        "defaults.scaling.stable_window",
+    );
+    refused(
+        "[defaults.scaling]\npanic_window = \"2m\"\n",
+        2,
+        "defaults.scaling.panic_window",
+    );
+    refused(
+        "[defaults.scaling]\npanic_threshold = 0.5\n",
+        2,
+        "defaults.scaling.panic_threshold",
+    );
+    refused(
+        "[defaults.scaling]\nscale_down_delay = \"soon\"\n",
+        2,
+        "defaults.scaling.scale_down_delay",
+    );
+    refused(
+        "[defaults.queue]\nmax_depth = 0\n",
+        2,
+        "defaults.queue.max_depth",
+    );
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"/nonexistent/model\"\n",
+        3,
+        "models[0].source",
+    );
+    refused(
+        "[[models]]\nname = \"a b\"\nsource = \"SRC\"\n",
+        2,
+        "models[0].name",
+    );
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\ndevice = \"tpu\"\n",
+        4,
+        "models[0].device",
+    );
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\nkind = \"vision\"\n",
+        4,
+        "models[0].kind",
+    );
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\n\n[[models]]\nname = \"a\"\nsource = \"SRC\"\n",
+        5,
+        "models[1].name",
+    );
+    refused("[defaults.scaling]\nmin_instances = \"one\"\n", 2, "-");
+}
+
+#[test]
+fn every_config_in_the_repository_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("configs")).expect("configs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no config checked");
+}
