@@ -2,4 +2,6 @@
 //! and supervision of workers.
 #![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod autoscaler;
 pub mod config;
