@@ -45,6 +45,25 @@ struct Args {
     max_inputs: usize,
 }
 
+/// When a supervisor started this worker (`THAW_PARENT_PID` set), ask the
+/// kernel for SIGTERM when the parent dies, so no worker outlives its
+/// gateway; if the parent is already gone, exit now.
+fn die_with_parent() -> anyhow::Result<()> {
+    let Some(parent) = std::env::var_os("THAW_PARENT_PID") else {
+        return Ok(());
+    };
+    let parent: i32 = parent
+        .to_str()
+        .and_then(|p| p.parse().ok())
+        .context("THAW_PARENT_PID is not a pid")?;
+    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))
+        .context("setting the parent-death signal")?;
+    if nix::unistd::getppid().as_raw() != parent {
+        anyhow::bail!("the parent process {parent} has already exited");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -54,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    die_with_parent()?;
     let name = match args.name {
         Some(name) => name,
         None => args

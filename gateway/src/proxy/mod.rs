@@ -1,0 +1,380 @@
+//! The public listener: a pingora `ProxyHttp` that routes each request to a
+//! model, admits it through the model's queue (shedding when it cannot be
+//! served in time), and proxies it to the least-loaded ready worker over the
+//! worker's unix socket, streaming the response back unbuffered. The
+//! request's permit lives in its context, so it is released when the
+//! response ends, fails, or the client hangs up.
+
+pub mod respond;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use serde_json::json;
+
+use crate::admission::Permit;
+use crate::metrics::Metrics;
+use crate::models::{Model, Models};
+pub use respond::GatewayError;
+use route::{route, Route};
+
+/// Bodies up to this size are replayed to the worker from pingora's retry
+/// buffer after the gateway read them to find the model (pingora's limit).
+pub const REPLAYABLE_BODY: usize = 64 * 1024;
+
+/// Header a client may send to wait less than the model's queue timeout.
+pub const QUEUE_TIMEOUT_HEADER: &str = "x-thaw-queue-timeout-ms";
+
+/// The proxy.
+pub struct Gateway {
+    /// The models.
+    pub models: Arc<Models>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest body read to find the model.
+    pub max_body_bytes: u64,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    openai: bool,
+    model: Option<Arc<Model>>,
+    permit: Option<Permit>,
+    cold: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            openai: false,
+            model: None,
+            permit: None,
+            cold: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let header = session.req_header();
+        let method = header.method.as_str().to_string();
+        let path = header.uri.path().to_string();
+        let r = route(&method, &path);
+        ctx.openai = path.starts_with("/v1");
+        let result = match r {
+            Route::OpenAiBody => self.body_model(session).await,
+            Route::V2Model(name) => self.model(&name),
+            other => {
+                self.answer_here(session, other, &path).await?;
+                return Ok(true);
+            }
+        };
+        let model = match result {
+            Ok(model) => model,
+            Err(e) => return self.reject(session, ctx, &e).await,
+        };
+        ctx.model = Some(model.clone());
+        ctx.cold = model.admission.stats().ready_instances == 0;
+        let deadline = deadline(session, model.config.queue.timeout);
+        match model.admission.acquire(deadline).await {
+            Ok(permit) => {
+                self.metrics
+                    .queue_wait_seconds
+                    .with_label_values(&[&model.config.name])
+                    .observe(permit.waited().as_secs_f64());
+                ctx.permit = Some(permit);
+                Ok(false)
+            }
+            Err(rejection) => self.reject(session, ctx, &rejection.into()).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(permit) = ctx.permit.as_ref() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no permit for an admitted request",
+            );
+        };
+        let mut peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        Ok(Box::new(peer))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(model), Some(permit)) = (&ctx.model, &ctx.permit) {
+            let worker = format!("{}/{}", model.config.name, permit.instance());
+            upstream.insert_header("x-thaw-worker", worker)?;
+            if ctx.cold {
+                let ms = permit.waited().as_millis().to_string();
+                upstream.insert_header("x-thaw-cold-start-ms", ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        // Model requests are not idempotent: never replay one on another worker.
+        let mut e = e.more_context(format!("worker {peer}"));
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> pingora::proxy::FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora::ErrorSource::Downstream => 0,
+                _ => 502,
+            },
+        };
+        if code > 0 && !session.response_written().is_some() {
+            let err =
+                GatewayError::BadGateway(format!("the worker failed: {}", e.etype().as_str()));
+            if let Err(write) = respond::error(session, &err, ctx.openai).await {
+                tracing::debug!("writing the 502: {write}");
+            }
+        }
+        ctx.permit = None;
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.permit = None;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let model = ctx.model.as_ref().map_or("-", |m| m.config.name.as_str());
+        let elapsed = ctx.start.elapsed();
+        if ctx.model.is_some() {
+            self.metrics
+                .requests
+                .with_label_values(&[model, &status.to_string()])
+                .inc();
+            self.metrics
+                .request_seconds
+                .with_label_values(&[model])
+                .observe(elapsed.as_secs_f64());
+        }
+        tracing::info!(
+            model,
+            status,
+            micros = elapsed.as_micros() as u64,
+            error = e.map(|e| e.to_string()),
+            path = session.req_header().uri.path(),
+            "request"
+        );
+    }
+}
+
+impl Gateway {
+    fn model(&self, name: &str) -> Result<Arc<Model>, GatewayError> {
+        self.models
+            .get(name)
+            .ok_or_else(|| GatewayError::UnknownModel(name.to_string()))
+    }
+
+    /// Reads the body (under the limit) to find its `model`; the body is
+    /// kept in pingora's retry buffer and replayed to the worker.
+    async fn body_model(&self, session: &mut Session) -> Result<Arc<Model>, GatewayError> {
+        let limit = self.max_body_bytes.min(REPLAYABLE_BODY as u64);
+        let declared = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(GatewayError::TooLarge(limit));
+        }
+        session.enable_retry_buffering();
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() as u64 > limit {
+                        return Err(GatewayError::TooLarge(limit));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(GatewayError::BadRequest(format!("reading the body: {e}"))),
+            }
+        }
+        let name = model_of(&body.freeze())?;
+        self.model(&name)
+    }
+
+    async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<bool> {
+        if let (Some(model), GatewayError::Shed { reason, .. }) = (&ctx.model, e) {
+            self.metrics
+                .shed
+                .with_label_values(&[model.config.name.as_str(), reason])
+                .inc();
+        }
+        if let (Some(model), GatewayError::QueueTimeout) = (&ctx.model, e) {
+            self.metrics
+                .shed
+                .with_label_values(&[&model.config.name, "timeout"])
+                .inc();
+        }
+        // The body may be unread: do not reuse the connection.
+        session.set_keepalive(None);
+        respond::error(session, e, ctx.openai).await?;
+        Ok(true)
+    }
+
+    /// Routes answered by the gateway itself, without waking any model.
+    async fn answer_here(&self, session: &mut Session, r: Route, path: &str) -> Result<()> {
+        let openai = path.starts_with("/v1");
+        let (status, body) = match r {
+            Route::OpenAiModels => (200, self.openai_models()),
+            Route::V2Server => (
+                200,
+                json!({"name": "thaw", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+            ),
+            Route::V2Health => {
+                let live = path.ends_with("/live");
+                (
+                    200,
+                    if live {
+                        json!({"live": true})
+                    } else {
+                        json!({"ready": true})
+                    },
+                )
+            }
+            Route::V2ModelMetadata(name) => match self.models.get(&name) {
+                Some(m) => (200, m.metadata.clone()),
+                None => {
+                    return respond::error(session, &GatewayError::UnknownModel(name), false).await
+                }
+            },
+            Route::V2ModelReady(name) => match self.models.get(&name) {
+                // A configured model is ready to take requests: at zero
+                // instances they queue while it wakes.
+                Some(m) => (200, json!({"name": m.config.name, "ready": true})),
+                None => {
+                    return respond::error(session, &GatewayError::UnknownModel(name), false).await
+                }
+            },
+            Route::NotFound { .. } => {
+                return respond::error(session, &GatewayError::NotFound(path.to_string()), openai)
+                    .await
+            }
+            Route::MethodNotAllowed { .. } => {
+                return respond::error(session, &GatewayError::MethodNotAllowed, openai).await
+            }
+            Route::OpenAiBody | Route::V2Model(_) => {
+                return respond::error(session, &GatewayError::NotFound(path.to_string()), openai)
+                    .await
+            }
+        };
+        respond::json(
+            session,
+            status,
+            &body,
+            &[("x-thaw-worker", "gateway".into())],
+        )
+        .await
+    }
+
+    fn openai_models(&self) -> serde_json::Value {
+        let data: Vec<_> = self
+            .models
+            .all()
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.config.name,
+                    "object": "model",
+                    "owned_by": "thaw",
+                    "kind": m.config.kind,
+                    "ready_instances": m.admission.stats().ready_instances,
+                })
+            })
+            .collect();
+        json!({"object": "list", "data": data})
+    }
+}
+
+/// The request's queue deadline: the model's timeout, or less if the client
+/// asks for less.
+fn deadline(session: &Session, timeout: Duration) -> Duration {
+    session
+        .req_header()
+        .headers
+        .get(QUEUE_TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(timeout, |ms| timeout.min(Duration::from_millis(ms)))
+}
+
+/// The `model` of an OpenAI request body.
+pub fn model_of(body: &Bytes) -> Result<String, GatewayError> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<serde_json::Value>,
+    }
+    if body.is_empty() {
+        return Err(GatewayError::BadRequest("the request body is empty".into()));
+    }
+    let named: Named = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))?;
+    match named.model {
+        Some(serde_json::Value::String(m)) => Ok(m),
+        Some(_) => Err(GatewayError::BadRequest("'model' must be a string".into())),
+        None => Err(GatewayError::BadRequest(
+            "missing required parameter: 'model'".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_from_body() {
+        let ok = Bytes::from_static(br#"{"input": ["a"], "model": "minilm"}"#);
+        assert_eq!(model_of(&ok), Ok("minilm".to_string()));
+        for bad in [
+            &b""[..],
+            b"{",
+            br#"{"input": "a"}"#,
+            br#"{"model": 3}"#,
+            b"[1]",
+        ] {
+            let e = model_of(&Bytes::copy_from_slice(bad)).expect_err("refused");
+            assert_eq!(e.status(), 400, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Responses the gateway writes itself — errors in the shape of the API the
+//! request came through, listings — mapped from one error type in one place.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde_json::{json, Value};
+
+use crate::admission::Rejection;
+
+/// An error the gateway answers itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayError {
+    /// Malformed request (400).
+    BadRequest(String),
+    /// Body over the limit (413).
+    TooLarge(u64),
+    /// No such model (404).
+    UnknownModel(String),
+    /// No such route (404).
+    NotFound(String),
+    /// Wrong method (405).
+    MethodNotAllowed,
+    /// Shed: queue full or the wait would miss the deadline (429).
+    Shed {
+        /// Why.
+        reason: &'static str,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// Waited in the queue past the deadline (504).
+    QueueTimeout,
+    /// No capacity can be had (503).
+    Unavailable {
+        /// Why.
+        message: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// The worker failed mid-request (502).
+    BadGateway(String),
+}
+
+impl From<Rejection> for GatewayError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::QueueFull { retry_after } | Rejection::WouldMissDeadline { retry_after } => {
+                GatewayError::Shed {
+                    reason: r.reason(),
+                    retry_after,
+                }
+            }
+            Rejection::Timeout => GatewayError::QueueTimeout,
+            Rejection::Closed => GatewayError::Unavailable {
+                message: "the model is being removed".into(),
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+impl GatewayError {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::TooLarge(_) => 413,
+            GatewayError::UnknownModel(_) | GatewayError::NotFound(_) => 404,
+            GatewayError::MethodNotAllowed => 405,
+            GatewayError::Shed { .. } => 429,
+            GatewayError::QueueTimeout => 504,
+            GatewayError::Unavailable { .. } => 503,
+            GatewayError::BadGateway(_) => 502,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            GatewayError::BadRequest(m) | GatewayError::BadGateway(m) => m.clone(),
+            GatewayError::TooLarge(n) => format!("request body is larger than {n} bytes"),
+            GatewayError::UnknownModel(m) => format!("model {m:?} does not exist"),
+            GatewayError::NotFound(p) => format!("no route for {p}"),
+            GatewayError::MethodNotAllowed => "method not allowed on this path".into(),
+            GatewayError::Shed {
+                reason,
+                retry_after,
+            } => format!(
+                "overloaded ({reason}); retry after {}s",
+                retry_after.as_secs()
+            ),
+            GatewayError::QueueTimeout => {
+                "the request waited in the queue past its deadline".into()
+            }
+            GatewayError::Unavailable { message, .. } => message.clone(),
+        }
+    }
+
+    /// Retry-After in whole seconds, at least 1, where the status has one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::Shed { retry_after, .. }
+            | GatewayError::Unavailable { retry_after, .. } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        }
+    }
+
+    fn openai_type_code(&self) -> (&'static str, &'static str) {
+        match self {
+            GatewayError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            GatewayError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            GatewayError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
+            GatewayError::NotFound(_) => ("invalid_request_error", "not_found"),
+            GatewayError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            GatewayError::Shed { .. } => ("rate_limit_error", "overloaded"),
+            GatewayError::QueueTimeout => ("server_error", "queue_timeout"),
+            GatewayError::Unavailable { .. } => ("server_error", "unavailable"),
+            GatewayError::BadGateway(_) => ("server_error", "worker_failed"),
+        }
+    }
+
+    /// The body in OpenAI's shape (`openai`) or KServe v2's.
+    pub fn body(&self, openai: bool) -> Value {
+        if openai {
+            let (kind, code) = self.openai_type_code();
+            json!({"error": {"message": self.message(), "type": kind, "code": code}})
+        } else {
+            json!({"error": self.message()})
+        }
+    }
+}
+
+/// Writes a complete JSON response.
+pub async fn json(
+    session: &mut Session,
+    status: u16,
+    body: &Value,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let bytes = Bytes::from(body.to_string());
+    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", bytes.len().to_string())?;
+    for (name, value) in extra {
+        header.insert_header(*name, value.as_str())?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(bytes), true).await
+}
+
+/// Writes `error` in the request's API shape.
+pub async fn error(session: &mut Session, error: &GatewayError, openai: bool) -> Result<()> {
+    let mut extra = vec![("x-thaw-worker", "gateway".to_string())];
+    if let Some(secs) = error.retry_after() {
+        extra.push(("retry-after", secs.to_string()));
+    }
+    json(session, error.status(), &error.body(openai), &extra).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_map_to_statuses_with_retry_after() {
+        let shed = GatewayError::from(Rejection::QueueFull {
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!((shed.status(), shed.retry_after()), (429, Some(2)));
+        let soon = GatewayError::from(Rejection::WouldMissDeadline {
+            retry_after: Duration::from_millis(10),
+        });
+        assert_eq!(soon.retry_after(), Some(1), "never less than one second");
+        assert_eq!(GatewayError::from(Rejection::Timeout).status(), 504);
+        assert_eq!(GatewayError::from(Rejection::Closed).status(), 503);
+    }
+
+    #[test]
+    fn shapes() {
+        let e = GatewayError::UnknownModel("x".into());
+        assert_eq!(e.body(true)["error"]["code"], "model_not_found");
+        assert!(e.body(false)["error"].is_string());
+    }
+}

@@ -1,0 +1,10 @@
+//! The supervisor: per model, a pool of worker processes kept at the count
+//! the autoscaler decides. It starts workers (waiting for their ready
+//! message), adds them to the model's admission when ready, replaces those
+//! that die, and drains then stops those no longer wanted.
+
+pub mod pool;
+pub mod process;
+
+pub use pool::{InstanceInfo, Pool, PoolEvents};
+pub use process::{spawn, ProcessHandle, SpawnError, WorkerProcess, WorkerSpec};

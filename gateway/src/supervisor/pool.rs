@@ -1,0 +1,277 @@
+//! One model's pool of workers, reconciled toward the autoscaler's decision.
+//! Effects only: which count is wanted is the autoscaler's business; how a
+//! worker starts and stops is `process`'s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use super::process::{self, WorkerProcess, WorkerSpec};
+use crate::admission::{Admission, InstanceId};
+use crate::autoscaler::Decision;
+
+/// What the pool reports to metrics.
+pub trait PoolEvents: Send + Sync {
+    /// A worker became ready after `startup`.
+    fn started(&self, model: &str, startup: Duration);
+    /// A worker failed to start.
+    fn start_failed(&self, model: &str, error: &str);
+    /// A worker exited without being asked to.
+    fn crashed(&self, model: &str);
+}
+
+/// A worker as `/admin/status` shows it.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    /// Its id in the admission.
+    pub id: InstanceId,
+    /// Its pid.
+    pub pid: u32,
+    /// `ready` or `draining`.
+    pub state: &'static str,
+    /// Spawn to ready, milliseconds.
+    pub startup_ms: f64,
+    /// Seconds since it became ready.
+    pub age_s: f64,
+}
+
+struct Instance {
+    process: WorkerProcess,
+    ready_at: Instant,
+    draining: bool,
+}
+
+/// One model's workers.
+pub struct Pool {
+    spec: WorkerSpec,
+    admission: Admission,
+    bin: PathBuf,
+    sockets: PathBuf,
+    ids: Arc<AtomicU64>,
+    instances: Mutex<HashMap<InstanceId, Instance>>,
+    starting: AtomicUsize,
+    changed: Notify,
+    events: Arc<dyn PoolEvents>,
+    /// How long a worker may take to become ready.
+    pub start_timeout: Duration,
+    /// How long a stopping worker may drain before SIGKILL.
+    pub grace: Duration,
+}
+
+impl Pool {
+    /// A pool for `spec`, its workers' sockets in `sockets`, ids from `ids`
+    /// (shared by every pool, so ids are unique in the gateway).
+    pub fn new(
+        spec: WorkerSpec,
+        admission: Admission,
+        bin: PathBuf,
+        sockets: PathBuf,
+        ids: Arc<AtomicU64>,
+        events: Arc<dyn PoolEvents>,
+    ) -> Arc<Self> {
+        Arc::new(Pool {
+            spec,
+            admission,
+            bin,
+            sockets,
+            ids,
+            instances: Mutex::new(HashMap::new()),
+            starting: AtomicUsize::new(0),
+            changed: Notify::new(),
+            events,
+            start_timeout: Duration::from_secs(120),
+            grace: Duration::from_secs(30),
+        })
+    }
+
+    /// Workers starting now.
+    pub fn starting(&self) -> usize {
+        self.starting.load(Ordering::Acquire)
+    }
+
+    /// The live workers.
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let now = Instant::now();
+        let map = self.lock();
+        let mut list: Vec<InstanceInfo> = map
+            .iter()
+            .map(|(id, i)| InstanceInfo {
+                id: *id,
+                pid: i.process.pid,
+                state: if i.draining { "draining" } else { "ready" },
+                startup_ms: i.process.startup.as_secs_f64() * 1e3,
+                age_s: now.duration_since(i.ready_at).as_secs_f64(),
+            })
+            .collect();
+        list.sort_by_key(|i| i.id);
+        list
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Instance>> {
+        // A poisoned lock only means a panic elsewhere mid-update of a map
+        // whose entries are each whole; keep serving.
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn serving(&self) -> usize {
+        self.lock().values().filter(|i| !i.draining).count()
+    }
+
+    /// Reconciles toward each decision until `shutdown` turns true, then
+    /// drains and stops every worker.
+    pub async fn run(
+        self: Arc<Self>,
+        mut decisions: watch::Receiver<Decision>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let want = decisions.borrow_and_update().instances as usize;
+            self.reconcile(want);
+            tokio::select! {
+                r = decisions.changed() => if r.is_err() { break },
+                () = self.changed.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        self.stop_all().await;
+    }
+
+    fn reconcile(self: &Arc<Self>, want: usize) {
+        let live = self.serving() + self.starting();
+        if live < want {
+            for _ in live..want {
+                self.starting.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(self.clone().start_one());
+            }
+        } else if self.starting() == 0 && live > want {
+            let extra = self.pick_extra(live - want);
+            for id in extra {
+                tokio::spawn(self.clone().drain_and_stop(id));
+            }
+        }
+    }
+
+    /// The `n` serving instances with the fewest requests in flight.
+    fn pick_extra(&self, n: usize) -> Vec<InstanceId> {
+        let stats = self.admission.stats();
+        let mut map = self.lock();
+        let mut serving: Vec<(u32, InstanceId)> = map
+            .iter()
+            .filter(|(_, i)| !i.draining)
+            .map(|(id, _)| {
+                let load = stats
+                    .instances
+                    .iter()
+                    .find(|s| s.id == *id)
+                    .map_or(0, |s| s.in_flight);
+                (load, *id)
+            })
+            .collect();
+        serving.sort();
+        let picked: Vec<InstanceId> = serving.into_iter().take(n).map(|(_, id)| id).collect();
+        for id in &picked {
+            if let Some(i) = map.get_mut(id) {
+                i.draining = true;
+            }
+        }
+        picked
+    }
+
+    async fn start_one(self: Arc<Self>) {
+        let id = InstanceId(self.ids.fetch_add(1, Ordering::AcqRel));
+        let socket = self
+            .sockets
+            .join(format!("{}-{}.sock", self.spec.model, id.0));
+        let result = process::spawn(&self.bin, &self.spec, &socket, self.start_timeout).await;
+        match result {
+            Ok(process) => {
+                tracing::info!(
+                    model = %self.spec.model, instance = %id, pid = process.pid,
+                    startup_ms = process.startup.as_secs_f64() * 1e3, "worker ready"
+                );
+                self.events.started(&self.spec.model, process.startup);
+                self.admission
+                    .add_instance(id, process.socket.to_string_lossy());
+                self.lock().insert(
+                    id,
+                    Instance {
+                        process,
+                        ready_at: Instant::now(),
+                        draining: false,
+                    },
+                );
+                self.starting.fetch_sub(1, Ordering::AcqRel);
+                tokio::spawn(self.clone().watch_exit(id));
+            }
+            Err(e) => {
+                tracing::error!(model = %self.spec.model, "worker failed to start: {e}");
+                self.events.start_failed(&self.spec.model, &e.to_string());
+                self.starting.fetch_sub(1, Ordering::AcqRel);
+                // Back off before the reconcile loop tries again.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Learns of a worker's exit: an unrequested one is a crash, counted
+    /// and replaced by the next reconcile.
+    async fn watch_exit(self: Arc<Self>, id: InstanceId) {
+        let Some(handle) = self.lock().get(&id).map(|i| i.process.handle()) else {
+            return;
+        };
+        let status = handle.exited().await;
+        self.admission.remove_instance(id);
+        let removed = self.lock().remove(&id);
+        if let Some(instance) = removed {
+            if !instance.draining {
+                tracing::warn!(model = %self.spec.model, instance = %id, ?status, "worker died");
+                self.events.crashed(&self.spec.model);
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Stops routing to `id`, waits (up to the grace period) for its
+    /// requests to finish, then stops the process.
+    async fn drain_and_stop(self: Arc<Self>, id: InstanceId) {
+        self.admission.remove_instance(id);
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline && self.in_flight(id) > 0 {
+            // In-flight counts have no change notification of their own.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let process = self.lock().get(&id).map(|i| i.process.handle());
+        if let Some(handle) = process {
+            handle.stop(self.grace).await;
+        }
+    }
+
+    fn in_flight(&self, id: InstanceId) -> u32 {
+        self.admission
+            .stats()
+            .instances
+            .iter()
+            .find(|s| s.id == id)
+            .map_or(0, |s| s.in_flight)
+    }
+
+    async fn stop_all(self: &Arc<Self>) {
+        let ids: Vec<InstanceId> = {
+            let mut map = self.lock();
+            map.values_mut().for_each(|i| i.draining = true);
+            map.keys().copied().collect()
+        };
+        let stops: Vec<_> = ids
+            .into_iter()
+            .map(|id| tokio::spawn(self.clone().drain_and_stop(id)))
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+    }
+}
