@@ -1,0 +1,347 @@
+//! The gateway end to end: the real `thaw` binary on ephemeral ports with
+//! real `thaw-worker` processes, short timers, plain HTTP.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thaw_tests::{bin, registry_model, repo_root, Client, Proc};
+
+const START: Duration = Duration::from_secs(60);
+
+struct Gateway {
+    proc: Proc,
+    public: Client,
+    admin: Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `thaw serve` on `models` (TOML `[[models]]` tables) with short
+/// timers; `extra` is more TOML for `[defaults.scaling]`.
+fn gateway(models: &str, scaling: &str) -> Gateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+state_dir = "{state}"
+
+[defaults.scaling]
+stable_window = "4s"
+panic_window = "1s"
+scale_down_delay = "1s"
+scale_to_zero_after = "2s"
+{scaling}
+
+{models}
+"#,
+        state = dir.path().join("state").display(),
+    );
+    let path = dir.path().join("thaw.toml");
+    std::fs::write(&path, config).expect("config written");
+    let mut cmd = Command::new(bin("thaw"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .arg("--worker-bin")
+        .arg(bin("thaw-worker"))
+        .env("RUST_LOG", "warn");
+    let mut proc = Proc::spawn(cmd).expect("thaw starts");
+    let ready = proc.wait_event("ready", START);
+    Gateway {
+        public: Client::new(ready["address"].as_str().expect("address")),
+        admin: Client::new(ready["admin"].as_str().expect("admin")),
+        proc,
+        _dir: dir,
+    }
+}
+
+fn credit_score(extra: &str) -> String {
+    let source = repo_root().join("configs/models/credit-score");
+    format!(
+        "[[models]]\nname = \"credit-score\"\nsource = \"{}\"\n{extra}\n",
+        source.display()
+    )
+}
+
+fn minilm(extra: &str) -> String {
+    let source = registry_model("all-MiniLM-L6-v2");
+    format!(
+        "[[models]]\nname = \"minilm\"\nsource = \"{}\"\n{extra}\n",
+        source.display()
+    )
+}
+
+fn score_request() -> Value {
+    json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10],
+                       "data": [60, 0.3, 10, 8, 0, 0.3, 20, 48, 6, 1]}]})
+}
+
+fn status(g: &Gateway, model: &str) -> Value {
+    let s = g.admin.get("/admin/status").json();
+    s["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .find(|m| m["name"] == model)
+        .cloned()
+        .unwrap_or_else(|| panic!("{model} not in status: {s}"))
+}
+
+/// Waits until `pred` holds on the model's status. Scaling happens on the
+/// gateway's timers, so the status API is the message to wait on.
+fn wait_status(g: &Gateway, model: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + START;
+    loop {
+        let s = status(g, model);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{model}: {what} never happened: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn worker_pids(g: &Gateway, model: &str) -> Vec<u32> {
+    status(g, model)["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["pid"].as_u64().expect("pid") as u32)
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn listing_and_errors_do_not_wake_models() {
+    let g = gateway(&(credit_score("") + &minilm("")), "");
+    let models = g.public.get("/v1/models").json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["credit-score", "minilm"]);
+    let meta = g.public.get("/v2/models/credit-score").json();
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 10]));
+    assert_eq!(
+        g.public.get("/v2/models/minilm").json()["outputs"][0]["shape"],
+        json!([-1, 384])
+    );
+    let r = g
+        .public
+        .post_json("/v1/embeddings", &json!({"model": "nope", "input": "x"}));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let r = g
+        .public
+        .post_json("/v2/models/nope/infer", &score_request());
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+    let r = g.public.request("POST", "/v1/embeddings", Some(b"{broken"));
+    assert_eq!(r.status, 400);
+    let r = g
+        .public
+        .request("POST", "/v1/embeddings", Some(&vec![b' '; 70 * 1024]));
+    assert_eq!(r.status, 413);
+    assert_eq!(g.public.get("/v1/nothing").status, 404);
+    for m in ["credit-score", "minilm"] {
+        assert_eq!(status(&g, m)["ready_instances"], 0, "{m} was woken");
+    }
+}
+
+#[test]
+fn a_burst_at_zero_is_served_marked_cold_and_the_model_returns_to_zero() {
+    let g = gateway(&credit_score(""), "");
+    assert_eq!(status(&g, "credit-score")["ready_instances"], 0);
+    let responses: Vec<thaw_tests::Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..40)
+            .map(|_| {
+                let c = g.public.clone();
+                s.spawn(move || c.post_json("/v2/models/credit-score/infer", &score_request()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    for r in &responses {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r
+            .header("x-thaw-worker")
+            .is_some_and(|w| w.starts_with("credit-score/")));
+    }
+    let cold = responses
+        .iter()
+        .filter(|r| r.header("x-thaw-cold-start-ms").is_some())
+        .count();
+    assert!(cold >= 1, "no response was marked as a cold start");
+    // No requests: back to zero after scale_to_zero_after.
+    wait_status(&g, "credit-score", "scale to zero", |s| {
+        s["ready_instances"] == 0 && s["instances"].as_array().is_some_and(Vec::is_empty)
+    });
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("thaw_requests_total{model=\"credit-score\",status=\"200\"} 40"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("thaw_cold_starts_total{model=\"credit-score\""),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn overload_on_a_capped_model_gets_only_200s_and_429s() {
+    let capped = "[models.scaling]\nmax_instances = 1\nmax_concurrency = 1\ntarget_concurrency = 1\nmin_instances = 1\n[models.queue]\nmax_depth = 2\n";
+    let g = gateway(&minilm(capped), "");
+    wait_status(&g, "minilm", "the floor instance", |s| {
+        s["ready_instances"] == 1
+    });
+    let texts: Vec<String> = (0..64)
+        .map(|i| format!("a fairly long sentence number {i} to keep the worker busy for a while"))
+        .collect();
+    let body = json!({"model": "minilm", "input": texts});
+    let responses: Vec<thaw_tests::Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..30)
+            .map(|_| {
+                let c = g.public.clone();
+                let b = body.clone();
+                s.spawn(move || c.post_json("/v1/embeddings", &b))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let ok = responses.iter().filter(|r| r.status == 200).count();
+    let shed: Vec<_> = responses.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        ok + shed.len(),
+        30,
+        "statuses: {:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        ok >= 1 && !shed.is_empty(),
+        "{ok} served, {} shed",
+        shed.len()
+    );
+    for r in shed {
+        let secs: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!(secs >= 1);
+        assert_eq!(r.json()["error"]["code"], "overloaded");
+    }
+}
+
+#[test]
+fn min_instances_are_held_also_after_a_worker_is_killed() {
+    let g = gateway(&credit_score("[models.scaling]\nmin_instances = 2\n"), "");
+    wait_status(&g, "credit-score", "two ready instances", |s| {
+        s["ready_instances"] == 2
+    });
+    let before = worker_pids(&g, "credit-score");
+    let victim = before[0];
+    let killed = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let s = wait_status(&g, "credit-score", "a replacement", |s| {
+        s["ready_instances"] == 2
+            && !s["instances"]
+                .to_string()
+                .contains(&format!("\"pid\":{victim},"))
+    });
+    assert_eq!(s["instances"].as_array().map(Vec::len), Some(2));
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("thaw_worker_crashes_total{model=\"credit-score\"} 1"),
+        "{metrics}"
+    );
+    // Still held after the idle timers.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&g, "credit-score")["ready_instances"], 2);
+}
+
+#[test]
+fn a_worker_killed_mid_request_yields_a_502_and_a_replacement() {
+    let g = gateway(
+        &minilm("[models.scaling]\nmin_instances = 1\nmax_instances = 1\n"),
+        "",
+    );
+    wait_status(&g, "minilm", "the floor instance", |s| {
+        s["ready_instances"] == 1
+    });
+    let victim = worker_pids(&g, "minilm")[0];
+    // Under the 64 KiB body the gateway replays, and seconds of work.
+    let texts: Vec<String> = (0..1000)
+        .map(|i| format!("sentence {i} keeps a worker busy a while"))
+        .collect();
+    let client = g.public.clone();
+    let request = std::thread::spawn(move || {
+        client.post_json(
+            "/v1/embeddings",
+            &json!({"model": "minilm", "input": texts}),
+        )
+    });
+    wait_status(&g, "minilm", "the request in flight", |s| {
+        s["in_flight"] == 1
+    });
+    let killed = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let r = request.join().expect("client");
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "worker_failed");
+    wait_status(&g, "minilm", "a replacement", |s| {
+        s["ready_instances"] == 1
+            && !s["instances"]
+                .to_string()
+                .contains(&format!("\"pid\":{victim},"))
+    });
+    let ok = g.public.post_json(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": "again"}),
+    );
+    assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn no_worker_outlives_the_gateway() {
+    for signal in ["TERM", "KILL"] {
+        let mut g = gateway(&credit_score("[models.scaling]\nmin_instances = 2\n"), "");
+        wait_status(&g, "credit-score", "two ready instances", |s| {
+            s["ready_instances"] == 2
+        });
+        let pids = worker_pids(&g, "credit-score");
+        g.proc.signal(signal);
+        g.proc.wait_exit(START);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pids.iter().any(|p| alive(*p)) {
+            assert!(
+                Instant::now() < deadline,
+                "workers {pids:?} outlived a gateway killed with SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
