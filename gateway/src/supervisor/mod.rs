@@ -3,6 +3,7 @@
 //! message), adds them to the model's admission when ready, replaces those
 //! that die, and drains then stops those no longer wanted.
 
+pub mod health;
 pub mod pool;
 pub mod process;
 

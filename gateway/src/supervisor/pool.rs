@@ -60,6 +60,10 @@ pub struct Pool {
     pub start_timeout: Duration,
     /// How long a stopping worker may drain before SIGKILL.
     pub grace: Duration,
+    /// How often each worker's liveness is probed.
+    pub health_interval: Duration,
+    /// Consecutive failed probes after which a worker is killed.
+    pub health_failures: u32,
 }
 
 impl Pool {
@@ -85,6 +89,8 @@ impl Pool {
             events,
             start_timeout: Duration::from_secs(120),
             grace: Duration::from_secs(30),
+            health_interval: Duration::from_secs(5),
+            health_failures: 3,
         })
     }
 
@@ -206,6 +212,7 @@ impl Pool {
                 );
                 self.starting.fetch_sub(1, Ordering::AcqRel);
                 tokio::spawn(self.clone().watch_exit(id));
+                tokio::spawn(self.clone().watch_health(id));
             }
             Err(e) => {
                 tracing::error!(model = %self.spec.model, "worker failed to start: {e}");
@@ -234,6 +241,38 @@ impl Pool {
             }
         }
         self.changed.notify_one();
+    }
+
+    /// Probes the worker's liveness until it exits; kills it after
+    /// `health_failures` failed probes in a row, so that it is replaced.
+    async fn watch_health(self: Arc<Self>, id: InstanceId) {
+        let mut failures = 0;
+        let mut ticker = tokio::time::interval(self.health_interval);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some((socket, handle, draining)) = self
+                .lock()
+                .get(&id)
+                .map(|i| (i.process.socket.clone(), i.process.handle(), i.draining))
+            else {
+                return;
+            };
+            if draining || handle.has_exited() {
+                return;
+            }
+            if super::health::live(&socket, self.health_interval).await {
+                failures = 0;
+                continue;
+            }
+            failures += 1;
+            tracing::warn!(model = %self.spec.model, instance = %id, failures, "health check failed");
+            if failures >= self.health_failures {
+                tracing::error!(model = %self.spec.model, instance = %id, "worker unresponsive: killing it");
+                handle.kill();
+                return;
+            }
+        }
     }
 
     /// Stops routing to `id`, waits (up to the grace period) for its

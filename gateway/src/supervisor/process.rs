@@ -107,6 +107,11 @@ impl ProcessHandle {
         self.exit.borrow().is_some()
     }
 
+    /// SIGKILL now.
+    pub fn kill(&self) {
+        signal(self.pid, Signal::SIGKILL);
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub async fn stop(&self, grace: Duration) {
         if self.has_exited() {
