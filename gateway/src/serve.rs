@@ -117,6 +117,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         models: models.clone(),
         metrics: metrics.clone(),
         max_body_bytes: cfg.gateway.max_body_bytes,
+        connector: pingora::connectors::http::Connector::new(None),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&public.to_string());

@@ -153,7 +153,7 @@ fn listing_and_errors_do_not_wake_models() {
     assert_eq!(r.status, 400);
     let r = g
         .public
-        .request("POST", "/v1/embeddings", Some(&vec![b' '; 70 * 1024]));
+        .request("POST", "/v1/embeddings", Some(&vec![b' '; 3 << 20]));
     assert_eq!(r.status, 413);
     assert_eq!(g.public.get("/v1/nothing").status, 404);
     for m in ["credit-score", "minilm"] {
@@ -344,4 +344,28 @@ fn no_worker_outlives_the_gateway() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+#[test]
+fn a_body_larger_than_pingoras_replay_buffer_is_forwarded_whole() {
+    let g = gateway(&minilm(""), "");
+    // Valid JSON padded past 64 KiB, the model named last, as OpenAI's
+    // Python client writes it.
+    let mut body = br#"{"input": ["padded request"]"#.to_vec();
+    body.extend(std::iter::repeat_n(b' ', 100 * 1024));
+    body.extend_from_slice(br#", "model": "minilm"}"#);
+    let r = g.public.request("POST", "/v1/embeddings", Some(&body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r
+        .header("x-thaw-worker")
+        .is_some_and(|w| w.starts_with("minilm/")));
+    assert!(r.header("x-thaw-cold-start-ms").is_some());
+    let v = r.json();
+    assert_eq!(
+        v["data"][0]["embedding"].as_array().map(Vec::len),
+        Some(384)
+    );
+    // And again, on a pooled connection to the worker.
+    let again = g.public.request("POST", "/v1/embeddings", Some(&body));
+    assert_eq!(again.status, 200);
 }

@@ -5,6 +5,7 @@
 //! request's permit lives in its context, so it is released when the
 //! response ends, fails, or the client hangs up.
 
+pub mod large_body;
 pub mod respond;
 pub mod route;
 
@@ -40,6 +41,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Largest body read to find the model.
     pub max_body_bytes: u64,
+    /// Connections to workers for bodies too large for pingora to replay.
+    pub connector: pingora::connectors::http::Connector,
 }
 
 /// Per-request state.
@@ -71,8 +74,12 @@ impl ProxyHttp for Gateway {
         let path = header.uri.path().to_string();
         let r = route(&method, &path);
         ctx.openai = path.starts_with("/v1");
+        let mut unreplayable = None;
         let result = match r {
-            Route::OpenAiBody => self.body_model(session).await,
+            Route::OpenAiBody => self.body_model(session).await.map(|(model, body)| {
+                unreplayable = body;
+                model
+            }),
             Route::V2Model(name) => self.model(&name),
             other => {
                 self.answer_here(session, other, &path).await?;
@@ -93,7 +100,13 @@ impl ProxyHttp for Gateway {
                     .with_label_values(&[&model.config.name])
                     .observe(permit.waited().as_secs_f64());
                 ctx.permit = Some(permit);
-                Ok(false)
+                match unreplayable {
+                    None => Ok(false),
+                    Some(body) => {
+                        self.forward_large(session, ctx, body).await?;
+                        Ok(true)
+                    }
+                }
             }
             Err(rejection) => self.reject(session, ctx, &rejection.into()).await,
         }
@@ -117,15 +130,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(model), Some(permit)) = (&ctx.model, &ctx.permit) {
-            let worker = format!("{}/{}", model.config.name, permit.instance());
-            upstream.insert_header("x-thaw-worker", worker)?;
-            if ctx.cold {
-                let ms = permit.waited().as_millis().to_string();
-                upstream.insert_header("x-thaw-cold-start-ms", ms)?;
-            }
-        }
-        Ok(())
+        decorate(ctx, upstream)
     }
 
     fn error_while_proxy(
@@ -202,10 +207,14 @@ impl Gateway {
             .ok_or_else(|| GatewayError::UnknownModel(name.to_string()))
     }
 
-    /// Reads the body (under the limit) to find its `model`; the body is
-    /// kept in pingora's retry buffer and replayed to the worker.
-    async fn body_model(&self, session: &mut Session) -> Result<Arc<Model>, GatewayError> {
-        let limit = self.max_body_bytes.min(REPLAYABLE_BODY as u64);
+    /// Reads the body (under the limit) to find its `model`. A body that
+    /// fits pingora's retry buffer is replayed to the worker by the proxy;
+    /// a larger one is returned, to be forwarded by `large_body`.
+    async fn body_model(
+        &self,
+        session: &mut Session,
+    ) -> Result<(Arc<Model>, Option<Bytes>), GatewayError> {
+        let limit = self.max_body_bytes;
         let declared = session
             .req_header()
             .headers
@@ -229,8 +238,30 @@ impl Gateway {
                 Err(e) => return Err(GatewayError::BadRequest(format!("reading the body: {e}"))),
             }
         }
-        let name = model_of(&body.freeze())?;
-        self.model(&name)
+        let body = body.freeze();
+        let name = model_of(&body)?;
+        let large = (body.len() > REPLAYABLE_BODY).then_some(body);
+        Ok((self.model(&name)?, large))
+    }
+
+    async fn forward_large(&self, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> Result<()> {
+        let Some(permit) = ctx.permit.as_ref() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no permit for an admitted request",
+            );
+        };
+        let peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
+        let result =
+            large_body::forward(&self.connector, session, &peer, body, |h| decorate(ctx, h)).await;
+        if let Err(e) = result {
+            if session.response_written().is_none() {
+                let err =
+                    GatewayError::BadGateway(format!("the worker failed: {}", e.etype().as_str()));
+                respond::error(session, &err, ctx.openai).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<bool> {
@@ -324,6 +355,20 @@ impl Gateway {
             .collect();
         json!({"object": "list", "data": data})
     }
+}
+
+/// Adds `x-thaw-worker` (and, after a scale-up, `x-thaw-cold-start-ms`) to
+/// a worker's response.
+fn decorate(ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
+    if let (Some(model), Some(permit)) = (&ctx.model, &ctx.permit) {
+        let worker = format!("{}/{}", model.config.name, permit.instance());
+        header.insert_header("x-thaw-worker", worker)?;
+        if ctx.cold {
+            let ms = permit.waited().as_millis().to_string();
+            header.insert_header("x-thaw-cold-start-ms", ms)?;
+        }
+    }
+    Ok(())
 }
 
 /// The request's queue deadline: the model's timeout, or less if the client
