@@ -110,7 +110,7 @@ impl Admin {
                     .collect();
                 json!({
                     "name": m.config.name,
-                    "kind": m.config.kind,
+                    "kind": m.kind,
                     "ready_instances": stats.ready_instances,
                     "starting_instances": m.pool.starting(),
                     "desired_instances": decision.instances,

@@ -28,6 +28,8 @@ pub struct Model {
     pub pool: Arc<Pool>,
     /// The autoscaler's latest decision.
     pub decision: watch::Receiver<Decision>,
+    /// Its kind: from the config, else detected from the source's files.
+    pub kind: Option<thaw_snapshot::ModelKind>,
     /// KServe v2 metadata, derived from the source's files without starting it.
     pub metadata: Value,
 }
@@ -132,6 +134,7 @@ fn start_model(m: &ModelConfig, rt: &Runtime) -> (Model, tokio::task::JoinHandle
         admission,
         pool,
         decision: decisions_rx,
+        kind: m.kind.or_else(|| thaw_snapshot::detect_kind(&m.source).ok()),
         metadata: metadata(m),
     };
     (model, running)

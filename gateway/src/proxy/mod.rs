@@ -348,7 +348,7 @@ impl Gateway {
                     "id": m.config.name,
                     "object": "model",
                     "owned_by": "thaw",
-                    "kind": m.config.kind,
+                    "kind": m.kind,
                     "ready_instances": m.admission.stats().ready_instances,
                 })
             })
