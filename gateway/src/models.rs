@@ -134,7 +134,9 @@ fn start_model(m: &ModelConfig, rt: &Runtime) -> (Model, tokio::task::JoinHandle
         admission,
         pool,
         decision: decisions_rx,
-        kind: m.kind.or_else(|| thaw_snapshot::detect_kind(&m.source).ok()),
+        kind: m
+            .kind
+            .or_else(|| thaw_snapshot::detect_kind(&m.source).ok()),
         metadata: metadata(m),
     };
     (model, running)

@@ -69,6 +69,11 @@ impl Client {
         }
     }
 
+    /// The address it connects to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// `GET path`.
     pub fn get(&self, path: &str) -> Response {
         self.request("GET", path, None)

@@ -369,3 +369,47 @@ fn a_body_larger_than_pingoras_replay_buffer_is_forwarded_whole() {
     let again = g.public.request("POST", "/v1/embeddings", Some(&body));
     assert_eq!(again.status, 200);
 }
+
+#[test]
+fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
+    let capped = "[models.scaling]\nmin_instances = 1\nmax_instances = 1\nmax_concurrency = 1\ntarget_concurrency = 1\n";
+    let g = gateway(&minilm(capped), "");
+    wait_status(&g, "minilm", "the floor instance", |s| {
+        s["ready_instances"] == 1
+    });
+    // Keep the one slot busy for seconds.
+    let texts: Vec<String> = (0..2000)
+        .map(|i| format!("busy sentence {i} for the only slot"))
+        .collect();
+    let client = g.public.clone();
+    let busy = std::thread::spawn(move || {
+        client.post_json(
+            "/v1/embeddings",
+            &json!({"model": "minilm", "input": texts}),
+        )
+    });
+    wait_status(&g, "minilm", "the busy request in flight", |s| {
+        s["in_flight"] == 1
+    });
+    // A second request queues behind it; its client then hangs up.
+    let address = g.public.address().to_string();
+    let body = json!({"model": "minilm", "input": "queued"}).to_string();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    let request = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send");
+    wait_status(&g, "minilm", "the second request queued", |s| {
+        s["queue_depth"] == 1
+    });
+    drop(stream);
+    let s = wait_status(&g, "minilm", "the hung-up request leaving the queue", |s| {
+        s["queue_depth"] == 0
+    });
+    assert_eq!(
+        s["in_flight"], 1,
+        "the queue emptied only because the slot freed: {s}"
+    );
+    assert_eq!(busy.join().expect("client").status, 200);
+}

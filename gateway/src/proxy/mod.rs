@@ -74,11 +74,13 @@ impl ProxyHttp for Gateway {
         let path = header.uri.path().to_string();
         let r = route(&method, &path);
         ctx.openai = path.starts_with("/v1");
+        let body_after_model = matches!(r, Route::V2Model(_));
         let mut unreplayable = None;
         let result = match r {
-            Route::OpenAiBody => self.body_model(session).await.map(|(model, body)| {
-                unreplayable = body;
-                model
+            Route::OpenAiBody => self.read_body(session).await.and_then(|body| {
+                let model = self.model(&model_of(&body)?)?;
+                unreplayable = (body.len() > REPLAYABLE_BODY).then_some(body);
+                Ok(model)
             }),
             Route::V2Model(name) => self.model(&name),
             other => {
@@ -90,10 +92,27 @@ impl ProxyHttp for Gateway {
             Ok(model) => model,
             Err(e) => return self.reject(session, ctx, &e).await,
         };
+        if body_after_model {
+            // Read the body before queueing, so a client that hangs up
+            // while queued can be noticed (the connection is then idle).
+            match self.read_body(session).await {
+                Ok(body) => unreplayable = (body.len() > REPLAYABLE_BODY).then_some(body),
+                Err(e) => return self.reject(session, ctx, &e).await,
+            }
+        }
         ctx.model = Some(model.clone());
         ctx.cold = model.admission.stats().ready_instances == 0;
         let deadline = deadline(session, model.config.queue.timeout);
-        match model.admission.acquire(deadline).await {
+        let admitted = tokio::select! {
+            admitted = model.admission.acquire(deadline) => admitted,
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                // The client hung up (or broke the protocol) while queued:
+                // dropping the acquire future has taken it off the queue.
+                session.set_keepalive(None);
+                return Ok(true);
+            }
+        };
+        match admitted {
             Ok(permit) => {
                 self.metrics
                     .queue_wait_seconds
@@ -207,13 +226,10 @@ impl Gateway {
             .ok_or_else(|| GatewayError::UnknownModel(name.to_string()))
     }
 
-    /// Reads the body (under the limit) to find its `model`. A body that
-    /// fits pingora's retry buffer is replayed to the worker by the proxy;
-    /// a larger one is returned, to be forwarded by `large_body`.
-    async fn body_model(
-        &self,
-        session: &mut Session,
-    ) -> Result<(Arc<Model>, Option<Bytes>), GatewayError> {
+    /// Reads the whole body under the size limit. A body that fits
+    /// pingora's retry buffer is replayed to the worker by the proxy; a
+    /// larger one is forwarded by `large_body`.
+    async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
         let limit = self.max_body_bytes;
         let declared = session
             .req_header()
@@ -234,14 +250,10 @@ impl Gateway {
                         return Err(GatewayError::TooLarge(limit));
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => return Ok(body.freeze()),
                 Err(e) => return Err(GatewayError::BadRequest(format!("reading the body: {e}"))),
             }
         }
-        let body = body.freeze();
-        let name = model_of(&body)?;
-        let large = (body.len() > REPLAYABLE_BODY).then_some(body);
-        Ok((self.model(&name)?, large))
     }
 
     async fn forward_large(&self, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> Result<()> {
