@@ -16,6 +16,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build or verify snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Serve the models of a config.
     Serve {
         /// The config file.
@@ -33,6 +36,69 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Turn a model directory into a snapshot.
+    Build {
+        /// The model directory (safetensors + configs, a tabular manifest, or a GGUF).
+        source: PathBuf,
+        /// The snapshot directory to write (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// The weights' dtype: f32, f16, bf16 (q8_0 is refused for now).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Check a snapshot's manifest and every file's hash.
+    Verify {
+        /// The snapshot directory.
+        dir: PathBuf,
+    },
+}
+
+fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
+    match command {
+        SnapshotCommand::Build { source, out, dtype } => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = |done: u64, total: u64| {
+                bar.set_length(total);
+                bar.set_position(done);
+            };
+            let manifest = thaw_snapshot::build(&thaw_snapshot::BuildOptions {
+                source,
+                out: out.clone(),
+                dtype: dtype.parse()?,
+                progress: Some(&report),
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "built {}: {} {} ({}), {} files, {} weight bytes",
+                out.display(),
+                manifest.kind,
+                manifest.architecture,
+                manifest.dtype,
+                manifest.files.len(),
+                manifest.sizes.weight_bytes
+            );
+        }
+        SnapshotCommand::Verify { dir } => {
+            let manifest = thaw_snapshot::verify(&dir)?;
+            println!(
+                "ok: {} {} ({}), {} files verified",
+                manifest.kind,
+                manifest.architecture,
+                manifest.dtype,
+                manifest.files.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -42,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Snapshot(command) => snapshot(command),
         Command::Serve {
             config,
             listen,

@@ -42,6 +42,25 @@ pub fn map_safetensors(
     })
 }
 
+/// Every tensor of a safetensors file, read through a mapping (used by the
+/// snapshot builder, which converts each one).
+pub fn load_all(path: &Path) -> Result<Vec<(String, candle_core::Tensor)>, crate::SnapshotError> {
+    check_header(path).map_err(|e| crate::SnapshotError::Source(e.to_string()))?;
+    let fail =
+        |e: candle_core::Error| crate::SnapshotError::Source(format!("{}: {e}", path.display()));
+    // SAFETY: as in `map_safetensors`: a read-only mapping of a model file
+    // that is not modified while mapped.
+    let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(fail)?;
+    let names: Vec<String> = mapped.tensors().into_iter().map(|(n, _)| n).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let t = mapped.load(&name, &Device::Cpu).map_err(fail)?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
 /// Refuses a file that is too short for its own header before it is mapped,
 /// so a truncated download gets a message rather than a fault.
 fn check_header(path: &Path) -> Result<(), MapError> {

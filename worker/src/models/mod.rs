@@ -64,9 +64,16 @@ impl LoadedModel {
     /// Loads the model in `options.dir` and runs a warm-up pass, so the first
     /// request does not pay for lazy initialisation.
     pub fn load(options: &LoadOptions) -> Result<Self, ModelError> {
-        let kind = match options.kind {
-            Some(kind) => kind,
-            None => thaw_snapshot::detect_kind(&options.dir).map_err(ModelError::load)?,
+        let kind = if thaw_snapshot::is_snapshot(&options.dir) {
+            // A snapshot is checked (format, kind, sizes) before it is mapped.
+            thaw_snapshot::open(&options.dir, options.kind)
+                .map_err(ModelError::load)?
+                .kind
+        } else {
+            match options.kind {
+                Some(kind) => kind,
+                None => thaw_snapshot::detect_kind(&options.dir).map_err(ModelError::load)?,
+            }
         };
         let model = match kind {
             ModelKind::Embedding => {

@@ -1,0 +1,434 @@
+//! `thaw snapshot build`: a model directory into a snapshot — weights
+//! converted once to the run-time dtype and written as a safetensors file
+//! whose tensors each start on a 64-byte boundary, the model's config and
+//! tokenizer files copied, every file hashed into the manifest. The snapshot
+//! is written beside its destination and renamed into place, so a reader
+//! never sees half of one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor};
+
+use crate::hash::{hash_file, hash_tree};
+use crate::manifest::{
+    FileEntry, Manifest, Sizes, Source, ALIGNMENT, FORMAT, FORMAT_VERSION, MANIFEST,
+};
+use crate::{detect_kind, ModelKind, SnapshotError};
+
+/// The dtype a snapshot's weights are stored (and run) in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotDtype {
+    /// 32-bit float: the reference.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl SnapshotDtype {
+    fn candle(self) -> DType {
+        match self {
+            SnapshotDtype::F32 => DType::F32,
+            SnapshotDtype::F16 => DType::F16,
+            SnapshotDtype::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name used on the command line and in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotDtype::F32 => "f32",
+            SnapshotDtype::F16 => "f16",
+            SnapshotDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl FromStr for SnapshotDtype {
+    type Err = SnapshotError;
+
+    fn from_str(s: &str) -> Result<Self, SnapshotError> {
+        match s {
+            "f32" => Ok(SnapshotDtype::F32),
+            "f16" => Ok(SnapshotDtype::F16),
+            "bf16" => Ok(SnapshotDtype::Bf16),
+            "q8_0" => Err(SnapshotError::Unsupported(
+                "q8_0 snapshots are not built yet: the CPU BERT and MLP backends run f32 kernels"
+                    .into(),
+            )),
+            other => Err(SnapshotError::Unsupported(format!(
+                "dtype {other:?} (f32, f16, bf16)"
+            ))),
+        }
+    }
+}
+
+/// What to build.
+pub struct BuildOptions<'a> {
+    /// The model directory.
+    pub source: PathBuf,
+    /// The snapshot directory to create (replaced if it exists).
+    pub out: PathBuf,
+    /// The weights' dtype.
+    pub dtype: SnapshotDtype,
+    /// Called with (bytes done, bytes total) while weights are written.
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
+}
+
+/// Files copied as they are, per kind (those that exist).
+fn copied_files(kind: ModelKind) -> &'static [&'static str] {
+    match kind {
+        ModelKind::Embedding => &[
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "sentence_bert_config.json",
+            "modules.json",
+            "1_Pooling/config.json",
+        ],
+        ModelKind::Tabular => &[crate::kind::TABULAR_MANIFEST],
+        ModelKind::Chat => &[],
+    }
+}
+
+/// Warm-up inputs per kind, run by a template before it is ready.
+fn warmup(kind: ModelKind) -> Vec<String> {
+    match kind {
+        ModelKind::Embedding => vec!["warm-up".into(), "a second, longer warm-up sentence".into()],
+        ModelKind::Tabular => vec!["zeros".into()],
+        ModelKind::Chat => vec!["Hello".into()],
+    }
+}
+
+/// Builds a snapshot; returns its manifest.
+pub fn build(options: &BuildOptions<'_>) -> Result<Manifest, SnapshotError> {
+    let source = &options.source;
+    let kind = detect_kind(source).map_err(|e| SnapshotError::Source(e.to_string()))?;
+    let source_hash = hash_tree(source)?;
+    let staging = staging_dir(&options.out)?;
+    let result = build_into(options, kind, &source_hash, &staging);
+    match result {
+        Ok(manifest) => {
+            replace_dir(&staging, &options.out)?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+fn build_into(
+    options: &BuildOptions<'_>,
+    kind: ModelKind,
+    source_hash: &str,
+    staging: &Path,
+) -> Result<Manifest, SnapshotError> {
+    let (architecture, dtype, sizes) = match kind {
+        ModelKind::Chat => copy_gguf(&options.source, staging)?,
+        ModelKind::Embedding | ModelKind::Tabular => {
+            let sizes = write_weights(options, staging)?;
+            let arch = if kind == ModelKind::Embedding {
+                "bert"
+            } else {
+                "mlp"
+            };
+            (arch.to_string(), options.dtype.as_str().to_string(), sizes)
+        }
+    };
+    for file in copied_files(kind) {
+        let from = options.source.join(file);
+        if from.is_file() {
+            let to = staging.join(file);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| SnapshotError::io(parent, e))?;
+            }
+            std::fs::copy(&from, &to).map_err(|e| SnapshotError::io(&from, e))?;
+        }
+    }
+    if kind == ModelKind::Tabular {
+        point_manifest_at_weights(staging)?;
+    }
+    let files = list_files(staging)?
+        .into_iter()
+        .map(|rel| {
+            let path = staging.join(&rel);
+            let (size, sha256) = hash_file(&path)?;
+            Ok(FileEntry {
+                path: rel,
+                size,
+                sha256,
+            })
+        })
+        .collect::<Result<Vec<_>, SnapshotError>>()?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        builder: format!("thaw {}", env!("CARGO_PKG_VERSION")),
+        kind,
+        architecture,
+        dtype,
+        source: Source {
+            path: options.source.display().to_string(),
+            hash: source_hash.to_string(),
+        },
+        files,
+        sizes,
+        warmup: warmup(kind),
+    };
+    let text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| SnapshotError::Manifest(e.to_string()))?;
+    let path = staging.join(MANIFEST);
+    std::fs::write(&path, text + "\n").map_err(|e| SnapshotError::io(&path, e))?;
+    Ok(manifest)
+}
+
+/// Converts every tensor of the source's safetensors to the dtype and
+/// writes them, each aligned, to `model.safetensors`.
+fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, SnapshotError> {
+    let weights = options.source.join("model.safetensors");
+    let tensors = crate::mmap::load_all(&weights)?;
+    let dtype = options.dtype.candle();
+    let mut converted: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (name, t) in tensors {
+        let t = if t.dtype().is_float() {
+            t.to_dtype(dtype)
+        } else {
+            Ok(t)
+        };
+        let t = t.map_err(|e| SnapshotError::Convert(format!("{name}: {e}")))?;
+        converted.insert(name, t);
+    }
+    write_aligned(
+        &staging.join("model.safetensors"),
+        &converted,
+        options.progress,
+    )
+}
+
+/// Writes a safetensors file whose data section starts, and whose every
+/// tensor starts, at a multiple of [`ALIGNMENT`] from the file's start;
+/// padding between tensors is named `__pad_N` (U8), since safetensors wants
+/// its data section fully indexed.
+pub fn write_aligned(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    progress: Option<&dyn Fn(u64, u64)>,
+) -> Result<Sizes, SnapshotError> {
+    let mut entries = Vec::new();
+    let mut offset = 0usize;
+    let mut parameters = 0u64;
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let pad = (ALIGNMENT - offset % ALIGNMENT) % ALIGNMENT;
+        if pad > 0 {
+            entries.push((
+                format!("__pad_{i}"),
+                "U8".to_string(),
+                vec![pad],
+                offset,
+                offset + pad,
+                None,
+            ));
+            offset += pad;
+        }
+        let bytes = t.elem_count() * t.dtype().size_in_bytes();
+        parameters += t.elem_count() as u64;
+        entries.push((
+            name.clone(),
+            st_dtype(t.dtype())?,
+            t.dims().to_vec(),
+            offset,
+            offset + bytes,
+            Some(t),
+        ));
+        offset += bytes;
+    }
+    let mut header = serde_json::Map::new();
+    for (name, dtype, shape, start, end, _) in &entries {
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, end]}),
+        );
+    }
+    let mut header =
+        serde_json::to_vec(&header).map_err(|e| SnapshotError::Manifest(e.to_string()))?;
+    // Pad the header with spaces so that the data section is aligned.
+    while (8 + header.len()) % ALIGNMENT != 0 {
+        header.push(b' ');
+    }
+    let file = std::fs::File::create(path).map_err(|e| SnapshotError::io(path, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    let io = |e| SnapshotError::io(path, e);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    let total = offset as u64;
+    for (_, _, _, start, end, tensor) in &entries {
+        match tensor {
+            None => out.write_all(&vec![0u8; end - start]).map_err(io)?,
+            Some(t) => out.write_all(&tensor_bytes(t)?).map_err(io)?,
+        }
+        if let Some(report) = progress {
+            report(*end as u64, total);
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(Sizes {
+        weight_bytes: total,
+        parameters,
+    })
+}
+
+fn st_dtype(dtype: DType) -> Result<String, SnapshotError> {
+    Ok(match dtype {
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::F64 => "F64",
+        DType::U8 => "U8",
+        DType::U32 => "U32",
+        DType::I64 => "I64",
+        other => {
+            return Err(SnapshotError::Convert(format!(
+                "dtype {other:?} is not supported"
+            )))
+        }
+    }
+    .to_string())
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>, SnapshotError> {
+    let t = t
+        .flatten_all()
+        .map_err(|e| SnapshotError::Convert(e.to_string()))?;
+    let convert = |e: candle_core::Error| SnapshotError::Convert(e.to_string());
+    Ok(match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()
+            .map_err(convert)?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()
+            .map_err(convert)?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()
+            .map_err(convert)?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()
+            .map_err(convert)?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::U8 => t.to_vec1::<u8>().map_err(convert)?,
+        DType::U32 => t
+            .to_vec1::<u32>()
+            .map_err(convert)?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::I64 => t
+            .to_vec1::<i64>()
+            .map_err(convert)?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        other => {
+            return Err(SnapshotError::Convert(format!(
+                "dtype {other:?} is not supported"
+            )))
+        }
+    })
+}
+
+/// Chat models: the GGUF is already laid out for mapping; it is copied.
+fn copy_gguf(source: &Path, staging: &Path) -> Result<(String, String, Sizes), SnapshotError> {
+    let gguf = std::fs::read_dir(source)
+        .map_err(|e| SnapshotError::io(source, e))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .ok_or_else(|| SnapshotError::Source(format!("no .gguf file in {}", source.display())))?;
+    let name = gguf.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    let to = staging.join(&name);
+    let size = std::fs::copy(&gguf, &to).map_err(|e| SnapshotError::io(&gguf, e))?;
+    Ok((
+        "llama".into(),
+        "gguf".into(),
+        Sizes {
+            weight_bytes: size,
+            parameters: 0,
+        },
+    ))
+}
+
+fn point_manifest_at_weights(staging: &Path) -> Result<(), SnapshotError> {
+    let path = staging.join(crate::kind::TABULAR_MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|e| SnapshotError::io(&path, e))?;
+    let mut m: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| SnapshotError::Source(format!("{}: {e}", path.display())))?;
+    m["weights"] = serde_json::json!("model.safetensors");
+    std::fs::write(&path, m.to_string()).map_err(|e| SnapshotError::io(&path, e))
+}
+
+/// Files under `dir`, relative, sorted.
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>, SnapshotError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| SnapshotError::io(&d, e))? {
+            let path = entry.map_err(|e| SnapshotError::io(&d, e))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn staging_dir(out: &Path) -> Result<PathBuf, SnapshotError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| SnapshotError::io(parent, e))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = parent.join(format!(".{name}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| SnapshotError::io(&staging, e))?;
+    Ok(staging)
+}
+
+/// Moves `staging` to `out`; an old snapshot at `out` is moved aside first
+/// and removed after, never rewritten in place (it may be mapped).
+fn replace_dir(staging: &Path, out: &Path) -> Result<(), SnapshotError> {
+    let old = out.with_extension(format!("old-{}", std::process::id()));
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).map_err(|e| SnapshotError::io(out, e))?;
+    }
+    std::fs::rename(staging, out).map_err(|e| SnapshotError::io(out, e))?;
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
