@@ -129,14 +129,17 @@ impl Metrics {
 }
 
 impl PoolEvents for Metrics {
-    fn started(&self, model: &str, startup: Duration) {
-        // Every start is a plain process spawn until templates land.
-        self.cold_starts
-            .with_label_values(&[model, "process"])
-            .inc();
+    fn started(&self, model: &str, tier: &str, startup: Duration) {
+        self.cold_starts.with_label_values(&[model, tier]).inc();
         self.cold_start_seconds
             .with_label_values(&[model, "spawn_to_ready"])
             .observe(startup.as_secs_f64());
+    }
+
+    fn snapshot_built(&self, model: &str, took: Duration) {
+        self.cold_start_seconds
+            .with_label_values(&[model, "snapshot_build"])
+            .observe(took.as_secs_f64());
     }
 
     fn start_failed(&self, model: &str, _error: &str) {

@@ -3,7 +3,6 @@
 //! atomically swapped map.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use crate::admission::Admission;
 use crate::autoscaler::{self, Decision};
 use crate::config::{Config, ModelConfig};
 use crate::metrics::Metrics;
-use crate::supervisor::{Pool, WorkerSpec};
+use crate::supervisor::{Pool, PoolPaths, WorkerSpec};
 
 /// One served model.
 pub struct Model {
@@ -37,10 +36,8 @@ pub struct Model {
 /// Where workers come from and go.
 #[derive(Clone)]
 pub struct Runtime {
-    /// The `thaw-worker` binary.
-    pub worker_bin: PathBuf,
-    /// Private directory for worker sockets.
-    pub sockets: PathBuf,
+    /// Binary, sockets and snapshots directories.
+    pub paths: PoolPaths,
     /// Instance ids, unique across models.
     pub ids: Arc<AtomicU64>,
     /// Metrics (also the pools' event sink).
@@ -110,8 +107,7 @@ fn start_model(m: &ModelConfig, rt: &Runtime) -> (Model, tokio::task::JoinHandle
     let pool = Pool::new(
         spec,
         admission.clone(),
-        rt.worker_bin.clone(),
-        rt.sockets.clone(),
+        rt.paths.clone(),
         rt.ids.clone(),
         rt.metrics.clone(),
     );

@@ -22,6 +22,7 @@ use crate::config;
 use crate::metrics::Metrics;
 use crate::models::{Models, Runtime};
 use crate::proxy::Gateway;
+use crate::supervisor::PoolPaths;
 
 /// `thaw serve`'s options.
 #[derive(Debug, Clone)]
@@ -93,8 +94,11 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new()?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let rt = Runtime {
-        worker_bin,
-        sockets: sockets.clone(),
+        paths: PoolPaths {
+            worker_bin,
+            sockets: sockets.clone(),
+            snapshots: cfg.gateway.state_dir.join("snapshots"),
+        },
         ids: Arc::new(AtomicU64::new(1)),
         metrics: metrics.clone(),
         shutdown: shutdown_rx,

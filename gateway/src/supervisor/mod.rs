@@ -6,6 +6,7 @@
 pub mod health;
 pub mod pool;
 pub mod process;
+pub mod snapshots;
 
-pub use pool::{InstanceInfo, Pool, PoolEvents};
+pub use pool::{InstanceInfo, Pool, PoolEvents, PoolPaths};
 pub use process::{spawn, ProcessHandle, SpawnError, WorkerProcess, WorkerSpec};

@@ -17,11 +17,24 @@ use crate::autoscaler::Decision;
 /// What the pool reports to metrics.
 pub trait PoolEvents: Send + Sync {
     /// A worker became ready after `startup`.
-    fn started(&self, model: &str, startup: Duration);
+    fn started(&self, model: &str, tier: &str, startup: Duration);
+    /// A snapshot was built from the model's source in `took`.
+    fn snapshot_built(&self, model: &str, took: Duration);
     /// A worker failed to start.
     fn start_failed(&self, model: &str, error: &str);
     /// A worker exited without being asked to.
     fn crashed(&self, model: &str);
+}
+
+/// Where a pool's workers come from and put their files.
+#[derive(Debug, Clone)]
+pub struct PoolPaths {
+    /// The `thaw-worker` binary.
+    pub worker_bin: PathBuf,
+    /// Private directory for worker sockets.
+    pub sockets: PathBuf,
+    /// Where snapshots built from sources live.
+    pub snapshots: PathBuf,
 }
 
 /// A worker as `/admin/status` shows it.
@@ -55,6 +68,8 @@ pub struct Pool {
     instances: Mutex<HashMap<InstanceId, Instance>>,
     starting: AtomicUsize,
     changed: Notify,
+    snapshots: PathBuf,
+    prepared: tokio::sync::OnceCell<PathBuf>,
     events: Arc<dyn PoolEvents>,
     /// How long a worker may take to become ready.
     pub start_timeout: Duration,
@@ -67,25 +82,26 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for `spec`, its workers' sockets in `sockets`, ids from `ids`
-    /// (shared by every pool, so ids are unique in the gateway).
+    /// A pool for `spec`, with ids from `ids` (shared by every pool, so
+    /// ids are unique in the gateway).
     pub fn new(
         spec: WorkerSpec,
         admission: Admission,
-        bin: PathBuf,
-        sockets: PathBuf,
+        paths: PoolPaths,
         ids: Arc<AtomicU64>,
         events: Arc<dyn PoolEvents>,
     ) -> Arc<Self> {
         Arc::new(Pool {
             spec,
             admission,
-            bin,
-            sockets,
+            bin: paths.worker_bin,
+            sockets: paths.sockets,
             ids,
             instances: Mutex::new(HashMap::new()),
             starting: AtomicUsize::new(0),
             changed: Notify::new(),
+            snapshots: paths.snapshots,
+            prepared: tokio::sync::OnceCell::new(),
             events,
             start_timeout: Duration::from_secs(120),
             grace: Duration::from_secs(30),
@@ -187,19 +203,60 @@ impl Pool {
         picked
     }
 
+    /// The snapshot workers start from, built from the source on first use.
+    async fn snapshot(self: &Arc<Self>) -> Result<(PathBuf, &'static str), String> {
+        let mut tier = "snapshot";
+        let dir = self
+            .prepared
+            .get_or_try_init(|| async {
+                let (source, kind) = (self.spec.source.clone(), self.spec.kind);
+                let (snaps, model) = (self.snapshots.clone(), self.spec.model.clone());
+                let prepared = tokio::task::spawn_blocking(move || {
+                    super::snapshots::prepare(&source, kind, &snaps, &model)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                if let Some(took) = prepared.built_in {
+                    tier = "source";
+                    self.events.snapshot_built(&self.spec.model, took);
+                }
+                Ok::<PathBuf, String>(prepared.dir)
+            })
+            .await?;
+        Ok((dir.clone(), tier))
+    }
+
     async fn start_one(self: Arc<Self>) {
         let id = InstanceId(self.ids.fetch_add(1, Ordering::AcqRel));
         let socket = self
             .sockets
             .join(format!("{}-{}.sock", self.spec.model, id.0));
-        let result = process::spawn(&self.bin, &self.spec, &socket, self.start_timeout).await;
+        let (spec, tier) = match self.snapshot().await {
+            Ok((dir, tier)) => (
+                WorkerSpec {
+                    source: dir,
+                    ..self.spec.clone()
+                },
+                tier,
+            ),
+            Err(e) => {
+                tracing::error!(model = %self.spec.model, "cannot prepare a snapshot: {e}");
+                self.events.start_failed(&self.spec.model, &e);
+                self.starting.fetch_sub(1, Ordering::AcqRel);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.changed.notify_one();
+                return;
+            }
+        };
+        let result = process::spawn(&self.bin, &spec, &socket, self.start_timeout).await;
         match result {
             Ok(process) => {
                 tracing::info!(
                     model = %self.spec.model, instance = %id, pid = process.pid,
                     startup_ms = process.startup.as_secs_f64() * 1e3, "worker ready"
                 );
-                self.events.started(&self.spec.model, process.startup);
+                self.events.started(&self.spec.model, tier, process.startup);
                 self.admission
                     .add_instance(id, process.socket.to_string_lossy());
                 self.lock().insert(
