@@ -11,10 +11,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_core::{DType, Device};
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::bert::{BertConfig, BertEncoder};
 use super::{read_json, ModelError};
 use crate::batcher::BatchModel;
 
@@ -29,9 +29,8 @@ pub enum Pooling {
 
 /// A loaded embedding model; `encode` runs on the batching thread.
 pub struct EmbeddingModel {
-    bert: BertModel,
+    bert: BertEncoder,
     tokenizer: Tokenizer,
-    device: Device,
     pooling: Pooling,
     normalize: bool,
     max_seq_length: usize,
@@ -48,12 +47,9 @@ pub struct Tokens {
 impl EmbeddingModel {
     /// Loads the model in `dir`, weights mapped from `model.safetensors`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let config_json = read_json(&dir.join("config.json"))?;
-        let config: Config =
-            serde_json::from_value(config_json.clone()).map_err(ModelError::load)?;
-        let max_positions = config_json["max_position_embeddings"]
-            .as_u64()
-            .unwrap_or(512) as usize;
+        let config: BertConfig = serde_json::from_value(read_json(&dir.join("config.json"))?)
+            .map_err(|e| ModelError::Load(format!("config.json: {e}")))?;
+        let max_positions = config.max_position_embeddings;
         let max_seq_length = sentence_max_length(dir)?
             .unwrap_or(max_positions)
             .min(max_positions);
@@ -73,11 +69,10 @@ impl EmbeddingModel {
         let weights = dir.join("model.safetensors");
         let vb = thaw_snapshot::map_safetensors(&[weights], DType::F32, device)
             .map_err(ModelError::load)?;
-        let bert = BertModel::load(vb, &config).map_err(ModelError::load)?;
+        let bert = BertEncoder::load(vb, &config).map_err(ModelError::load)?;
         let model = EmbeddingModel {
             bert,
             tokenizer,
-            device: device.clone(),
             pooling,
             normalize,
             max_seq_length,
@@ -109,41 +104,49 @@ impl EmbeddingModel {
         &self.tokenizer
     }
 
-    /// One forward pass over a batch, padded to its longest input.
+    /// One forward pass over a batch, its inputs packed end to end (no
+    /// padding), then pooled and, if the model says so, normalized.
     pub fn encode(&self, batch: &[Tokens]) -> Result<Vec<Vec<f32>>, ModelError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let longest = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(batch.len() * longest);
-        let mut mask = Vec::with_capacity(batch.len() * longest);
-        for t in batch {
-            ids.extend_from_slice(&t.ids);
-            ids.resize(ids.len() + longest - t.ids.len(), 0);
-            mask.extend(std::iter::repeat_n(1u32, t.ids.len()));
-            mask.resize(mask.len() + longest - t.ids.len(), 0);
-        }
-        let shape = (batch.len(), longest);
-        let ids = Tensor::from_vec(ids, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.bert.forward(&ids, &types, Some(&mask))?;
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let sum = hidden.broadcast_mul(&m)?.sum(1)?;
-                sum.broadcast_div(&m.sum(1)?)?
-            }
-        };
-        let pooled = if self.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-            pooled.broadcast_div(&norm.clamp(1e-12, f32::MAX)?)?
-        } else {
-            pooled
-        };
-        Ok(pooled.to_vec2::<f32>()?)
+        let sequences: Vec<&[u32]> = batch.iter().map(|t| t.ids.as_slice()).collect();
+        let hidden = self.bert.forward(&sequences)?;
+        let mut rest = hidden.as_slice();
+        Ok(sequences
+            .iter()
+            .map(|seq| {
+                let (rows, after) = rest.split_at(seq.len() * self.dimensions);
+                rest = after;
+                let mut vector = pool(self.pooling, rows, self.dimensions);
+                if self.normalize {
+                    normalize(&mut vector);
+                }
+                vector
+            })
+            .collect())
     }
+}
+
+/// One sentence vector from its token vectors: `rows` holds at least one.
+fn pool(pooling: Pooling, rows: &[f32], width: usize) -> Vec<f32> {
+    let mut vector = rows[..width].to_vec();
+    if pooling == Pooling::Mean {
+        for row in rows.chunks_exact(width).skip(1) {
+            for (v, x) in vector.iter_mut().zip(row) {
+                *v += x;
+            }
+        }
+        let inv = width as f32 / rows.len() as f32;
+        vector.iter_mut().for_each(|v| *v *= inv);
+    }
+    vector
+}
+
+/// Scales to unit length, as sentence-transformers' `Normalize` does.
+fn normalize(vector: &mut [f32]) {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    vector.iter_mut().for_each(|v| *v /= norm);
 }
 
 /// Tokenizes texts with special tokens, truncated as the tokenizer is set.

@@ -1,6 +1,7 @@
 //! Model backends behind one loading entry point: a model directory in, a
 //! ready-to-serve model out (weights mapped, tokenizer loaded, warmed up).
 
+pub mod bert;
 pub mod embedding;
 pub mod tabular;
 
