@@ -1,0 +1,178 @@
+//! `thaw-bench`: load generators for thaw's benchmark scripts
+//! (`bench/*.sh`). Each prints one JSON object on stdout.
+#![forbid(unsafe_code)]
+
+mod closed_loop;
+mod http;
+mod open_loop;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use closed_loop::ClosedLoop;
+use http::Target;
+use open_loop::OpenLoop;
+
+/// thaw's load generators.
+#[derive(Debug, Parser)]
+#[command(name = "thaw-bench", version)]
+struct Cli {
+    /// Runtime threads (default: the number of CPUs).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Requests on a fixed schedule, whatever the server answers.
+    OpenLoop {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Requests per second.
+        #[arg(long)]
+        rate: f64,
+        /// Most connections open at once.
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// How long to wait for the last responses (e.g. `30s`).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        drain: Duration,
+    },
+    /// A fixed number of clients, each waiting for its last answer.
+    ClosedLoop {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Clients, each with its own connection.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
+    /// Prints a free TCP port on 127.0.0.1 (for servers that cannot report
+    /// the port they bound).
+    FreePort,
+}
+
+/// What to send, and for how long.
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// `http://HOST:PORT/PATH`.
+    #[arg(long)]
+    url: String,
+    /// Connect to this unix socket instead of the URL's host (which then
+    /// only names the Host header).
+    #[arg(long)]
+    unix: Option<PathBuf>,
+    /// The POST body (a GET without it).
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+    /// An extra header, `NAME: VALUE`; repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// How long to send for (e.g. `10s`, `500ms`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+}
+
+impl RequestArgs {
+    async fn render(&self) -> Result<(Target, Vec<u8>)> {
+        let target = Target::parse(&self.url, self.unix.clone()).await?;
+        let body = match &self.body_file {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        };
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                None => bail!("header {h:?} is not NAME: VALUE"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let request = target.render(body.as_deref(), &headers);
+        Ok((target, request))
+    }
+}
+
+/// `250ms`, `10s`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?}")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("starting the runtime")?;
+    let report = rt.block_on(run(cli.command))?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn run(command: Command) -> Result<serde_json::Value> {
+    match command {
+        Command::OpenLoop {
+            request,
+            rate,
+            connections,
+            drain,
+        } => {
+            if !rate.is_finite() || rate <= 0.0 {
+                bail!("--rate must be positive");
+            }
+            let (target, req) = request.render().await?;
+            OpenLoop {
+                target,
+                request: req,
+                rate,
+                duration: request.duration,
+                connections: connections.max(1),
+                drain,
+            }
+            .run()
+            .await
+        }
+        Command::ClosedLoop {
+            request,
+            concurrency,
+        } => {
+            let (target, req) = request.render().await?;
+            ClosedLoop {
+                target,
+                request: req,
+                concurrency: concurrency.max(1),
+                duration: request.duration,
+            }
+            .run()
+            .await
+        }
+        Command::FreePort => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+            Ok(serde_json::json!(l
+                .local_addr()
+                .context("local address")?
+                .port()))
+        }
+    }
+}
