@@ -165,21 +165,22 @@ fn queue_full_sheds_with_retry_after_from_the_expected_wait() {
 #[test]
 fn sheds_when_the_expected_wait_exceeds_the_deadline() {
     // (queued ahead, deadline, queue timeout, shed with Retry-After?)
-    let rows: [(u32, f64, u64, Option<u64>); 5] = [
+    let rows: [(u32, f64, u64, Option<u64>); 6] = [
         (0, 0.5, 30, Some(1)), // 1s wait > 0.5s
-        (0, 1.0, 30, None),    // equal is fine
-        (2, 2.5, 30, Some(3)), // 3s wait
-        (2, 3.0, 30, None),    // 3s wait fits
+        (0, 1.0, 30, Some(1)), // 1s wait > 80 % of 1s: no headroom left
+        (0, 1.25, 30, None),   // 1s = 80 % of 1.25s fits
+        (2, 3.0, 30, Some(3)), // 3s wait > 2.4s
+        (2, 3.75, 30, None),   // 3s wait fits 80 % of 3.75s
         (2, 60.0, 2, Some(2)), // the queue timeout caps deadline and Retry-After
     ];
     for (ahead, deadline, timeout, want) in rows {
         let mut s = state(1, 1, 100);
-        s.set_policy(policy(100, timeout), 1);
         measure(&mut s, secs(1.0));
         granted(s.admit(secs(60.0), 0));
         for tag in 0..ahead {
-            queued(s.admit(secs(60.0).min(Duration::from_secs(timeout)), tag));
+            queued(s.admit(secs(60.0), tag));
         }
+        s.set_policy(policy(100, timeout), 1);
         let before = load_of(&s);
         let got = s.admit(secs(deadline), 99);
         match want {
