@@ -13,14 +13,18 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or_else(|| anyhow::anyhow!("usage: decode_speed GGUF [TOKENS]"))?;
+    let path = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: decode_speed GGUF [TOKENS]"))?;
     let tokens: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(64);
     let device = Device::Cpu;
     let mut file = std::fs::File::open(&path)?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
     let mut model = ModelWeights::from_gguf(content, &mut file, &device)?;
 
-    let prompt: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 28, 2, 198, 1, 4093, 198];
+    let prompt: Vec<u32> = vec![
+        1, 9690, 198, 2683, 359, 253, 5356, 5646, 28, 2, 198, 1, 4093, 198,
+    ];
     let input = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
     let start = Instant::now();
     let logits = model.forward(&input, 0)?;

@@ -179,7 +179,7 @@ impl ProxyHttp for Gateway {
                 _ => 502,
             },
         };
-        if code > 0 && !session.response_written().is_some() {
+        if code > 0 && session.response_written().is_none() {
             let err =
                 GatewayError::BadGateway(format!("the worker failed: {}", e.etype().as_str()));
             if let Err(write) = respond::error(session, &err, ctx.openai).await {
