@@ -413,3 +413,34 @@ fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
     );
     assert_eq!(busy.join().expect("client").status, 200);
 }
+
+#[test]
+fn a_model_that_cannot_start_gets_a_prompt_503_with_retry_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(broken.join("thaw-model.json"), "{}").expect("manifest");
+    let models = format!(
+        "[[models]]\nname = \"broken\"\nsource = \"{}\"\n",
+        broken.display()
+    );
+    let g = gateway(&models, "");
+    let started = Instant::now();
+    let r = g
+        .public
+        .post_json("/v2/models/broken/infer", &score_request());
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "not prompt: {:?}",
+        started.elapsed()
+    );
+    let secs: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(secs >= 1);
+    assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|m| m.contains("cannot start")));
+}

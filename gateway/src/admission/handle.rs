@@ -88,6 +88,14 @@ impl Admission {
         drop(waiters);
     }
 
+    /// Wakes every queued request with [`Rejection::Closed`] without
+    /// closing: used when the model cannot get capacity (its workers fail
+    /// to start), so they get a prompt 503 rather than a late 504.
+    pub fn fail_waiting(&self) {
+        let waiters = self.shared.apply(|s| (s.fail_waiting(), Vec::new()));
+        drop(waiters);
+    }
+
     /// True while requests are queued and no instance is ready; changes are
     /// seen at once by `changed()`, so the activator can ask for an
     /// instance without waiting for the autoscaler's next tick.

@@ -224,6 +224,12 @@ impl<W> State<W> {
         std::mem::take(&mut self.queue).into_values().collect()
     }
 
+    /// Takes every queued waiter out (without closing): the model cannot
+    /// get capacity now, and they are better told so than left to time out.
+    pub fn fail_waiting(&mut self) -> Vec<W> {
+        std::mem::take(&mut self.queue).into_values().collect()
+    }
+
     /// True while requests wait and no instance is ready: the activator's
     /// cue to ask for one now.
     pub fn wants_capacity(&self) -> bool {

@@ -20,7 +20,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use serde_json::json;
 
-use crate::admission::Permit;
+use crate::admission::{Permit, Rejection};
 use crate::metrics::Metrics;
 use crate::models::{Model, Models};
 pub use respond::GatewayError;
@@ -126,6 +126,17 @@ impl ProxyHttp for Gateway {
                         Ok(true)
                     }
                 }
+            }
+            Err(Rejection::Closed) => {
+                let message = match model.pool.failure() {
+                    Some(why) => format!("model {:?} cannot start: {why}", model.config.name),
+                    None => format!("model {:?} is being removed", model.config.name),
+                };
+                let e = GatewayError::Unavailable {
+                    message,
+                    retry_after: Duration::from_secs(1),
+                };
+                self.reject(session, ctx, &e).await
             }
             Err(rejection) => self.reject(session, ctx, &rejection.into()).await,
         }

@@ -70,6 +70,7 @@ pub struct Pool {
     changed: Notify,
     snapshots: PathBuf,
     prepared: tokio::sync::OnceCell<PathBuf>,
+    last_failure: Mutex<Option<String>>,
     events: Arc<dyn PoolEvents>,
     /// How long a worker may take to become ready.
     pub start_timeout: Duration,
@@ -102,12 +103,34 @@ impl Pool {
             changed: Notify::new(),
             snapshots: paths.snapshots,
             prepared: tokio::sync::OnceCell::new(),
+            last_failure: Mutex::new(None),
             events,
             start_timeout: Duration::from_secs(120),
             grace: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
             health_failures: 3,
         })
+    }
+
+    /// Why the last start failed, while no worker is serving.
+    pub fn failure(&self) -> Option<String> {
+        if self.serving() > 0 {
+            return None;
+        }
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A start failed: remember why and, with no worker serving, fail the
+    /// queued requests now (503) instead of letting them time out.
+    fn start_failed(&self, error: String) {
+        self.events.start_failed(&self.spec.model, &error);
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        if self.serving() == 0 {
+            self.admission.fail_waiting();
+        }
     }
 
     /// Workers starting now.
@@ -242,7 +265,7 @@ impl Pool {
             ),
             Err(e) => {
                 tracing::error!(model = %self.spec.model, "cannot prepare a snapshot: {e}");
-                self.events.start_failed(&self.spec.model, &e);
+                self.start_failed(e);
                 self.starting.fetch_sub(1, Ordering::AcqRel);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 self.changed.notify_one();
@@ -273,7 +296,7 @@ impl Pool {
             }
             Err(e) => {
                 tracing::error!(model = %self.spec.model, "worker failed to start: {e}");
-                self.events.start_failed(&self.spec.model, &e.to_string());
+                self.start_failed(e.to_string());
                 self.starting.fetch_sub(1, Ordering::AcqRel);
                 // Back off before the reconcile loop tries again.
                 tokio::time::sleep(Duration::from_secs(1)).await;
