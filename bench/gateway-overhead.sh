@@ -33,19 +33,8 @@ for tool in wrk nginx jq curl; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)"; exit 1; }
 done
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "== building (cargo build --release --bins)" >&2
-(cd "$root" && cargo build --release --bins) >&2
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # Waits for the `{"event":"ready",...}` line a process prints on stdout
 # (redirected to $1) and prints it; fails if the process ($2) exits first.

@@ -39,19 +39,8 @@ if [[ ! -f "$model/model.safetensors" ]]; then
     exit 0
 fi
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "== building (cargo build --release --bins)" >&2
-(cd "$root" && cargo build --release --bins) >&2
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 cat >"$work/thaw.toml" <<EOF
 [gateway]
