@@ -103,6 +103,11 @@ impl Admission {
         self.shared.wants.subscribe()
     }
 
+    /// Ready instances now (cheap: no snapshot of the whole state).
+    pub fn ready_instances(&self) -> usize {
+        self.shared.lock().ready_count()
+    }
+
     /// Queue depth, in-flight counts, instances and shed counts now.
     pub fn stats(&self) -> AdmissionStats {
         self.shared.lock().stats()

@@ -295,7 +295,8 @@ impl<W> State<W> {
         })
     }
 
-    fn ready_count(&self) -> usize {
+    /// Instances taking new requests.
+    pub(super) fn ready_count(&self) -> usize {
         self.instances.iter().filter(|i| i.ready).count()
     }
 

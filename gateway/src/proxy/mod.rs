@@ -101,7 +101,7 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.model = Some(model.clone());
-        ctx.cold = model.admission.stats().ready_instances == 0;
+        ctx.cold = model.admission.ready_instances() == 0;
         let deadline = deadline(session, model.config.queue.timeout);
         let admitted = tokio::select! {
             admitted = model.admission.acquire(deadline) => admitted,
@@ -212,7 +212,7 @@ impl ProxyHttp for Gateway {
         if ctx.model.is_some() {
             self.metrics
                 .requests
-                .with_label_values(&[model, &status.to_string()])
+                .with_label_values(&[model, status_label(status).as_ref()])
                 .inc();
             self.metrics
                 .request_seconds
@@ -392,6 +392,21 @@ fn decorate(ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A status as a metric label, without an allocation for the common ones.
+fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    match status {
+        200 => "200".into(),
+        400 => "400".into(),
+        404 => "404".into(),
+        413 => "413".into(),
+        429 => "429".into(),
+        502 => "502".into(),
+        503 => "503".into(),
+        504 => "504".into(),
+        other => other.to_string().into(),
+    }
 }
 
 /// The request's queue deadline: the model's timeout, or less if the client
