@@ -4,6 +4,12 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the proxy allocates per request (headers, bodies, tasks) on
+/// several threads; glibc malloc was ~8 % of the gateway's CPU under load, and
+/// mimalloc gave 4-6 % more requests/s (wrk, 16 connections, credit-score).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use thaw_gateway::serve::{self, ServeOptions};
 
 /// thaw: serverless inference.

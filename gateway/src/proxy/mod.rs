@@ -302,6 +302,9 @@ impl Gateway {
         }
         // The body may be unread: do not reuse the connection.
         session.set_keepalive(None);
+        if matches!(e, GatewayError::TooLarge(_)) {
+            drain_body(session).await;
+        }
         respond::error(session, e, ctx.openai).await?;
         Ok(true)
     }
@@ -392,6 +395,23 @@ fn decorate(ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads and drops what is left of a refused body (up to a cap and a time
+/// limit), so that a client still sending it reads the 413 instead of a
+/// connection reset (nginx's lingering close).
+async fn drain_body(session: &mut Session) {
+    const CAP: usize = 16 << 20;
+    let mut drained = 0usize;
+    let drain = async {
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            drained += chunk.len();
+            if drained > CAP {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
 }
 
 /// A status as a metric label, without an allocation for the common ones.
