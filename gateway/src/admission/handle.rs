@@ -61,6 +61,13 @@ impl Admission {
         }
     }
 
+    /// A permit at once when an instance has a free slot and nobody is
+    /// queued; `None` otherwise (then `acquire` queues or sheds).
+    pub fn try_acquire(&self) -> Option<Permit> {
+        let slot = self.shared.apply(|s| (s.try_grant(), Vec::new()))?;
+        Some(Permit::new(self.shared.clone(), slot, Duration::ZERO))
+    }
+
     /// Adds a ready instance serving at `address`; queued waiters drain
     /// into it at once.
     pub fn add_instance(&self, id: InstanceId, address: impl AsRef<str>) {

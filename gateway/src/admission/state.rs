@@ -141,6 +141,15 @@ impl<W> State<W> {
         Admit::Queued { id, wait_limit }
     }
 
+    /// A slot at once when one is free and nobody is queued; else `None`
+    /// and nothing changes (the caller then queues through `admit`).
+    pub fn try_grant(&mut self) -> Option<Slot> {
+        if self.closed || !self.queue.is_empty() {
+            return None;
+        }
+        self.take_slot()
+    }
+
     /// The predicted wait behind `ahead` queued requests; `None` before the
     /// first measurement or with no ready instance (a cold start: queue,
     /// never shed on a guess).

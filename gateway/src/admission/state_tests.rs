@@ -354,3 +354,16 @@ fn expected_wait_table() {
         assert_eq!(got, want, "{mean}s, {ahead} ahead, {capacity} slots");
     }
 }
+
+#[test]
+fn try_grant_takes_a_free_slot_only_when_nobody_waits() {
+    let mut s = state(1, 1, 10);
+    let slot = s.try_grant().expect("a free slot");
+    assert!(s.try_grant().is_none(), "the only slot is taken");
+    queued(s.admit(secs(5.0), 7));
+    let grants = s.release(&slot, None);
+    assert_eq!(tags(grants).len(), 1, "the freed slot goes to the waiter");
+    assert!(s.try_grant().is_none(), "the waiter holds it now");
+    s.close();
+    assert!(s.try_grant().is_none(), "closed");
+}

@@ -93,6 +93,23 @@ impl ProxyHttp for Gateway {
             Err(e) => return self.reject(session, ctx, &e).await,
         };
         if body_after_model {
+            // A free slot now: no queueing, so the body streams through
+            // to the worker as it comes.
+            if declared_length(session).is_some_and(|n| n > self.max_body_bytes) {
+                ctx.model = Some(model);
+                return self
+                    .reject(session, ctx, &GatewayError::TooLarge(self.max_body_bytes))
+                    .await;
+            }
+            if let Some(permit) = model.admission.try_acquire() {
+                self.metrics
+                    .queue_wait_seconds
+                    .with_label_values(&[&model.config.name])
+                    .observe(0.0);
+                ctx.model = Some(model);
+                ctx.permit = Some(permit);
+                return Ok(false);
+            }
             // Read the body before queueing, so a client that hangs up
             // while queued can be noticed (the connection is then idle).
             match self.read_body(session).await {
@@ -242,13 +259,7 @@ impl Gateway {
     /// larger one is forwarded by `large_body`.
     async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
         let limit = self.max_body_bytes;
-        let declared = session
-            .req_header()
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
+        if declared_length(session).is_some_and(|n| n > limit) {
             return Err(GatewayError::TooLarge(limit));
         }
         session.enable_retry_buffering();
@@ -395,6 +406,16 @@ fn decorate(ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The request's Content-Length, when it has one.
+fn declared_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Reads and drops what is left of a refused body (up to a cap and a time
