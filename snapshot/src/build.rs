@@ -307,51 +307,29 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>, SnapshotError> {
     let t = t
         .flatten_all()
         .map_err(|e| SnapshotError::Convert(e.to_string()))?;
-    let convert = |e: candle_core::Error| SnapshotError::Convert(e.to_string());
-    Ok(match t.dtype() {
-        DType::F32 => t
-            .to_vec1::<f32>()
-            .map_err(convert)?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        DType::F16 => t
-            .to_vec1::<half::f16>()
-            .map_err(convert)?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        DType::BF16 => t
-            .to_vec1::<half::bf16>()
-            .map_err(convert)?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        DType::F64 => t
-            .to_vec1::<f64>()
-            .map_err(convert)?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        DType::U8 => t.to_vec1::<u8>().map_err(convert)?,
-        DType::U32 => t
-            .to_vec1::<u32>()
-            .map_err(convert)?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        DType::I64 => t
-            .to_vec1::<i64>()
-            .map_err(convert)?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        other => {
-            return Err(SnapshotError::Convert(format!(
-                "dtype {other:?} is not supported"
-            )))
-        }
-    })
+    match t.dtype() {
+        DType::F32 => le_bytes(&t, f32::to_le_bytes),
+        DType::F16 => le_bytes(&t, half::f16::to_le_bytes),
+        DType::BF16 => le_bytes(&t, half::bf16::to_le_bytes),
+        DType::F64 => le_bytes(&t, f64::to_le_bytes),
+        DType::U8 => le_bytes(&t, u8::to_le_bytes),
+        DType::U32 => le_bytes(&t, u32::to_le_bytes),
+        DType::I64 => le_bytes(&t, i64::to_le_bytes),
+        other => Err(SnapshotError::Convert(format!(
+            "dtype {other:?} is not supported"
+        ))),
+    }
+}
+
+/// A flat tensor's elements as little-endian bytes.
+fn le_bytes<T: candle_core::WithDType, const N: usize>(
+    t: &Tensor,
+    to_le: fn(T) -> [u8; N],
+) -> Result<Vec<u8>, SnapshotError> {
+    let values = t
+        .to_vec1::<T>()
+        .map_err(|e| SnapshotError::Convert(e.to_string()))?;
+    Ok(values.into_iter().flat_map(to_le).collect())
 }
 
 /// Chat models: the GGUF is already laid out for mapping; it is copied.

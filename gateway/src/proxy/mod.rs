@@ -299,16 +299,15 @@ impl Gateway {
     }
 
     async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<bool> {
-        if let (Some(model), GatewayError::Shed { reason, .. }) = (&ctx.model, e) {
+        let shed_reason = match e {
+            GatewayError::Shed { reason, .. } => Some(*reason),
+            GatewayError::QueueTimeout => Some("timeout"),
+            _ => None,
+        };
+        if let (Some(model), Some(reason)) = (&ctx.model, shed_reason) {
             self.metrics
                 .shed
                 .with_label_values(&[model.config.name.as_str(), reason])
-                .inc();
-        }
-        if let (Some(model), GatewayError::QueueTimeout) = (&ctx.model, e) {
-            self.metrics
-                .shed
-                .with_label_values(&[&model.config.name, "timeout"])
                 .inc();
         }
         // The body may be unread: do not reuse the connection.
