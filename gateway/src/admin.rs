@@ -73,6 +73,7 @@ impl Admin {
                 ("ready", instances.len() - draining),
                 ("draining", draining),
                 ("starting", m.pool.starting()),
+                ("template", usize::from(m.pool.template_info().is_some())),
             ];
             for (state, n) in gauges {
                 self.metrics
@@ -104,7 +105,8 @@ impl Admin {
                             .map_or(0, |s| s.in_flight);
                         json!({
                             "id": i.id.0, "pid": i.pid, "state": i.state, "tier": "hot",
-                            "in_flight": in_flight, "startup_ms": i.startup_ms, "age_s": i.age_s,
+                            "started_from": i.started_from, "in_flight": in_flight,
+                            "startup_ms": i.startup_ms, "age_s": i.age_s,
                         })
                     })
                     .collect();
@@ -120,6 +122,11 @@ impl Admin {
                     "min_instances": m.config.scaling.min_instances,
                     "max_instances": m.config.scaling.max_instances,
                     "instances": instances,
+                    "tier": m.pool.tier(),
+                    "template": m.pool.template_info().map(|t| json!({
+                        "tier": "template", "pid": t.pid,
+                        "startup_ms": t.startup_ms, "age_s": t.age_s,
+                    })),
                 })
             })
             .collect();

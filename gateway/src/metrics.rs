@@ -34,6 +34,8 @@ pub struct Metrics {
     pub worker_crashes: IntCounterVec,
     /// Workers that failed to start.
     pub worker_start_failures: IntCounterVec,
+    /// Templates started, demoted and crashed, by model.
+    pub template_events: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -114,6 +116,11 @@ impl Metrics {
                 "Workers that failed to start",
                 &["model"],
             )?,
+            template_events: counter(
+                "thaw_template_events_total",
+                "Templates started, demoted (after keep_template) and crashed",
+                &["model", "event"],
+            )?,
             registry,
         })
     }
@@ -148,5 +155,17 @@ impl PoolEvents for Metrics {
 
     fn crashed(&self, model: &str) {
         self.worker_crashes.with_label_values(&[model]).inc();
+    }
+
+    fn phase(&self, model: &str, phase: &str, took: Duration) {
+        self.cold_start_seconds
+            .with_label_values(&[model, phase])
+            .observe(took.as_secs_f64());
+    }
+
+    fn template(&self, model: &str, event: &str) {
+        self.template_events
+            .with_label_values(&[model, event])
+            .inc();
     }
 }

@@ -111,6 +111,7 @@ fn start_model(m: &ModelConfig, rt: &Runtime) -> (Model, tokio::task::JoinHandle
         rt.ids.clone(),
         rt.metrics.clone(),
     );
+    pool.set_keep_template(m.scaling.keep_template);
     let initial = Decision::steady(m.scaling.min_instances);
     let (decisions_tx, decisions_rx) = watch::channel(initial);
     let (knobs_tx, knobs_rx) = watch::channel(m.scaling.clone());

@@ -1,7 +1,8 @@
 //! thaw-snapshot: the lowest crate of thaw. It knows what a model directory
 //! holds (which kind of model, where its files are), maps weights into
 //! memory, and builds, opens and verifies snapshots: a model prepared once
-//! into a ready-to-map layout. The template fork server grows here.
+//! into a ready-to-map layout. It also holds the template (zygote)
+//! fork server that forks warmed workers, and its control protocol.
 
 pub mod build;
 pub mod hash;
@@ -9,6 +10,7 @@ pub mod kind;
 pub mod manifest;
 pub mod mmap;
 pub mod verify;
+pub mod zygote;
 
 use std::path::Path;
 

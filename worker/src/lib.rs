@@ -7,6 +7,7 @@ pub mod api;
 pub mod batcher;
 pub mod models;
 pub mod serve;
+pub mod template;
 
 pub use batcher::{BatchConfig, Batcher};
 pub use models::{LoadOptions, LoadedModel, ModelError};

@@ -10,6 +10,7 @@ use thaw_snapshot::ModelKind;
 use thaw_worker::api::Limits;
 use thaw_worker::models::parse_device;
 use thaw_worker::serve::{self, ListenAddr, WorkerOptions};
+use thaw_worker::template::{self, TemplateOptions};
 use thaw_worker::{BatchConfig, LoadOptions};
 
 /// Serves one model from a model directory.
@@ -43,6 +44,15 @@ struct Args {
     /// Most inputs in one request.
     #[arg(long, default_value_t = 2048)]
     max_inputs: usize,
+    /// Run as a template instead: build and warm the model once, then fork
+    /// a worker for each request on this control socket (`unix:PATH`).
+    /// `--listen` is then ignored: each fork request names its socket.
+    #[arg(long, value_name = "unix:PATH")]
+    template: Option<ListenAddr>,
+    /// Stdin is a pipe whose write end the supervisor holds: stop when it
+    /// closes (the supervisor has gone).
+    #[arg(long)]
+    lifeline: bool,
 }
 
 /// When a supervisor started this worker (`THAW_PARENT_PID` set), ask the
@@ -100,7 +110,17 @@ fn main() -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_inputs: args.max_inputs,
         },
+        lifeline: args.lifeline,
     };
+    if let Some(control) = args.template {
+        let ListenAddr::Unix(control) = control else {
+            anyhow::bail!("--template needs a unix:PATH control socket");
+        };
+        return template::run(TemplateOptions {
+            worker: options,
+            control,
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("thaw-worker-io")

@@ -59,6 +59,9 @@ pub struct WorkerOptions {
     pub batch: BatchConfig,
     /// Request limits.
     pub limits: Limits,
+    /// Stdin is the supervisor's lifeline: end-of-file on it means the
+    /// supervisor has gone, and the worker stops as on SIGTERM.
+    pub lifeline: bool,
 }
 
 /// Why a worker stopped with an error.
@@ -113,21 +116,49 @@ async fn bind(addr: &ListenAddr) -> Result<(Listener, String), ServeError> {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Resolves when SIGTERM or SIGINT arrives, or the lifeline (stdin) reads
+/// end-of-file.
+async fn shutdown_signal(lifeline: bool) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let closed = async {
+        if !lifeline {
+            return std::future::pending().await;
+        }
+        match lifeline_closed().await {
+            Ok(()) => tracing::info!("the supervisor has gone (lifeline closed)"),
+            Err(e) => tracing::warn!("watching the lifeline: {e}"),
+        }
+    };
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+        () = closed => {},
     }
     Ok(())
 }
 
+/// Resolves when stdin (a pipe whose write end the supervisor holds) reads
+/// end-of-file.
+async fn lifeline_closed() -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    use tokio::io::AsyncReadExt;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut buf = [0u8; 64];
+    while pipe.read(&mut buf).await? > 0 {}
+    Ok(())
+}
+
 fn load(options: &WorkerOptions) -> Result<Backend, ServeError> {
+    backend(options, LoadedModel::load(&options.model)?)
+}
+
+/// Puts a loaded model behind its batcher (a thread of its own).
+fn backend(options: &WorkerOptions, model: LoadedModel) -> Result<Backend, ServeError> {
     let batch = options.batch;
     let thread = format!("model-{}", options.name);
-    Ok(match LoadedModel::load(&options.model)? {
+    Ok(match model {
         LoadedModel::Embedding(model) => {
             let tokenizer = Arc::new(model.tokenizer().clone());
             let dimensions = model.dimensions();
@@ -150,7 +181,26 @@ fn load(options: &WorkerOptions) -> Result<Backend, ServeError> {
 /// Runs the worker until a shutdown signal; returns once in-flight requests
 /// have finished.
 pub async fn run(options: WorkerOptions) -> Result<(), ServeError> {
-    let start = Instant::now();
+    serve(options, None, Instant::now()).await
+}
+
+/// Runs a worker for a model that is already built (a child forked from a
+/// template): ready as soon as it listens. `timings` join its ready message,
+/// whose `load_ms` counts from `started`.
+pub async fn run_prebuilt(
+    options: WorkerOptions,
+    model: LoadedModel,
+    timings: serde_json::Map<String, serde_json::Value>,
+    started: Instant,
+) -> Result<(), ServeError> {
+    serve(options, Some((model, timings)), started).await
+}
+
+async fn serve(
+    options: WorkerOptions,
+    prebuilt: Option<(LoadedModel, serde_json::Map<String, serde_json::Value>)>,
+    start: Instant,
+) -> Result<(), ServeError> {
     let kind = match options.model.kind {
         Some(kind) => kind,
         None => thaw_snapshot::detect_kind(&options.model.dir).map_err(ModelError::load)?,
@@ -176,23 +226,35 @@ pub async fn run(options: WorkerOptions) -> Result<(), ServeError> {
         }
     };
 
+    let (prebuilt, timings) = match prebuilt {
+        Some((model, timings)) => (Some(model), timings),
+        None => (None, serde_json::Map::new()),
+    };
     let loading = tokio::task::spawn_blocking({
         let options = options.clone();
-        move || load(&options)
+        move || match prebuilt {
+            Some(model) => backend(&options, model),
+            None => load(&options),
+        }
     });
-    let signal = shutdown_signal();
+    let signal = shutdown_signal(options.lifeline);
     tokio::pin!(signal);
     tokio::select! {
         loaded = loading => {
             let backend = loaded.map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
             state.set_ready(backend);
-            announce(json!({
+            let mut ready = json!({
                 "event": "ready",
                 "address": address,
                 "model": options.name,
                 "kind": kind,
+                "pid": std::process::id(),
                 "load_ms": start.elapsed().as_secs_f64() * 1e3,
-            }));
+            });
+            if let Some(fields) = ready.as_object_mut() {
+                fields.extend(timings);
+            }
+            announce(ready);
             tracing::info!(model = %options.name, %address, "ready");
             signal.await?;
         }

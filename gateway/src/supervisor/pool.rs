@@ -1,6 +1,15 @@
 //! One model's pool of workers, reconciled toward the autoscaler's decision.
 //! Effects only: which count is wanted is the autoscaler's business; how a
-//! worker starts and stops is `process`'s.
+//! worker starts and stops is `process`'s and `template`'s.
+//!
+//! Tiers: a new worker is forked from the model's template when there is one
+//! (tier `template`); else a template is started from the snapshot first
+//! (`snapshot`); else the snapshot is built from the source first
+//! (`source`). Demotion: the autoscaler takes the workers away after
+//! `scale_to_zero_after`; the template stays `keep_template` longer, then
+//! exits too. A template that dies unasked is restarted while the model has
+//! workers, and lazily otherwise. Without a template (it cannot start), a
+//! worker is exec'd on the snapshot.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use super::process::{self, WorkerProcess, WorkerSpec};
+use super::process::{self, SpawnError, WorkerProcess, WorkerSpec};
+use super::template::{self, TemplateProcess};
 use crate::admission::{Admission, InstanceId};
 use crate::autoscaler::Decision;
 
@@ -24,6 +34,11 @@ pub trait PoolEvents: Send + Sync {
     fn start_failed(&self, model: &str, error: &str);
     /// A worker exited without being asked to.
     fn crashed(&self, model: &str);
+    /// One phase of a cold start took `took` (snapshot_open, model_build,
+    /// fork, child_init, worker_load).
+    fn phase(&self, model: &str, phase: &str, took: Duration);
+    /// A template started, exited after `keep_template` (demoted), or died.
+    fn template(&self, model: &str, event: &str);
 }
 
 /// Where a pool's workers come from and put their files.
@@ -46,6 +61,9 @@ pub struct InstanceInfo {
     pub pid: u32,
     /// `ready` or `draining`.
     pub state: &'static str,
+    /// The tier it was started from: `template`, `snapshot`, `source`, or
+    /// `exec` (no template could start).
+    pub started_from: &'static str,
     /// Spawn to ready, milliseconds.
     pub startup_ms: f64,
     /// Seconds since it became ready.
@@ -56,6 +74,18 @@ struct Instance {
     process: WorkerProcess,
     ready_at: Instant,
     draining: bool,
+    started_from: &'static str,
+}
+
+/// A model's template as `/admin/status` shows it.
+#[derive(Debug, Clone)]
+pub struct TemplateInfo {
+    /// Its pid.
+    pub pid: u32,
+    /// Spawn to ready, milliseconds.
+    pub startup_ms: f64,
+    /// Seconds since it became ready.
+    pub age_s: f64,
 }
 
 /// One model's workers.
@@ -70,8 +100,14 @@ pub struct Pool {
     changed: Notify,
     snapshots: PathBuf,
     prepared: tokio::sync::OnceCell<PathBuf>,
+    template: tokio::sync::Mutex<Option<Arc<TemplateProcess>>>,
+    restart_template: std::sync::atomic::AtomicBool,
+    idle_since: Mutex<Option<Instant>>,
     last_failure: Mutex<Option<String>>,
     events: Arc<dyn PoolEvents>,
+    /// Whether workers are forked from a template (else exec'd).
+    pub use_templates: bool,
+    keep_template_ms: AtomicU64,
     /// How long a worker may take to become ready.
     pub start_timeout: Duration,
     /// How long a stopping worker may drain before SIGKILL.
@@ -103,13 +139,30 @@ impl Pool {
             changed: Notify::new(),
             snapshots: paths.snapshots,
             prepared: tokio::sync::OnceCell::new(),
+            template: tokio::sync::Mutex::new(None),
+            restart_template: std::sync::atomic::AtomicBool::new(false),
+            idle_since: Mutex::new(None),
             last_failure: Mutex::new(None),
             events,
+            use_templates: true,
+            keep_template_ms: AtomicU64::new(1_800_000),
             start_timeout: Duration::from_secs(120),
             grace: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
             health_failures: 3,
         })
+    }
+
+    /// How long a template outlives the model's last worker.
+    pub fn keep_template(&self) -> Duration {
+        Duration::from_millis(self.keep_template_ms.load(Ordering::Acquire))
+    }
+
+    /// Changes `keep_template` (takes effect at the next reconcile).
+    pub fn set_keep_template(&self, keep: Duration) {
+        let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        self.keep_template_ms.store(ms, Ordering::Release);
+        self.changed.notify_one();
     }
 
     /// Why the last start failed, while no worker is serving.
@@ -148,12 +201,38 @@ impl Pool {
                 id: *id,
                 pid: i.process.pid,
                 state: if i.draining { "draining" } else { "ready" },
+                started_from: i.started_from,
                 startup_ms: i.process.startup.as_secs_f64() * 1e3,
                 age_s: now.duration_since(i.ready_at).as_secs_f64(),
             })
             .collect();
         list.sort_by_key(|i| i.id);
         list
+    }
+
+    /// The model's template, while one runs.
+    pub fn template_info(&self) -> Option<TemplateInfo> {
+        let slot = self.template.try_lock().ok()?;
+        let t = slot.as_ref().filter(|t| t.alive())?;
+        Some(TemplateInfo {
+            pid: t.pid,
+            startup_ms: t.startup.as_secs_f64() * 1e3,
+            age_s: t.ready_at.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The model's warmest tier now: `hot` (a worker serves), `template`,
+    /// `snapshot` (built, nothing running) or `source`.
+    pub fn tier(&self) -> &'static str {
+        if self.serving() > 0 {
+            "hot"
+        } else if self.template_info().is_some() {
+            "template"
+        } else if self.prepared.initialized() {
+            "snapshot"
+        } else {
+            "source"
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Instance>> {
@@ -176,13 +255,138 @@ impl Pool {
         loop {
             let want = decisions.borrow_and_update().instances as usize;
             self.reconcile(want);
+            let demote_at = self.demotion_due();
+            let demotion = async {
+                match demote_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut demote = false;
             tokio::select! {
                 r = decisions.changed() => if r.is_err() { break },
                 () = self.changed.notified() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
+                () = demotion => demote = true,
+            }
+            if demote {
+                self.demote().await;
+            }
+            if self.restart_template.swap(false, Ordering::AcqRel) {
+                self.restart_template();
             }
         }
         self.stop_all().await;
+    }
+
+    /// When the template is due to go: `keep_template` after the pool last
+    /// became idle (or after the template started, if later); `None` while
+    /// workers run or start, or when there is no template.
+    fn demotion_due(&self) -> Option<Instant> {
+        let idle = self.lock().is_empty() && self.starting() == 0;
+        let mut since = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        if !idle {
+            *since = None;
+            return None;
+        }
+        let idle_at = *since.get_or_insert_with(Instant::now);
+        let slot = self.template.try_lock().ok()?;
+        let template = slot.as_ref()?;
+        Some(idle_at.max(template.ready_at) + self.keep_template())
+    }
+
+    /// Stops the template (the model goes to the snapshot tier), unless a
+    /// start is using it right now.
+    async fn demote(self: &Arc<Self>) {
+        let Ok(mut slot) = self.template.try_lock() else {
+            return;
+        };
+        if !(self.lock().is_empty() && self.starting() == 0) {
+            return;
+        }
+        if let Some(template) = slot.take() {
+            tracing::info!(model = %self.spec.model, pid = template.pid, "template demoted: the model is at the snapshot tier");
+            self.events.template(&self.spec.model, "demoted");
+            drop(slot);
+            template.handle().stop(self.grace).await;
+        }
+    }
+
+    /// The model's template, started from the snapshot `spec` names when
+    /// there is none; `true` when it was started now.
+    async fn template(
+        self: &Arc<Self>,
+        spec: &WorkerSpec,
+    ) -> Result<(Arc<TemplateProcess>, bool), SpawnError> {
+        let mut slot = self.template.lock().await;
+        if let Some(t) = slot.as_ref().filter(|t| t.alive()) {
+            return Ok((t.clone(), false));
+        }
+        let control = self
+            .sockets
+            .join(format!("{}.template.sock", self.spec.model));
+        let started = template::start(&self.bin, spec, &control, self.start_timeout).await?;
+        tracing::info!(
+            model = %self.spec.model, pid = started.pid,
+            startup_ms = started.startup.as_secs_f64() * 1e3, "template ready"
+        );
+        self.events.template(&self.spec.model, "started");
+        self.events
+            .phase(&self.spec.model, "snapshot_open", started.open);
+        self.events
+            .phase(&self.spec.model, "model_build", started.build);
+        let started = Arc::new(started);
+        *slot = Some(started.clone());
+        tokio::spawn(self.clone().watch_template(started.clone()));
+        Ok((started, true))
+    }
+
+    /// Learns of the template's exit; one that was not asked to go is
+    /// counted and, while the model has workers, restarted.
+    async fn watch_template(self: Arc<Self>, template: Arc<TemplateProcess>) {
+        let status = template.handle().exited().await;
+        let unasked = {
+            let mut slot = self.template.lock().await;
+            let current = slot.as_ref().is_some_and(|t| Arc::ptr_eq(t, &template));
+            if current {
+                *slot = None;
+            }
+            current
+        };
+        if !unasked {
+            return;
+        }
+        tracing::warn!(model = %self.spec.model, pid = template.pid, ?status, "template died");
+        self.events.template(&self.spec.model, "crashed");
+        drop(template);
+        if self.serving() == 0 {
+            return;
+        }
+        // Back off, so that a template that dies at once does not spin.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.restart_template.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Starts the template again in the background, while the model has
+    /// workers (a start finds it ready then).
+    fn restart_template(self: &Arc<Self>) {
+        let Some(dir) = self.prepared.get().cloned() else {
+            return;
+        };
+        if self.serving() == 0 {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let spec = WorkerSpec {
+                source: dir,
+                ..pool.spec.clone()
+            };
+            if let Err(e) = pool.template(&spec).await {
+                tracing::error!(model = %pool.spec.model, "restarting the template: {e}");
+            }
+        });
     }
 
     fn reconcile(self: &Arc<Self>, want: usize) {
@@ -272,14 +476,27 @@ impl Pool {
                 return;
             }
         };
-        let result = process::spawn(&self.bin, &spec, &socket, self.start_timeout).await;
+        let (result, started_from) = self.launch(id, &spec, &socket, tier).await;
         match result {
             Ok(process) => {
                 tracing::info!(
-                    model = %self.spec.model, instance = %id, pid = process.pid,
+                    model = %self.spec.model, instance = %id, pid = process.pid, tier = started_from,
                     startup_ms = process.startup.as_secs_f64() * 1e3, "worker ready"
                 );
-                self.events.started(&self.spec.model, tier, process.startup);
+                self.events
+                    .started(&self.spec.model, started_from, process.startup);
+                let phase = |name: &str, ms: &serde_json::Value| {
+                    if let Some(ms) = ms.as_f64() {
+                        let took = Duration::from_secs_f64(ms.max(0.0) / 1e3);
+                        self.events.phase(&self.spec.model, name, took);
+                    }
+                };
+                if started_from == "exec" {
+                    phase("worker_load", &process.ready["load_ms"]);
+                } else {
+                    phase("fork", &process.ready["fork_ms"]);
+                    phase("child_init", &process.ready["load_ms"]);
+                }
                 self.admission
                     .add_instance(id, process.socket.to_string_lossy());
                 self.lock().insert(
@@ -288,6 +505,7 @@ impl Pool {
                         process,
                         ready_at: Instant::now(),
                         draining: false,
+                        started_from,
                     },
                 );
                 self.starting.fetch_sub(1, Ordering::AcqRel);
@@ -303,6 +521,32 @@ impl Pool {
             }
         }
         self.changed.notify_one();
+    }
+
+    /// Starts one worker for `spec` (a snapshot): forked from the template
+    /// (started first if needed), or exec'd when no template can start.
+    /// Returns it with the tier it came from.
+    async fn launch(
+        self: &Arc<Self>,
+        id: InstanceId,
+        spec: &WorkerSpec,
+        socket: &std::path::Path,
+        tier: &'static str,
+    ) -> (Result<WorkerProcess, SpawnError>, &'static str) {
+        if self.use_templates {
+            match self.template(spec).await {
+                Ok((template, fresh)) => {
+                    let tier = if fresh { tier } else { "template" };
+                    return (template.fork(id.0, socket, self.start_timeout).await, tier);
+                }
+                Err(e) => tracing::warn!(
+                    model = %self.spec.model,
+                    "no template ({e}): starting a worker by exec instead"
+                ),
+            }
+        }
+        let process = process::spawn(&self.bin, spec, socket, self.start_timeout).await;
+        (process, "exec")
     }
 
     /// Learns of a worker's exit: an unrequested one is a crash, counted
@@ -391,6 +635,10 @@ impl Pool {
             .collect();
         for s in stops {
             let _ = s.await;
+        }
+        let template = self.template.lock().await.take();
+        if let Some(template) = template {
+            template.handle().stop(self.grace).await;
         }
     }
 }

@@ -1,18 +1,22 @@
 //! Worker processes: spawn `thaw-worker` on a unix socket, wait for its
 //! `ready` message on stdout (never a polled file or a sleep), learn of its
-//! exit at once (tokio reaps children on SIGCHLD), and stop it with a grace
-//! period (SIGTERM, drain, SIGKILL). A worker outlives no gateway: it gets
-//! the gateway's pid and sets a parent-death signal itself, and is killed
-//! when its handle is dropped.
+//! exit at once (tokio reaps children on SIGCHLD; a worker forked by a
+//! template is watched through a pidfd), and stop it with a grace period
+//! (SIGTERM, drain, SIGKILL). A worker outlives no gateway: an exec'd worker
+//! gets the gateway's pid and sets a parent-death signal itself, a forked one
+//! watches the gateway's lifeline (see `template`), and both are killed when
+//! their handle is dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use thaw_snapshot::zygote::Pidfd;
 use thaw_snapshot::ModelKind;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -56,6 +60,14 @@ pub enum SpawnError {
         /// The limit.
         timeout: Duration,
     },
+    /// A template refused or failed a fork.
+    #[error("the template for {model} could not fork a worker: {reason}")]
+    Fork {
+        /// The model.
+        model: String,
+        /// What the template said.
+        reason: String,
+    },
 }
 
 /// A worker process that reported ready. Dropping it kills the process.
@@ -67,9 +79,12 @@ pub struct WorkerProcess {
     pub socket: PathBuf,
     /// Spawn to ready.
     pub startup: Duration,
-    /// The worker's own load time, from its ready message.
+    /// The worker's own load time, from its ready message (for a forked
+    /// worker: fork to ready).
     pub load_ms: f64,
-    handle: ProcessHandle,
+    /// Its ready message (timings of each phase).
+    pub ready: serde_json::Value,
+    pub(crate) handle: ProcessHandle,
 }
 
 impl WorkerProcess {
@@ -82,7 +97,7 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         if !self.handle.has_exited() {
-            signal(self.pid, Signal::SIGKILL);
+            self.handle.kill();
         }
     }
 }
@@ -91,15 +106,18 @@ impl Drop for WorkerProcess {
 #[derive(Debug, Clone)]
 pub struct ProcessHandle {
     pid: u32,
-    exit: watch::Receiver<Option<ExitStatus>>,
+    /// Set for processes that are not this one's children: signals go
+    /// through it, so they can never reach a recycled pid.
+    pidfd: Option<Arc<Pidfd>>,
+    exit: watch::Receiver<Option<String>>,
 }
 
 impl ProcessHandle {
     /// Resolves when the process has exited, with how.
-    pub async fn exited(&self) -> Option<ExitStatus> {
+    pub async fn exited(&self) -> Option<String> {
         let mut rx = self.exit.clone();
         let status = rx.wait_for(Option::is_some).await.ok()?;
-        *status
+        status.clone()
     }
 
     /// Whether it has exited.
@@ -109,7 +127,18 @@ impl ProcessHandle {
 
     /// SIGKILL now.
     pub fn kill(&self) {
-        signal(self.pid, Signal::SIGKILL);
+        self.send(Signal::SIGKILL);
+    }
+
+    fn send(&self, sig: Signal) {
+        match &self.pidfd {
+            Some(fd) => {
+                if let Err(e) = fd.signal(sig) {
+                    tracing::debug!(pid = self.pid, ?sig, "signal not delivered: {e}");
+                }
+            }
+            None => signal(self.pid, sig),
+        }
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
@@ -117,13 +146,13 @@ impl ProcessHandle {
         if self.has_exited() {
             return;
         }
-        signal(self.pid, Signal::SIGTERM);
+        self.send(Signal::SIGTERM);
         if tokio::time::timeout(grace, self.exited()).await.is_err() {
             tracing::warn!(
                 pid = self.pid,
-                "worker ignored SIGTERM for {grace:?}: killing it"
+                "process ignored SIGTERM for {grace:?}: killing it"
             );
-            signal(self.pid, Signal::SIGKILL);
+            self.send(Signal::SIGKILL);
             let _ = self.exited().await;
         }
     }
@@ -138,22 +167,13 @@ fn signal(pid: u32, sig: Signal) {
     }
 }
 
-/// Starts `spec` with `bin` listening on `socket`; returns once the worker
-/// says it is ready, or fails (killing it) after `timeout`.
-pub async fn spawn(
-    bin: &Path,
-    spec: &WorkerSpec,
-    socket: &Path,
-    timeout: Duration,
-) -> Result<WorkerProcess, SpawnError> {
-    let start = Instant::now();
+/// The arguments every worker and template gets.
+pub(crate) fn command(bin: &Path, spec: &WorkerSpec) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--model")
         .arg(&spec.source)
         .arg("--name")
         .arg(&spec.model)
-        .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
         .arg("--device")
         .arg(&spec.device)
         .env("THAW_PARENT_PID", std::process::id().to_string())
@@ -164,82 +184,166 @@ pub async fn spawn(
     if let Some(kind) = spec.kind {
         cmd.arg("--kind").arg(kind.as_str());
     }
-    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        bin: bin.display().to_string(),
-        source,
-    })?;
+    cmd
+}
+
+/// A child process that printed the message it was waited for.
+pub(crate) struct Launched {
+    pub pid: u32,
+    pub message: serde_json::Value,
+    pub handle: ProcessHandle,
+    pub startup: Duration,
+}
+
+/// Runs `cmd` and waits for the stdout message whose `event` is `event`;
+/// kills it after `timeout`. Its exit is published on the handle.
+pub(crate) async fn launch(
+    mut cmd: Command,
+    model: &str,
+    event: &str,
+    timeout: Duration,
+) -> Result<Launched, SpawnError> {
+    let start = Instant::now();
+    let bin = format!("{:?}", cmd.as_std().get_program());
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| SpawnError::Exec { bin, source })?;
     let pid = child.id().unwrap_or_default();
     let Some(stdout) = child.stdout.take() else {
         return Err(SpawnError::Died {
-            model: spec.model.clone(),
+            model: model.to_string(),
             status: "no stdout".into(),
         });
     };
     let mut lines = BufReader::new(stdout).lines();
-    let (exit_tx, exit_rx) = watch::channel(None);
-    let waiting = wait_ready(&mut lines);
+    let waiting = wait_event(&mut lines, event);
     let ready = tokio::select! {
         r = tokio::time::timeout(timeout, waiting) => r,
         status = child.wait() => {
             let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            return Err(SpawnError::Died { model: spec.model.clone(), status });
+            return Err(SpawnError::Died { model: model.to_string(), status });
         }
     };
-    let load_ms = match ready {
-        Ok(Some(load_ms)) => load_ms,
-        Ok(None) => {
+    let message = match ready {
+        Ok(Ok(message)) => message,
+        Ok(Err(_)) => {
             let status = child
                 .wait()
                 .await
                 .map(|s| s.to_string())
                 .unwrap_or_default();
             return Err(SpawnError::Died {
-                model: spec.model.clone(),
+                model: model.to_string(),
                 status,
             });
         }
         Err(_) => {
             let _ = child.kill().await;
             return Err(SpawnError::Timeout {
-                model: spec.model.clone(),
+                model: model.to_string(),
                 timeout,
             });
         }
     };
+    let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(reap(child, lines, exit_tx));
-    Ok(WorkerProcess {
+    Ok(Launched {
         pid,
-        socket: socket.to_path_buf(),
+        message,
         startup: start.elapsed(),
-        load_ms,
-        handle: ProcessHandle { pid, exit: exit_rx },
+        handle: ProcessHandle {
+            pid,
+            pidfd: None,
+            exit: exit_rx,
+        },
+    })
+}
+
+/// Starts `spec` with `bin` listening on `socket`; returns once the worker
+/// says it is ready, or fails (killing it) after `timeout`.
+pub async fn spawn(
+    bin: &Path,
+    spec: &WorkerSpec,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<WorkerProcess, SpawnError> {
+    let mut cmd = command(bin, spec);
+    cmd.arg("--listen")
+        .arg(format!("unix:{}", socket.display()));
+    let launched = launch(cmd, &spec.model, "ready", timeout).await?;
+    Ok(WorkerProcess {
+        pid: launched.pid,
+        socket: socket.to_path_buf(),
+        startup: launched.startup,
+        load_ms: launched.message["load_ms"].as_f64().unwrap_or_default(),
+        ready: launched.message,
+        handle: launched.handle,
+    })
+}
+
+/// Adopts a process that is not this one's child (a worker forked by a
+/// template) by its pid: its exit is learnt from a pidfd, and `lines` (its
+/// report channel) are drained meanwhile.
+pub(crate) fn adopt<R: AsyncRead + Unpin + Send + 'static>(
+    pid: u32,
+    lines: tokio::io::Lines<BufReader<R>>,
+) -> std::io::Result<ProcessHandle> {
+    let pidfd = Arc::new(Pidfd::open(pid)?);
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let watched = pidfd.clone();
+    tokio::spawn(async move {
+        let mut lines = lines;
+        let drain = async { while let Ok(Some(_)) = lines.next_line().await {} };
+        let (exited, ()) = tokio::join!(watched.clone().exited(), drain);
+        if let Err(e) = exited {
+            tracing::error!(pid, "watching a worker's pidfd: {e}");
+        }
+        // Reaped here when this process adopted it (its template died);
+        // its template (which ignores SIGCHLD) reaps it otherwise.
+        let status = match watched.try_reap() {
+            Some(status) => format!("{status:?}"),
+            None => "exited".to_string(),
+        };
+        let _ = exit_tx.send(Some(status));
+    });
+    Ok(ProcessHandle {
+        pid,
+        pidfd: Some(pidfd),
+        exit: exit_rx,
     })
 }
 
 type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
-/// Reads messages until `ready`; `None` if stdout closed first.
-async fn wait_ready(lines: &mut Lines) -> Option<f64> {
+/// Reads messages until one whose `event` is `event`; an error if the
+/// stream closed first.
+pub(crate) async fn wait_event<R: AsyncRead + Unpin>(
+    lines: &mut tokio::io::Lines<BufReader<R>>,
+    event: &str,
+) -> Result<serde_json::Value, String> {
     while let Ok(Some(line)) = lines.next_line().await {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if msg["event"] == "ready" {
-            return Some(msg["load_ms"].as_f64().unwrap_or_default());
+        if msg["event"] == event {
+            return Ok(msg);
+        }
+        if msg["event"] == "error" {
+            return Err(msg["message"].as_str().unwrap_or("error").to_string());
         }
     }
-    None
+    Err("closed before it was ready".into())
 }
 
 /// Owns the child after ready: drains its stdout and publishes its exit.
-async fn reap(mut child: Child, mut lines: Lines, exit: watch::Sender<Option<ExitStatus>>) {
+async fn reap(mut child: Child, mut lines: Lines, exit: watch::Sender<Option<String>>) {
     let drain = async { while let Ok(Some(_)) = lines.next_line().await {} };
     let (status, ()) = tokio::join!(child.wait(), drain);
     let status = match status {
-        Ok(s) => s,
+        Ok(s) => s.to_string(),
         Err(e) => {
-            tracing::error!("waiting for a worker: {e}");
-            return;
+            tracing::error!("waiting for a child: {e}");
+            e.to_string()
         }
     };
     let _ = exit.send(Some(status));

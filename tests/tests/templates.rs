@@ -1,0 +1,249 @@
+//! Warmth tiers end to end: the real `thaw` gateway forking workers from a
+//! per-model template. A cold start comes from the warmest tier there is
+//! (template, else snapshot, else source); the template outlives the last
+//! worker by `keep_template`; a template that dies is restarted without
+//! taking its workers along; nothing outlives the gateway.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thaw_tests::{bin, repo_root, Client, Proc};
+
+const START: Duration = Duration::from_secs(60);
+
+struct Gateway {
+    proc: Proc,
+    public: Client,
+    admin: Client,
+    _dir: tempfile::TempDir,
+}
+
+/// `thaw serve` on the credit-score model with short timers; `scaling` is
+/// more TOML for the model's `[models.scaling]`.
+fn gateway(scaling: &str) -> Gateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+state_dir = "{state}"
+
+[defaults.scaling]
+stable_window = "2s"
+panic_window = "1s"
+scale_down_delay = "1s"
+scale_to_zero_after = "1s"
+
+[[models]]
+name = "credit-score"
+source = "{source}"
+[models.scaling]
+{scaling}
+"#,
+        state = dir.path().join("state").display(),
+        source = repo_root().join("configs/models/credit-score").display(),
+    );
+    let path = dir.path().join("thaw.toml");
+    std::fs::write(&path, config).expect("config written");
+    let mut cmd = Command::new(bin("thaw"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .arg("--worker-bin")
+        .arg(bin("thaw-worker"))
+        .env("RUST_LOG", "warn");
+    let mut proc = Proc::spawn(cmd).expect("thaw starts");
+    let ready = proc.wait_event("ready", START);
+    Gateway {
+        public: Client::new(ready["address"].as_str().expect("address")),
+        admin: Client::new(ready["admin"].as_str().expect("admin")),
+        proc,
+        _dir: dir,
+    }
+}
+
+fn score(g: &Gateway) -> thaw_tests::Response {
+    let body = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10],
+                                  "data": [60, 0.3, 10, 8, 0, 0.3, 20, 48, 6, 1]}]});
+    let r = g.public.post_json("/v2/models/credit-score/infer", &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r
+}
+
+fn status(g: &Gateway) -> Value {
+    let s = g.admin.get("/admin/status").json();
+    s["models"][0].clone()
+}
+
+/// Waits until `pred` holds on the model's status (the gateway's timers act
+/// on their own; the status API is the message to wait on).
+fn wait_status(g: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + START;
+    loop {
+        let s = status(g);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pid(v: &Value) -> u32 {
+    v["pid"].as_u64().expect("pid") as u32
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+fn started_from(s: &Value) -> String {
+    s["instances"][0]["started_from"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn idle(s: &Value) -> bool {
+    s["instances"].as_array().is_some_and(Vec::is_empty) && s["starting_instances"] == 0
+}
+
+#[test]
+fn cold_starts_come_from_the_warmest_tier_and_the_template_is_demoted_after_keep_template() {
+    let g = gateway("keep_template = \"4s\"");
+    assert_eq!(
+        status(&g)["tier"],
+        "source",
+        "nothing is built before the first request"
+    );
+
+    // From the source: the snapshot is built, a template started, a worker forked.
+    let r = score(&g);
+    assert!(r.header("x-thaw-cold-start-ms").is_some());
+    let s = status(&g);
+    assert_eq!(started_from(&s), "source", "{s}");
+    assert_eq!(s["tier"], "hot");
+    let template = pid(&s["template"]);
+
+    // Workers go after scale_to_zero_after; the template stays.
+    let s = wait_status(&g, "scale to zero", idle);
+    assert_eq!(s["tier"], "template", "{s}");
+    assert_eq!(pid(&s["template"]), template);
+
+    // From the template: forked, the template itself untouched.
+    let r = score(&g);
+    assert!(r.header("x-thaw-cold-start-ms").is_some());
+    let s = status(&g);
+    assert_eq!(started_from(&s), "template", "{s}");
+    assert_eq!(pid(&s["template"]), template);
+
+    // keep_template after the last worker, the template goes too.
+    let s = wait_status(&g, "template demotion", |s| {
+        idle(s) && s["template"].is_null()
+    });
+    assert_eq!(s["tier"], "snapshot", "{s}");
+    assert!(
+        !alive(template),
+        "the demoted template {template} still runs"
+    );
+
+    // From the snapshot: a new template, then a fork.
+    score(&g);
+    let s = status(&g);
+    assert_eq!(started_from(&s), "snapshot", "{s}");
+    assert_ne!(pid(&s["template"]), template);
+
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    for line in [
+        r#"thaw_cold_starts_total{model="credit-score",tier="source"} 1"#,
+        r#"thaw_cold_starts_total{model="credit-score",tier="template"} 1"#,
+        r#"thaw_cold_starts_total{model="credit-score",tier="snapshot"} 1"#,
+        r#"thaw_template_events_total{event="demoted",model="credit-score"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "no {line} in:\n{metrics}");
+    }
+    for phase in [
+        "snapshot_build",
+        "snapshot_open",
+        "model_build",
+        "fork",
+        "child_init",
+    ] {
+        let count = format!(
+            "thaw_cold_start_duration_seconds_count{{model=\"credit-score\",phase=\"{phase}\"}}"
+        );
+        assert!(metrics.contains(&count), "no {phase} phase in:\n{metrics}");
+    }
+}
+
+#[test]
+fn a_template_that_dies_is_restarted_and_its_workers_keep_serving() {
+    let g = gateway("min_instances = 1");
+    let s = wait_status(&g, "a ready worker", |s| {
+        s["ready_instances"] == 1 && !s["template"].is_null()
+    });
+    let (worker, template) = (pid(&s["instances"][0]), pid(&s["template"]));
+    let _ = Command::new("kill")
+        .args(["-KILL", &template.to_string()])
+        .status();
+
+    // The worker was the template's child, not its hostage.
+    let s = wait_status(&g, "a new template", |s| {
+        !s["template"].is_null() && pid(&s["template"]) != template
+    });
+    assert!(!alive(template));
+    assert_eq!(pid(&s["instances"][0]), worker);
+    assert!(alive(worker));
+    let r = score(&g);
+    assert_eq!(
+        r.header("x-thaw-worker"),
+        Some(format!("credit-score/{}", s["instances"][0]["id"]).as_str())
+    );
+
+    // A worker that dies now is replaced from the new template.
+    let _ = Command::new("kill")
+        .args(["-KILL", &worker.to_string()])
+        .status();
+    let s = wait_status(&g, "a replacement worker", |s| {
+        s["ready_instances"] == 1 && pid(&s["instances"][0]) != worker
+    });
+    assert_eq!(started_from(&s), "template", "{s}");
+    score(&g);
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains(r#"thaw_template_events_total{event="crashed",model="credit-score"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn no_template_or_worker_outlives_the_gateway() {
+    for signal in ["TERM", "KILL"] {
+        let mut g = gateway("min_instances = 2");
+        let s = wait_status(&g, "two ready workers", |s| s["ready_instances"] == 2);
+        let mut pids: Vec<u32> = s["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(pid)
+            .collect();
+        pids.push(pid(&s["template"]));
+        g.proc.signal(signal);
+        g.proc.wait_exit(START);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pids.iter().any(|p| alive(*p)) {
+            assert!(
+                Instant::now() < deadline,
+                "{pids:?} outlived a gateway killed with SIG{signal}"
+            );
+            // Exit of a process that is not ours: nothing to wait on.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
