@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod closed_loop;
+mod cold_start;
 mod http;
 mod open_loop;
 mod stats;
@@ -55,6 +56,31 @@ enum Command {
     /// Prints a free TCP port on 127.0.0.1 (for servers that cannot report
     /// the port they bound).
     FreePort,
+    /// Cold starts of an embedding model from each warmth tier, against a
+    /// plain exec and a fresh Python process (bench/cold-start.sh).
+    ColdStart {
+        /// Where `thaw` and `thaw-worker` are.
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// The model's source directory.
+        #[arg(long)]
+        source: PathBuf,
+        /// Repetitions of each cold start.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Workers forked at once for the fan-out and memory figures.
+        #[arg(long, default_value_t = 8)]
+        forks: usize,
+        /// A Python with sentence-transformers (the seed's cold start).
+        #[arg(long, env = "THAW_ST_PYTHON")]
+        python: Option<PathBuf>,
+        /// The baseline's script.
+        #[arg(long, default_value = "bench/baselines/st_cold_start.py")]
+        python_script: PathBuf,
+        /// Scratch directory (sockets, the snapshot, the gateway's state).
+        #[arg(long)]
+        work: PathBuf,
+    },
 }
 
 /// What to send, and for how long.
@@ -166,6 +192,26 @@ async fn run(command: Command) -> Result<serde_json::Value> {
             }
             .run()
             .await
+        }
+        Command::ColdStart {
+            bin_dir,
+            source,
+            reps,
+            forks,
+            python,
+            python_script,
+            work,
+        } => {
+            let bench = cold_start::ColdStart {
+                bin_dir,
+                source,
+                reps: reps.max(1),
+                forks: forks.max(1),
+                python,
+                python_script,
+                work,
+            };
+            tokio::task::spawn_blocking(move || bench.run()).await?
         }
         Command::FreePort => {
             let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::admission::Admission;
 use crate::autoscaler::{self, Decision};
-use crate::config::{Config, ModelConfig};
+use crate::config::{Config, HealthCheck, ModelConfig};
 use crate::metrics::Metrics;
 use crate::supervisor::{Pool, PoolPaths, WorkerSpec};
 
@@ -63,7 +63,7 @@ impl Models {
             .models
             .iter()
             .map(|m| {
-                let (model, pool) = start_model(m, rt);
+                let (model, pool) = start_model(m, &config.gateway.health, rt);
                 pools.push(pool);
                 (m.name.clone(), Arc::new(model))
             })
@@ -96,7 +96,11 @@ impl Models {
     }
 }
 
-fn start_model(m: &ModelConfig, rt: &Runtime) -> (Model, tokio::task::JoinHandle<()>) {
+fn start_model(
+    m: &ModelConfig,
+    health: &HealthCheck,
+    rt: &Runtime,
+) -> (Model, tokio::task::JoinHandle<()>) {
     let admission = Admission::new(m.queue.clone(), m.scaling.max_concurrency);
     let spec = WorkerSpec {
         model: m.name.clone(),
@@ -111,6 +115,7 @@ fn start_model(m: &ModelConfig, rt: &Runtime) -> (Model, tokio::task::JoinHandle
         rt.ids.clone(),
         rt.metrics.clone(),
     );
+    pool.set_health(health.interval, health.failures);
     pool.set_keep_template(m.scaling.keep_template);
     let initial = Decision::steady(m.scaling.min_instances);
     let (decisions_tx, decisions_rx) = watch::channel(initial);

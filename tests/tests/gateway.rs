@@ -17,15 +17,40 @@ struct Gateway {
 }
 
 /// Starts `thaw serve` on `models` (TOML `[[models]]` tables) with short
-/// timers; `extra` is more TOML for `[defaults.scaling]`.
+/// timers; `scaling` is more TOML for `[defaults.scaling]`.
 fn gateway(models: &str, scaling: &str) -> Gateway {
+    gateway_with("", models, scaling)
+}
+
+/// As `gateway`, with `settings` (more TOML) in `[gateway]`.
+fn gateway_with(settings: &str, models: &str, scaling: &str) -> Gateway {
     let dir = tempfile::tempdir().expect("temp dir");
+    let mut proc = Proc::spawn(serve(&dir, settings, models, scaling)).expect("thaw starts");
+    let ready = proc.wait_event("ready", START);
+    let address = |key: &str| {
+        let a = ready[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key}: {ready}"));
+        assert!(!a.ends_with(":0"), "{key} {a} is not the bound port");
+        Client::new(a)
+    };
+    Gateway {
+        public: address("address"),
+        admin: address("admin"),
+        proc,
+        _dir: dir,
+    }
+}
+
+/// `thaw serve` on a config written into `dir`, both listeners on port 0.
+fn serve(dir: &tempfile::TempDir, settings: &str, models: &str, scaling: &str) -> Command {
     let config = format!(
         r#"
 [gateway]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 state_dir = "{state}"
+{settings}
 
 [defaults.scaling]
 stable_window = "4s"
@@ -47,14 +72,7 @@ scale_to_zero_after = "2s"
         .arg("--worker-bin")
         .arg(bin("thaw-worker"))
         .env("RUST_LOG", "warn");
-    let mut proc = Proc::spawn(cmd).expect("thaw starts");
-    let ready = proc.wait_event("ready", START);
-    Gateway {
-        public: Client::new(ready["address"].as_str().expect("address")),
-        admin: Client::new(ready["admin"].as_str().expect("admin")),
-        proc,
-        _dir: dir,
-    }
+    cmd
 }
 
 fn credit_score(extra: &str) -> String {
@@ -113,6 +131,14 @@ fn worker_pids(g: &Gateway, model: &str) -> Vec<u32> {
         .iter()
         .map(|i| i["pid"].as_u64().expect("pid") as u32)
         .collect()
+}
+
+/// Sends `signal` (e.g. `"STOP"`) to `pid` with kill(1).
+fn signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn alive(pid: u32) -> bool {
@@ -443,4 +469,66 @@ fn a_model_that_cannot_start_gets_a_prompt_503_with_retry_after() {
     assert!(r.json()["error"]
         .as_str()
         .is_some_and(|m| m.contains("cannot start")));
+}
+
+/// Resumes a worker frozen by a test that fails before the gateway kills
+/// it, so that it can exit with the gateway instead of staying stopped.
+struct Frozen(u32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            signal(self.0, "CONT");
+        }
+    }
+}
+
+#[test]
+fn a_hung_worker_is_killed_and_replaced() {
+    let mut g = gateway_with(
+        "health_interval = \"1s\"\nhealth_failures = 2\n",
+        &credit_score("[models.scaling]\nmin_instances = 1\nmax_instances = 1\n"),
+        "",
+    );
+    wait_status(&g, "credit-score", "the floor instance", |s| {
+        s["ready_instances"] == 1
+    });
+    let victim = worker_pids(&g, "credit-score")[0];
+    // Hung, not dead: the process lives on and its socket takes connections,
+    // but nothing answers them.
+    assert!(signal(victim, "STOP"), "kill -STOP {victim} failed");
+    let _frozen = Frozen(victim);
+    g.proc.wait_stderr("worker unresponsive", START);
+    let s = wait_status(&g, "credit-score", "a replacement", |s| {
+        s["ready_instances"] == 1
+            && s["instances"]
+                .as_array()
+                .is_some_and(|i| i.len() == 1 && i[0]["pid"] != victim)
+    });
+    let deadline = Instant::now() + START;
+    while alive(victim) {
+        assert!(
+            Instant::now() < deadline,
+            "the hung worker {victim} was not killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = g
+        .public
+        .post_json("/v2/models/credit-score/infer", &score_request());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let replacement = format!("credit-score/{}", s["instances"][0]["id"]);
+    assert_eq!(r.header("x-thaw-worker"), Some(replacement.as_str()));
+}
+
+#[test]
+fn a_listen_address_in_use_fails_the_start_and_names_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = serve(&dir, "", "", "");
+    cmd.arg("--listen").arg(&address);
+    let mut proc = Proc::spawn(cmd).expect("thaw starts");
+    proc.wait_stderr(&format!("cannot listen on {address}"), START);
+    assert!(!proc.wait_exit(START).success());
 }

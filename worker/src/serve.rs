@@ -151,31 +151,72 @@ async fn lifeline_closed() -> std::io::Result<()> {
 }
 
 fn load(options: &WorkerOptions) -> Result<Backend, ServeError> {
-    backend(options, LoadedModel::load(&options.model)?)
+    Prepared::new(LoadedModel::load(&options.model)?).start(options)
 }
 
-/// Puts a loaded model behind its batcher (a thread of its own).
-fn backend(options: &WorkerOptions, model: LoadedModel) -> Result<Backend, ServeError> {
-    let batch = options.batch;
-    let thread = format!("model-{}", options.name);
-    Ok(match model {
-        LoadedModel::Embedding(model) => {
-            let tokenizer = Arc::new(model.tokenizer().clone());
-            let dimensions = model.dimensions();
-            Backend::Embedding {
+/// A loaded model with what the API needs beside it (the tokenizer, the
+/// manifest), made ready to put behind a batcher: a template prepares it
+/// once, and each forked child only starts the batcher's thread.
+pub struct Prepared(Ready);
+
+// Made once per process and moved into the batcher, like `LoadedModel`.
+#[allow(clippy::large_enum_variant)]
+enum Ready {
+    Embedding {
+        model: crate::models::EmbeddingModel,
+        tokenizer: Arc<tokenizers::Tokenizer>,
+        dimensions: usize,
+    },
+    Tabular {
+        model: crate::models::TabularModel,
+        manifest: crate::models::tabular::TabularManifest,
+    },
+}
+
+impl Prepared {
+    /// Prepares `model` (no thread is started).
+    pub fn new(model: LoadedModel) -> Self {
+        Prepared(match model {
+            LoadedModel::Embedding(model) => Ready::Embedding {
+                tokenizer: Arc::new(model.tokenizer().clone()),
+                dimensions: model.dimensions(),
+                model,
+            },
+            LoadedModel::Tabular(model) => Ready::Tabular {
+                manifest: model.manifest().clone(),
+                model,
+            },
+        })
+    }
+
+    /// The model's kind.
+    pub fn kind(&self) -> thaw_snapshot::ModelKind {
+        match &self.0 {
+            Ready::Embedding { .. } => thaw_snapshot::ModelKind::Embedding,
+            Ready::Tabular { .. } => thaw_snapshot::ModelKind::Tabular,
+        }
+    }
+
+    /// Puts the model behind its batcher (a thread of its own).
+    fn start(self, options: &WorkerOptions) -> Result<Backend, ServeError> {
+        let batch = options.batch;
+        let thread = format!("model-{}", options.name);
+        Ok(match self.0 {
+            Ready::Embedding {
+                model,
+                tokenizer,
+                dimensions,
+            } => Backend::Embedding {
                 batcher: Batcher::spawn(model, batch, &thread)?,
                 tokenizer,
                 dimensions,
-            }
-        }
-        LoadedModel::Tabular(model) => {
-            let manifest = model.manifest().clone();
-            Backend::Tabular {
+            },
+            Ready::Tabular { model, manifest } => Backend::Tabular {
                 batcher: Batcher::spawn(model, batch, &thread)?,
                 manifest,
-            }
-        }
-    })
+            },
+        })
+    }
 }
 
 /// Runs the worker until a shutdown signal; returns once in-flight requests
@@ -189,7 +230,7 @@ pub async fn run(options: WorkerOptions) -> Result<(), ServeError> {
 /// whose `load_ms` counts from `started`.
 pub async fn run_prebuilt(
     options: WorkerOptions,
-    model: LoadedModel,
+    model: Prepared,
     timings: serde_json::Map<String, serde_json::Value>,
     started: Instant,
 ) -> Result<(), ServeError> {
@@ -198,7 +239,7 @@ pub async fn run_prebuilt(
 
 async fn serve(
     options: WorkerOptions,
-    prebuilt: Option<(LoadedModel, serde_json::Map<String, serde_json::Value>)>,
+    prebuilt: Option<(Prepared, serde_json::Map<String, serde_json::Value>)>,
     start: Instant,
 ) -> Result<(), ServeError> {
     let kind = match options.model.kind {
@@ -226,17 +267,18 @@ async fn serve(
         }
     };
 
-    let (prebuilt, timings) = match prebuilt {
-        Some((model, timings)) => (Some(model), timings),
-        None => (None, serde_json::Map::new()),
-    };
-    let loading = tokio::task::spawn_blocking({
-        let options = options.clone();
-        move || match prebuilt {
-            Some(model) => backend(&options, model),
-            None => load(&options),
+    let (loading, timings) = match prebuilt {
+        // Built already: only the batcher's thread to start.
+        Some((model, timings)) => {
+            let started = model.start(&options);
+            (tokio::spawn(async move { started }), timings)
         }
-    });
+        None => {
+            let options = options.clone();
+            let loading = tokio::task::spawn_blocking(move || load(&options));
+            (loading, serde_json::Map::new())
+        }
+    };
     let signal = shutdown_signal(options.lifeline);
     tokio::pin!(signal);
     tokio::select! {

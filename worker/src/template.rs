@@ -21,7 +21,7 @@ use serde_json::json;
 use thaw_snapshot::zygote::{self, ForkServer, Role};
 
 use crate::models::LoadedModel;
-use crate::serve::{self, ListenAddr, WorkerOptions};
+use crate::serve::{self, ListenAddr, Prepared, WorkerOptions};
 
 /// What a template serves and where it is asked.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub fn run(options: TemplateOptions) -> anyhow::Result<()> {
     let open_ms = ms(opened);
     worker.model.kind = Some(kind);
     let built = Instant::now();
-    let model = LoadedModel::load(&worker.model)?;
+    let model = Prepared::new(LoadedModel::load(&worker.model)?);
     let build_ms = ms(built);
     let threads_now = zygote::thread_count()?;
     anyhow::ensure!(

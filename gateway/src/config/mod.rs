@@ -37,6 +37,27 @@ pub struct Gateway {
     pub state_dir: PathBuf,
     /// Largest body read to find a request's model (413 beyond).
     pub max_body_bytes: u64,
+    /// How workers' liveness is checked.
+    pub health: HealthCheck,
+}
+
+/// `[gateway]`'s liveness-probe knobs, resolved: a worker that stops
+/// answering (hung, not dead) is killed and replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// How often each worker is probed; also each probe's timeout.
+    pub interval: Duration,
+    /// Failed probes in a row after which the worker is killed.
+    pub failures: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval: Duration::from_secs(5),
+            failures: 3,
+        }
+    }
 }
 
 /// A model's scaling knobs, resolved.
@@ -194,12 +215,14 @@ impl Ctx<'_> {
             Some(s) => self.size(&s, "gateway.max_body_bytes")?,
             None => 2 << 20,
         };
+        let health = self.health(g.health_interval.as_ref(), g.health_failures.as_ref())?;
         let gateway = Gateway {
             listen,
             admin_listen,
             models_dir,
             state_dir: expand_home(g.state_dir.as_deref().unwrap_or("/tmp/thaw")),
             max_body_bytes,
+            health,
         };
         let defaults = self.scaling(
             &raw.defaults.scaling,
@@ -241,6 +264,37 @@ impl Ctx<'_> {
                 format!("{:?} is not an IP:PORT address", value.get_ref()),
             ),
         }
+    }
+
+    fn health(
+        &self,
+        interval: Option<&Spanned<String>>,
+        failures: Option<&Spanned<u32>>,
+    ) -> Result<HealthCheck, ConfigError> {
+        let d = HealthCheck::default();
+        let interval = match interval {
+            Some(s) => {
+                let field = "gateway.health_interval";
+                let t = self.duration(s, field)?;
+                if t.is_zero() {
+                    return self.at(s.span(), field, "must be longer than zero".into());
+                }
+                t
+            }
+            None => d.interval,
+        };
+        let failures = match failures {
+            Some(n) if *n.get_ref() == 0 => {
+                return self.at(
+                    n.span(),
+                    "gateway.health_failures",
+                    "must be at least 1".into(),
+                )
+            }
+            Some(n) => *n.get_ref(),
+            None => d.failures,
+        };
+        Ok(HealthCheck { interval, failures })
     }
 
     fn size(&self, s: &Spanned<String>, field: &str) -> Result<u64, ConfigError> {

@@ -36,6 +36,10 @@ pub struct RawGateway {
     pub state_dir: Option<String>,
     /// Largest request body read to find the model.
     pub max_body_bytes: Option<Spanned<String>>,
+    /// How often each worker's liveness is probed (also each probe's timeout).
+    pub health_interval: Option<Spanned<String>>,
+    /// Failed probes in a row after which a worker is killed and replaced.
+    pub health_failures: Option<Spanned<u32>>,
 }
 
 /// `[defaults]`.

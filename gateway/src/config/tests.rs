@@ -144,6 +144,38 @@ fn errors_name_file_line_and_field() {
 }
 
 #[test]
+fn health_checks_default_and_are_validated() {
+    let (_d, text) = with_source(GOOD);
+    let c = parse(&text, Path::new("good.toml")).expect("valid");
+    assert_eq!(c.gateway.health, HealthCheck::default());
+    let text = "[gateway]\nhealth_interval = \"250ms\"\nhealth_failures = 2\n";
+    let c = parse(text, Path::new("health.toml")).expect("valid");
+    assert_eq!(
+        c.gateway.health,
+        HealthCheck {
+            interval: Duration::from_millis(250),
+            failures: 2,
+        }
+    );
+    refused(
+        "[gateway]\nhealth_interval = \"0s\"\n",
+        2,
+        "gateway.health_interval",
+    );
+    refused(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nhealth_interval = \"often\"\n",
+        3,
+        "gateway.health_interval",
+    );
+    refused(
+        "[gateway]\nhealth_failures = 0\n",
+        2,
+        "gateway.health_failures",
+    );
+    refused("[gateway]\nhealth_failures = -1\n", 2, "-");
+}
+
+#[test]
 fn every_config_in_the_repository_is_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut checked = 0;

@@ -112,10 +112,9 @@ pub struct Pool {
     pub start_timeout: Duration,
     /// How long a stopping worker may drain before SIGKILL.
     pub grace: Duration,
-    /// How often each worker's liveness is probed.
-    pub health_interval: Duration,
-    /// Consecutive failed probes after which a worker is killed.
-    pub health_failures: u32,
+    /// How often each worker's liveness is probed (also each probe's
+    /// limit), and after how many failures in a row it is killed.
+    health: Mutex<(Duration, u32)>,
 }
 
 impl Pool {
@@ -148,8 +147,7 @@ impl Pool {
             keep_template_ms: AtomicU64::new(1_800_000),
             start_timeout: Duration::from_secs(120),
             grace: Duration::from_secs(30),
-            health_interval: Duration::from_secs(5),
-            health_failures: 3,
+            health: Mutex::new((Duration::from_secs(5), 3)),
         })
     }
 
@@ -163,6 +161,13 @@ impl Pool {
         let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
         self.keep_template_ms.store(ms, Ordering::Release);
         self.changed.notify_one();
+    }
+
+    /// Probes each worker every `interval` (a probe may take as long) and
+    /// kills it after `failures` failed probes in a row; for workers started
+    /// from now on.
+    pub fn set_health(&self, interval: Duration, failures: u32) {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (interval, failures.max(1));
     }
 
     /// Why the last start failed, while no worker is serving.
@@ -568,10 +573,11 @@ impl Pool {
     }
 
     /// Probes the worker's liveness until it exits; kills it after
-    /// `health_failures` failed probes in a row, so that it is replaced.
+    /// the configured number of failed probes in a row, so that it is replaced.
     async fn watch_health(self: Arc<Self>, id: InstanceId) {
         let mut failures = 0;
-        let mut ticker = tokio::time::interval(self.health_interval);
+        let (interval, limit) = *self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
             ticker.tick().await;
@@ -585,13 +591,13 @@ impl Pool {
             if draining || handle.has_exited() {
                 return;
             }
-            if super::health::live(&socket, self.health_interval).await {
+            if super::health::live(&socket, interval).await {
                 failures = 0;
                 continue;
             }
             failures += 1;
             tracing::warn!(model = %self.spec.model, instance = %id, failures, "health check failed");
-            if failures >= self.health_failures {
+            if failures >= limit {
                 tracing::error!(model = %self.spec.model, instance = %id, "worker unresponsive: killing it");
                 handle.kill();
                 return;

@@ -167,6 +167,22 @@ fn signal(pid: u32, sig: Signal) {
     }
 }
 
+/// glibc's malloc asked for transparent huge pages (where the kernel leaves
+/// them to madvise): a model's weights then sit in 2 MiB pages, so a fork
+/// copies a few hundred page-table entries instead of tens of thousands
+/// (MiniLM: fork 4.5 → 1.0 ms), and inference misses the TLB less. Added to
+/// whatever tunables the gateway was given.
+fn glibc_tunables() -> String {
+    const HUGE_PAGES: &str = "glibc.malloc.hugetlb=1";
+    match std::env::var("GLIBC_TUNABLES") {
+        Ok(t) if !t.is_empty() && !t.contains("glibc.malloc.hugetlb") => {
+            format!("{t}:{HUGE_PAGES}")
+        }
+        Ok(t) if !t.is_empty() => t,
+        _ => HUGE_PAGES.to_string(),
+    }
+}
+
 /// The arguments every worker and template gets.
 pub(crate) fn command(bin: &Path, spec: &WorkerSpec) -> Command {
     let mut cmd = Command::new(bin);
@@ -177,6 +193,7 @@ pub(crate) fn command(bin: &Path, spec: &WorkerSpec) -> Command {
         .arg("--device")
         .arg(&spec.device)
         .env("THAW_PARENT_PID", std::process::id().to_string())
+        .env("GLIBC_TUNABLES", glibc_tunables())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
