@@ -181,6 +181,7 @@ fn cold_starts_come_from_the_warmest_tier_and_the_template_is_demoted_after_keep
         "model_build",
         "fork",
         "child_init",
+        "first_response",
     ] {
         let count = format!(
             "thaw_cold_start_duration_seconds_count{{model=\"credit-score\",phase=\"{phase}\"}}"

@@ -47,6 +47,11 @@ impl Permit {
     pub fn waited(&self) -> Duration {
         self.waited
     }
+
+    /// Time since the slot was handed to this request.
+    pub fn held(&self) -> Duration {
+        self.acquired.elapsed()
+    }
 }
 
 impl Drop for Permit {

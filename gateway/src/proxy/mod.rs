@@ -177,7 +177,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        decorate(ctx, upstream)
+        decorate(&self.metrics, ctx, upstream)
     }
 
     fn error_while_proxy(
@@ -286,8 +286,10 @@ impl Gateway {
             );
         };
         let peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
-        let result =
-            large_body::forward(&self.connector, session, &peer, body, |h| decorate(ctx, h)).await;
+        let result = large_body::forward(&self.connector, session, &peer, body, |h| {
+            decorate(&self.metrics, ctx, h)
+        })
+        .await;
         if let Err(e) = result {
             if session.response_written().is_none() {
                 let err =
@@ -394,14 +396,19 @@ impl Gateway {
 }
 
 /// Adds `x-thaw-worker` (and, after a scale-up, `x-thaw-cold-start-ms`) to
-/// a worker's response.
-fn decorate(ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
+/// a worker's response; a cold request's time from its slot to the
+/// response's head is the cold start's `first_response` phase.
+fn decorate(metrics: &Metrics, ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
     if let (Some(model), Some(permit)) = (&ctx.model, &ctx.permit) {
         let worker = format!("{}/{}", model.config.name, permit.instance());
         header.insert_header("x-thaw-worker", worker)?;
         if ctx.cold {
             let ms = permit.waited().as_millis().to_string();
             header.insert_header("x-thaw-cold-start-ms", ms)?;
+            metrics
+                .cold_start_seconds
+                .with_label_values(&[model.config.name.as_str(), "first_response"])
+                .observe(permit.held().as_secs_f64());
         }
     }
     Ok(())
