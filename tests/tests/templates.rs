@@ -179,6 +179,7 @@ fn cold_starts_come_from_the_warmest_tier_and_the_template_is_demoted_after_keep
         "snapshot_build",
         "snapshot_open",
         "model_build",
+        "warm_up",
         "fork",
         "child_init",
         "first_response",

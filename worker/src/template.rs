@@ -52,19 +52,25 @@ pub fn run(options: TemplateOptions) -> anyhow::Result<()> {
 
     let mut worker = options.worker;
     let opened = Instant::now();
-    let kind = if thaw_snapshot::is_snapshot(&worker.model.dir) {
-        thaw_snapshot::open(&worker.model.dir, worker.model.kind)?.kind
+    let (kind, warmup) = if thaw_snapshot::is_snapshot(&worker.model.dir) {
+        let manifest = thaw_snapshot::open(&worker.model.dir, worker.model.kind)?;
+        (manifest.kind, manifest.warmup)
     } else {
-        match worker.model.kind {
+        let kind = match worker.model.kind {
             Some(kind) => kind,
             None => thaw_snapshot::detect_kind(&worker.model.dir)?,
-        }
+        };
+        (kind, Vec::new())
     };
     let open_ms = ms(opened);
     worker.model.kind = Some(kind);
     let built = Instant::now();
-    let model = Prepared::new(LoadedModel::load(&worker.model)?);
+    let model = LoadedModel::load(&worker.model)?;
     let build_ms = ms(built);
+    let warmed = Instant::now();
+    model.warm_up(&warmup)?;
+    let warmup_ms = ms(warmed);
+    let model = Prepared::new(model);
     let threads_now = zygote::thread_count()?;
     anyhow::ensure!(
         threads_now == 1,
@@ -80,6 +86,8 @@ pub fn run(options: TemplateOptions) -> anyhow::Result<()> {
         "control": options.control,
         "open_ms": open_ms,
         "build_ms": build_ms,
+        "warmup_ms": warmup_ms,
+        "warmup_inputs": warmup.len(),
         "total_ms": ms(start),
     }));
     tracing::info!(model = %worker.name, pid = std::process::id(), "template ready");

@@ -88,9 +88,14 @@ pub struct TemplateInfo {
     pub age_s: f64,
 }
 
+/// Numbers pools, so that the template sockets of two pools of one model
+/// (the old and the new during a reload's rolling replacement) differ.
+static POOLS: AtomicU64 = AtomicU64::new(1);
+
 /// One model's workers.
 pub struct Pool {
     spec: WorkerSpec,
+    serial: u64,
     admission: Admission,
     bin: PathBuf,
     sockets: PathBuf,
@@ -129,6 +134,7 @@ impl Pool {
     ) -> Arc<Self> {
         Arc::new(Pool {
             spec,
+            serial: POOLS.fetch_add(1, Ordering::Relaxed),
             admission,
             bin: paths.worker_bin,
             sockets: paths.sockets,
@@ -329,7 +335,7 @@ impl Pool {
         }
         let control = self
             .sockets
-            .join(format!("{}.template.sock", self.spec.model));
+            .join(format!("{}.{}.template.sock", self.spec.model, self.serial));
         let started = template::start(&self.bin, spec, &control, self.start_timeout).await?;
         tracing::info!(
             model = %self.spec.model, pid = started.pid,
@@ -340,6 +346,8 @@ impl Pool {
             .phase(&self.spec.model, "snapshot_open", started.open);
         self.events
             .phase(&self.spec.model, "model_build", started.build);
+        self.events
+            .phase(&self.spec.model, "warm_up", started.warm_up);
         let started = Arc::new(started);
         *slot = Some(started.clone());
         tokio::spawn(self.clone().watch_template(started.clone()));

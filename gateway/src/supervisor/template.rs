@@ -48,8 +48,10 @@ pub struct TemplateProcess {
     pub startup: Duration,
     /// Opening the snapshot, as the template measured it.
     pub open: Duration,
-    /// Building (and warming) the model.
+    /// Building the model.
     pub build: Duration,
+    /// Running the snapshot's warm-up inputs.
+    pub warm_up: Duration,
     /// When it became ready.
     pub ready_at: Instant,
     model: String,
@@ -89,6 +91,7 @@ pub async fn start(
         startup: launched.startup,
         open: millis(&launched.message["open_ms"]),
         build: millis(&launched.message["build_ms"]),
+        warm_up: millis(&launched.message["warmup_ms"]),
         ready_at: Instant::now(),
         model: spec.model.clone(),
         handle: launched.handle,

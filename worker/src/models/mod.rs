@@ -92,6 +92,25 @@ impl LoadedModel {
         Ok(model)
     }
 
+    /// Runs a snapshot manifest's warm-up inputs through the model: texts
+    /// for an embedding model; for a tabular one, `zeros` is a row of zeros.
+    pub fn warm_up(&self, inputs: &[String]) -> Result<(), ModelError> {
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        match self {
+            LoadedModel::Embedding(model) => {
+                let tokens = embedding::tokenize(model.tokenizer(), inputs)
+                    .map_err(|e| ModelError::Load(format!("tokenizing the warm-up: {e}")))?;
+                model.encode(&tokens).map(|_| ())
+            }
+            LoadedModel::Tabular(model) => {
+                let rows = vec![vec![0.0; model.width()]; inputs.len()];
+                model.score(&rows).map(|_| ())
+            }
+        }
+    }
+
     /// The model's kind.
     pub fn kind(&self) -> ModelKind {
         match self {
