@@ -2,6 +2,7 @@
 //! ready-to-serve model out (weights mapped, tokenizer loaded, warmed up).
 
 pub mod bert;
+pub mod chat;
 pub mod embedding;
 pub mod tabular;
 

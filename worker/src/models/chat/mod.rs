@@ -1,0 +1,8 @@
+//! Chat models (GGUF, generative): the tokenizer and the prompt template,
+//! both built from the GGUF's own metadata.
+
+pub mod template;
+pub mod tokenizer;
+
+pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use tokenizer::{ChatTokenizer, GgufVocab, StreamDecoder};
