@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 /// mimalloc gave 4-6 % more requests/s (wrk, 16 connections, credit-score).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use thaw_gateway::ctl;
 use thaw_gateway::serve::{self, ServeOptions};
 
 /// thaw: serverless inference.
@@ -39,7 +40,67 @@ enum Command {
         /// The thaw-worker binary (default: next to this one).
         #[arg(long)]
         worker_bin: Option<PathBuf>,
+        /// Take over the listening sockets of the gateway running on the
+        /// same addresses and state_dir instead of binding them: a binary
+        /// upgrade without a dropped connection. Send the old process
+        /// SIGQUIT within 5 seconds of starting this one (pingora waits that
+        /// long for the sockets); with port 0 in the config, give the
+        /// running addresses with --listen and --admin-listen.
+        #[arg(long)]
+        upgrade: bool,
     },
+    /// Operate a running gateway through its admin API. Exit codes: 0 done,
+    /// 1 refused or failed by the gateway, 2 usage error or admin API
+    /// unreachable. The bearer token, if the gateway wants one, comes from
+    /// THAW_ADMIN_TOKEN.
+    Ctl {
+        /// The admin API.
+        #[arg(long, env = "THAW_ADMIN", default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Models, the tier of each instance, queue depth, in-flight requests,
+    /// cold starts, overrides; the config's version and the last reload.
+    Status {
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the config file (exit 1, with file:line: field, if refused).
+    Reload,
+    /// Set a model's running floor (and cap) until the next reload.
+    Scale {
+        /// The model.
+        model: String,
+        /// The floor.
+        #[arg(long)]
+        min: u32,
+        /// The cap (default: the config's).
+        #[arg(long)]
+        max: Option<u32>,
+    },
+    /// Stop a model's workers after they finish what they accepted, and
+    /// hold it at zero (new requests get 503) until a reload or a scale.
+    Drain {
+        /// The model.
+        model: String,
+    },
+}
+
+impl CtlCommand {
+    fn into_ctl(self) -> ctl::Command {
+        match self {
+            CtlCommand::Status { json } => ctl::Command::Status { json },
+            CtlCommand::Reload => ctl::Command::Reload,
+            CtlCommand::Scale { model, min, max } => ctl::Command::Scale { model, min, max },
+            CtlCommand::Drain { model } => ctl::Command::Drain { model },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +112,7 @@ enum SnapshotCommand {
         /// The snapshot directory to write (replaced if it exists).
         #[arg(long)]
         out: PathBuf,
-        /// The weights' dtype: f32, f16, bf16 (q8_0 is refused for now).
+        /// The weights' dtype: f32, f16, bf16, or q8_0 (embedding models only).
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
@@ -120,11 +181,19 @@ fn main() -> anyhow::Result<()> {
             listen,
             admin_listen,
             worker_bin,
+            upgrade,
         } => serve::run(ServeOptions {
             config,
             listen,
             admin_listen,
             worker_bin,
+            upgrade,
         }),
+        Command::Ctl { admin, command } => {
+            let token = std::env::var(serve::ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty());
+            std::process::exit(ctl::run(&admin, token.as_deref(), &command.into_ctl()))
+        }
     }
 }

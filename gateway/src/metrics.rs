@@ -36,6 +36,8 @@ pub struct Metrics {
     pub worker_start_failures: IntCounterVec,
     /// Templates started, demoted and crashed, by model.
     pub template_events: IntCounterVec,
+    /// Config reloads by result (`ok`, `unchanged`, `refused`, `failed`).
+    pub config_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -120,6 +122,11 @@ impl Metrics {
                 "thaw_template_events_total",
                 "Templates started, demoted (after keep_template) and crashed",
                 &["model", "event"],
+            )?,
+            config_reloads: counter(
+                "thaw_config_reloads_total",
+                "Config reloads, by result (ok, unchanged, refused, failed)",
+                &["result"],
             )?,
             registry,
         })

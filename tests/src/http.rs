@@ -115,7 +115,8 @@ fn invalid(msg: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
 }
 
-fn parse(buf: &[u8]) -> std::io::Result<Response> {
+/// Parses a whole response (to the connection's end).
+pub fn parse(buf: &[u8]) -> std::io::Result<Response> {
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

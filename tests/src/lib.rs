@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod process;
+pub mod served;
 
 use std::path::PathBuf;
 

@@ -353,7 +353,7 @@ fn a_worker_killed_mid_request_yields_a_502_and_a_replacement() {
 
 #[test]
 fn no_worker_outlives_the_gateway() {
-    for signal in ["TERM", "KILL"] {
+    for signal in ["TERM", "INT", "KILL"] {
         let mut g = gateway(&credit_score("[models.scaling]\nmin_instances = 2\n"), "");
         wait_status(&g, "credit-score", "two ready instances", |s| {
             s["ready_instances"] == 2

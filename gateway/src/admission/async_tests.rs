@@ -237,6 +237,35 @@ async fn close_turns_away_the_queued_and_the_new() {
     assert_eq!(a.stats().in_flight, 0);
 }
 
+#[tokio::test]
+async fn retire_refuses_the_new_but_serves_the_queued_and_reopen_admits_again() {
+    let a = admission(1, 1, 10, 30);
+    let mut activity = a.activity();
+    assert_eq!(
+        *activity.borrow_and_update(),
+        Activity {
+            ready: 1,
+            queue_empty: true
+        }
+    );
+    let held = a.acquire(secs(5)).await.expect("free slot");
+    let mut w = pin!(a.acquire(secs(5)));
+    assert!(poll_once(w.as_mut()).is_pending());
+    assert!(activity.has_changed().expect("sender alive"));
+    assert!(!activity.borrow_and_update().queue_empty);
+    a.retire();
+    assert!(a.is_closed());
+    assert_eq!(a.acquire(secs(5)).await.err(), Some(Rejection::Closed));
+    assert!(a.try_acquire().is_none());
+    drop(held);
+    let served = ready(poll_once(w.as_mut())).expect("the queued one is served");
+    assert!(activity.borrow_and_update().queue_empty);
+    drop(served);
+    a.reopen();
+    assert!(!a.is_closed());
+    assert!(a.acquire(secs(5)).await.is_ok());
+}
+
 /// Counts permits per instance as the tasks see them; the guard undoes its
 /// count even when its task is aborted.
 struct Live {

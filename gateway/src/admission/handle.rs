@@ -27,16 +27,33 @@ pub struct Admission {
 pub(super) struct Shared {
     state: Mutex<State<Tx>>,
     wants: watch::Sender<bool>,
+    activity: watch::Sender<Activity>,
+}
+
+/// What a reload or a drain waits for: instances becoming ready, the queue
+/// emptying. Changes only on those transitions, so watching it costs the
+/// request path nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// Instances taking new requests.
+    pub ready: usize,
+    /// Whether no request waits in the queue.
+    pub queue_empty: bool,
 }
 
 impl Admission {
     /// No instances yet; `max_concurrency` is the hard per-instance cap.
     pub fn new(policy: QueuePolicy, max_concurrency: u32) -> Self {
         let (wants, _) = watch::channel(false);
+        let (activity, _) = watch::channel(Activity {
+            ready: 0,
+            queue_empty: true,
+        });
         Admission {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::new(policy, max_concurrency)),
                 wants,
+                activity,
             }),
         }
     }
@@ -95,6 +112,34 @@ impl Admission {
         drop(waiters);
     }
 
+    /// Refuses new requests ([`Rejection::Closed`]) but serves the ones
+    /// already queued as slots free up: a removed or drained model finishes
+    /// what it accepted.
+    pub fn retire(&self) {
+        self.shared.apply(|s| {
+            s.retire();
+            ((), Vec::new())
+        });
+    }
+
+    /// Admits again after `retire` or `close`.
+    pub fn reopen(&self) {
+        self.shared.apply(|s| {
+            s.reopen();
+            ((), Vec::new())
+        });
+    }
+
+    /// Whether new requests are refused (`close` or `retire`).
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().is_closed()
+    }
+
+    /// Ready instances and whether the queue is empty, as they change.
+    pub fn activity(&self) -> watch::Receiver<Activity> {
+        self.shared.activity.subscribe()
+    }
+
     /// Wakes every queued request with [`Rejection::Closed`] without
     /// closing: used when the model cannot get capacity (its workers fail
     /// to start), so they get a prompt 503 rather than a late 504.
@@ -137,6 +182,12 @@ impl Shared {
         let wants = state.wants_capacity();
         self.wants
             .send_if_modified(|w| std::mem::replace(w, wants) != wants);
+        let activity = Activity {
+            ready: state.ready_count(),
+            queue_empty: state.queue_len() == 0,
+        };
+        self.activity
+            .send_if_modified(|a| std::mem::replace(a, activity) != activity);
         result
     }
 }

@@ -17,7 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use estimate::{expected_wait, retry_after, ServiceTime};
-pub use handle::Admission;
+pub use handle::{Activity, Admission};
 pub use permit::Permit;
 pub use state::{Admit, Grant, Leave, Slot, State, WaiterId};
 

@@ -233,6 +233,28 @@ impl<W> State<W> {
         std::mem::take(&mut self.queue).into_values().collect()
     }
 
+    /// Admits nothing more (new requests get [`Rejection::Closed`]) but
+    /// keeps the queue: its waiters are still served as slots free up. A
+    /// removed or drained model finishes what it accepted this way.
+    pub fn retire(&mut self) {
+        self.closed = true;
+    }
+
+    /// Admits again after [`State::retire`] or [`State::close`].
+    pub fn reopen(&mut self) {
+        self.closed = false;
+    }
+
+    /// Whether new requests are refused.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Requests waiting now.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Takes every queued waiter out (without closing): the model cannot
     /// get capacity now, and they are better told so than left to time out.
     pub fn fail_waiting(&mut self) -> Vec<W> {

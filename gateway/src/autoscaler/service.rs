@@ -17,7 +17,7 @@ use crate::config::Scaling;
 /// Each tick of `tick` records `stats().observed_concurrency`, decides with
 /// the ready instance count, and publishes the decision when its instance
 /// count or panic mode changed. A request queued while no instance is
-/// ready triggers a tick at once. New knobs apply from the next tick.
+/// ready triggers a tick at once, and so do new knobs.
 pub async fn run(
     admission: Admission,
     mut knobs: watch::Receiver<Scaling>,
@@ -46,8 +46,9 @@ pub async fn run(
                 if changed.is_err() {
                     return;
                 }
+                // New knobs (a reload, an operator's override) decide at
+                // once rather than at the next tick.
                 scaler.set_knobs(knobs.borrow_and_update().clone());
-                continue;
             }
             () = decisions.closed() => return,
         }

@@ -2,6 +2,7 @@
 //! resolved (model table → `[defaults]` → built-in), then validated. Every
 //! error names the file, the line and the field.
 
+mod locate;
 pub mod schema;
 pub mod units;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use thaw_snapshot::ModelKind;
 use toml::Spanned;
 
+pub use locate::line_of;
 use schema::{RawConfig, RawModel, RawQueue, RawScaling};
 pub use units::{parse_duration, parse_size};
 
@@ -39,7 +41,25 @@ pub struct Gateway {
     pub max_body_bytes: u64,
     /// How workers' liveness is checked.
     pub health: HealthCheck,
+    /// Bearer token for the admin API (the env's `THAW_ADMIN_TOKEN` is
+    /// applied by `thaw serve`, not here).
+    pub admin_token: Option<Secret>,
+    /// How long a shutdown waits for requests in flight and queued.
+    pub shutdown_grace: Duration,
 }
+
+/// A value kept out of logs and `Debug` output (the admin token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The devices this build can run a model on.
+pub const DEVICES: &[&str] = &["cpu"];
 
 /// `[gateway]`'s liveness-probe knobs, resolved: a worker that stops
 /// answering (hung, not dead) is killed and replaced.
@@ -170,8 +190,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let ctx = Ctx { text, path };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| ctx.line(s.start)).unwrap_or(0);
-        ctx.error(line, "-", e.message().to_string())
+        let Some(span) = e.span() else {
+            return ctx.error(0, "-", e.message().to_string());
+        };
+        let message = e.message().to_string();
+        // A missing field is reported on its table: name the table's field.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        let field = match (missing, locate::locate(text, span.start)) {
+            (Some(name), (table, _)) if !table.is_empty() => format!("{table}.{name}"),
+            (Some(name), _) => name.to_string(),
+            (None, _) => locate::field_at(text, span.start),
+        };
+        ctx.error(ctx.line(span.start), &field, message)
     })?;
     ctx.resolve(raw)
 }
@@ -216,6 +248,17 @@ impl Ctx<'_> {
             None => 2 << 20,
         };
         let health = self.health(g.health_interval.as_ref(), g.health_failures.as_ref())?;
+        let admin_token = match g.admin_token {
+            Some(t) if t.get_ref().trim().is_empty() => {
+                return self.at(t.span(), "gateway.admin_token", "must not be empty".into())
+            }
+            Some(t) => Some(Secret(t.into_inner())),
+            None => None,
+        };
+        let shutdown_grace = match &g.shutdown_grace {
+            Some(s) => self.duration(s, "gateway.shutdown_grace")?,
+            None => Duration::from_secs(30),
+        };
         let gateway = Gateway {
             listen,
             admin_listen,
@@ -223,6 +266,8 @@ impl Ctx<'_> {
             state_dir: expand_home(g.state_dir.as_deref().unwrap_or("/tmp/thaw")),
             max_body_bytes,
             health,
+            admin_token,
+            shutdown_grace,
         };
         let defaults = self.scaling(
             &raw.defaults.scaling,
@@ -531,22 +576,7 @@ impl Ctx<'_> {
             None => None,
         };
         let device = match &m.device {
-            Some(d) => {
-                let dev = d.get_ref();
-                let known = dev == "cpu"
-                    || dev == "cuda"
-                    || dev
-                        .strip_prefix("cuda:")
-                        .is_some_and(|n| n.parse::<u32>().is_ok());
-                if !known {
-                    return self.at(
-                        d.span(),
-                        &field("device"),
-                        format!("{dev:?} is not a device (cpu, cuda, cuda:N)"),
-                    );
-                }
-                dev.clone()
-            }
+            Some(d) => self.device(d, &field("device"))?,
             None => "cpu".into(),
         };
         let memory_limit = m
@@ -568,6 +598,25 @@ impl Ctx<'_> {
             scaling,
             queue,
         })
+    }
+
+    /// A device this build has: `cpu` (the CUDA path is a cargo feature
+    /// of the worker that this gateway does not start).
+    fn device(&self, d: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+        let dev = d.get_ref();
+        if DEVICES.contains(&dev.as_str()) {
+            return Ok(dev.clone());
+        }
+        let cuda = dev == "cuda"
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+        let message = if cuda {
+            format!("{dev:?}: this build has no CUDA support; devices: {DEVICES:?}")
+        } else {
+            format!("{dev:?} is not a device (cpu, cuda, cuda:N); this build has {DEVICES:?}")
+        };
+        self.at(d.span(), field, message)
     }
 
     fn source(

@@ -40,6 +40,12 @@ pub struct RawGateway {
     pub health_interval: Option<Spanned<String>>,
     /// Failed probes in a row after which a worker is killed and replaced.
     pub health_failures: Option<Spanned<u32>>,
+    /// Bearer token every admin request must carry (env `THAW_ADMIN_TOKEN`
+    /// overrides); required for an admin listener off loopback.
+    pub admin_token: Option<Spanned<String>>,
+    /// How long a shutdown (or an upgrade's old process) waits for requests
+    /// in flight and queued to finish.
+    pub shutdown_grace: Option<Spanned<String>>,
 }
 
 /// `[defaults]`.

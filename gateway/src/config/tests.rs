@@ -71,14 +71,25 @@ fn errors_name_file_line_and_field() {
     let e = refused(
         "[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n",
         3,
-        "-",
+        "gateway.lisen",
     );
     assert!(e.message.contains("lisen"), "{e}");
+    assert_eq!(
+        e.to_string().split(": ").take(2).collect::<Vec<_>>(),
+        ["bad.toml:3", "gateway.lisen"]
+    );
     refused(
         "[[models]]\nname = \"a\"\nsource = \"SRC\"\ncolour = \"red\"\n",
         4,
-        "-",
+        "models[0].colour",
     );
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\n[[models]]\nname = \"b\"\n[models.scaling]\nmax_instances = \"2\"\n",
+        7,
+        "models[1].scaling.max_instances",
+    );
+    let e = refused("[[models]]\nname = \"a\"\n", 1, "models[0].source");
+    assert!(e.message.contains("missing field"), "{e}");
     refused("[gateway]\nlisten = \"localhost\"\n", 2, "gateway.listen");
     refused(
         "[defaults.scaling]\nmin_instances = 5\nmax_instances = 2\n",
@@ -130,6 +141,12 @@ fn errors_name_file_line_and_field() {
         4,
         "models[0].device",
     );
+    let e = refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\ndevice = \"cuda:0\"\n",
+        4,
+        "models[0].device",
+    );
+    assert!(e.message.contains("no CUDA"), "{e}");
     refused(
         "[[models]]\nname = \"a\"\nsource = \"SRC\"\nkind = \"vision\"\n",
         4,
@@ -140,7 +157,68 @@ fn errors_name_file_line_and_field() {
         5,
         "models[1].name",
     );
-    refused("[defaults.scaling]\nmin_instances = \"one\"\n", 2, "-");
+    refused(
+        "[defaults.scaling]\nmin_instances = \"one\"\n",
+        2,
+        "defaults.scaling.min_instances",
+    );
+    refused(
+        "[defaults.scaling]\nmin_instances = 1\n[[models]]\nname = \"a\"\nsource = \"SRC\"\n[models.scaling]\nmax_instances = 0\n",
+        7,
+        "models[0].scaling.max_instances",
+    );
+    refused(
+        "[defaults.scaling]\nmin_instances = 3\n[[models]]\nname = \"a\"\nsource = \"SRC\"\n[models.scaling]\nmax_instances = 2\n",
+        2,
+        "models[0].scaling.min_instances",
+    );
+    refused(
+        "[defaults.scaling]\nscale_to_zero_after = \"0ms\"\n",
+        2,
+        "defaults.scaling.scale_to_zero_after",
+    );
+    refused(
+        "[defaults.queue]\ntimeout = \"0s\"\n",
+        2,
+        "defaults.queue.timeout",
+    );
+    refused(
+        "[gateway]\nadmin_listen = \"127.0.0.1\"\n",
+        2,
+        "gateway.admin_listen",
+    );
+    refused(
+        "[gateway]\nmax_body_bytes = \"2 parsecs\"\n",
+        2,
+        "gateway.max_body_bytes",
+    );
+    refused("[gateway]\nadmin_token = \" \"\n", 2, "gateway.admin_token");
+    refused(
+        "[gateway]\nshutdown_grace = \"soon\"\n",
+        2,
+        "gateway.shutdown_grace",
+    );
+    refused(
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\nmemory_limit = \"lots\"\n",
+        4,
+        "models[0].memory_limit",
+    );
+}
+
+#[test]
+fn admin_token_and_shutdown_grace() {
+    let (_d, text) = with_source(GOOD);
+    let c = parse(&text, Path::new("good.toml")).expect("valid");
+    assert_eq!(c.gateway.admin_token, None);
+    assert_eq!(c.gateway.shutdown_grace, Duration::from_secs(30));
+    let text = "[gateway]\nadmin_token = \"s3cret\"\nshutdown_grace = \"5s\"\n";
+    let c = parse(text, Path::new("t.toml")).expect("valid");
+    assert_eq!(c.gateway.admin_token, Some(Secret("s3cret".into())));
+    assert_eq!(c.gateway.shutdown_grace, Duration::from_secs(5));
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "the token is in Debug"
+    );
 }
 
 #[test]
@@ -172,7 +250,11 @@ fn health_checks_default_and_are_validated() {
         2,
         "gateway.health_failures",
     );
-    refused("[gateway]\nhealth_failures = -1\n", 2, "-");
+    refused(
+        "[gateway]\nhealth_failures = -1\n",
+        2,
+        "gateway.health_failures",
+    );
 }
 
 #[test]
@@ -187,4 +269,29 @@ fn every_config_in_the_repository_is_valid() {
         }
     }
     assert!(checked > 0, "no config checked");
+}
+
+#[test]
+fn the_reference_config_is_valid_with_its_commented_examples_too() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/reference.toml");
+    let text = std::fs::read_to_string(&path).expect("configs/reference.toml");
+    // `# key = value` lines are the optional fields' examples.
+    let examples: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once(" = ").is_some_and(|(k, _)| {
+                    k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(examples, text, "no commented example found");
+    let c = parse(&examples, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.gateway.admin_token.is_some());
+    assert_eq!(c.models[0].memory_limit, Some(1 << 30));
 }

@@ -22,7 +22,8 @@ use serde_json::json;
 
 use crate::admission::{Permit, Rejection};
 use crate::metrics::Metrics;
-use crate::models::{Model, Models};
+use crate::models::{Model, Models, Override};
+use crate::reload::Live;
 pub use respond::GatewayError;
 use route::{route, Route};
 
@@ -39,8 +40,8 @@ pub struct Gateway {
     pub models: Arc<Models>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Largest body read to find the model.
-    pub max_body_bytes: u64,
+    /// Settings a reload changes (the largest body read to find the model).
+    pub live: Arc<Live>,
     /// Connections to workers for bodies too large for pingora to replay.
     pub connector: pingora::connectors::http::Connector,
 }
@@ -95,10 +96,11 @@ impl ProxyHttp for Gateway {
         if body_after_model {
             // A free slot now: no queueing, so the body streams through
             // to the worker as it comes.
-            if declared_length(session).is_some_and(|n| n > self.max_body_bytes) {
+            let limit = self.live.max_body_bytes();
+            if declared_length(session).is_some_and(|n| n > limit) {
                 ctx.model = Some(model);
                 return self
-                    .reject(session, ctx, &GatewayError::TooLarge(self.max_body_bytes))
+                    .reject(session, ctx, &GatewayError::TooLarge(limit))
                     .await;
             }
             if let Some(permit) = model.admission.try_acquire() {
@@ -117,24 +119,13 @@ impl ProxyHttp for Gateway {
                 Err(e) => return self.reject(session, ctx, &e).await,
             }
         }
-        ctx.model = Some(model.clone());
-        ctx.cold = model.admission.ready_instances() == 0;
-        let deadline = deadline(session, model.config.queue.timeout);
-        let admitted = tokio::select! {
-            admitted = model.admission.acquire(deadline) => admitted,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                // The client hung up (or broke the protocol) while queued:
-                // dropping the acquire future has taken it off the queue.
-                session.set_keepalive(None);
-                return Ok(true);
-            }
+        let admitted = match self.admit(session, ctx, model).await {
+            Some(admitted) => admitted,
+            // The client hung up while queued.
+            None => return Ok(true),
         };
         match admitted {
             Ok(permit) => {
-                self.metrics
-                    .queue_wait_seconds
-                    .with_label_values(&[&model.config.name])
-                    .observe(permit.waited().as_secs_f64());
                 ctx.permit = Some(permit);
                 match unreplayable {
                     None => Ok(false),
@@ -144,18 +135,7 @@ impl ProxyHttp for Gateway {
                     }
                 }
             }
-            Err(Rejection::Closed) => {
-                let message = match model.pool.failure() {
-                    Some(why) => format!("model {:?} cannot start: {why}", model.config.name),
-                    None => format!("model {:?} is being removed", model.config.name),
-                };
-                let e = GatewayError::Unavailable {
-                    message,
-                    retry_after: Duration::from_secs(1),
-                };
-                self.reject(session, ctx, &e).await
-            }
-            Err(rejection) => self.reject(session, ctx, &rejection.into()).await,
+            Err(e) => self.reject(session, ctx, &e).await,
         }
     }
 
@@ -248,6 +228,54 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Waits for a permit on `model`, or for the client to hang up (`None`).
+    /// A model that closed because a reload replaced it hands the request
+    /// to its successor; one that was removed answers 404 from then on.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut model: Arc<Model>,
+    ) -> Option<Result<Permit, GatewayError>> {
+        let timeout = model.config.queue.timeout;
+        let deadline_at = Instant::now() + deadline(session, timeout);
+        // A request can only follow a successor that a reload published
+        // while it waited; the bound is a guard, not a policy.
+        for _ in 0..8 {
+            ctx.model = Some(model.clone());
+            ctx.cold = model.admission.ready_instances() == 0;
+            let left = deadline_at.saturating_duration_since(Instant::now());
+            let admitted = tokio::select! {
+                admitted = model.admission.acquire(left) => admitted,
+                _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                    // The client hung up (or broke the protocol) while
+                    // queued: dropping the acquire future has taken it off
+                    // the queue.
+                    session.set_keepalive(None);
+                    return None;
+                }
+            };
+            match admitted {
+                Ok(permit) => {
+                    self.metrics
+                        .queue_wait_seconds
+                        .with_label_values(&[&model.config.name])
+                        .observe(permit.waited().as_secs_f64());
+                    return Some(Ok(permit));
+                }
+                Err(Rejection::Closed) => match self.models.get(&model.config.name) {
+                    Some(next) if next.generation() != model.generation() => model = next,
+                    Some(_) => return Some(Err(closed(&model))),
+                    None => {
+                        return Some(Err(GatewayError::UnknownModel(model.config.name.clone())))
+                    }
+                },
+                Err(rejection) => return Some(Err(rejection.into())),
+            }
+        }
+        Some(Err(closed(&model)))
+    }
+
     fn model(&self, name: &str) -> Result<Arc<Model>, GatewayError> {
         self.models
             .get(name)
@@ -258,7 +286,7 @@ impl Gateway {
     /// pingora's retry buffer is replayed to the worker by the proxy; a
     /// larger one is forwarded by `large_body`.
     async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
-        let limit = self.max_body_bytes;
+        let limit = self.live.max_body_bytes();
         if declared_length(session).is_some_and(|n| n > limit) {
             return Err(GatewayError::TooLarge(limit));
         }
@@ -392,6 +420,23 @@ impl Gateway {
             })
             .collect();
         json!({"object": "list", "data": data})
+    }
+}
+
+/// The 503 of a model that admits nothing: drained by an operator, or
+/// failing to start.
+fn closed(model: &Model) -> GatewayError {
+    let name = &model.config.name;
+    let message = match (model.override_state(), model.pool.failure()) {
+        (Some(Override::Drained), _) => {
+            format!("model {name:?} is drained (`thaw ctl scale {name} --min N` brings it back)")
+        }
+        (_, Some(why)) => format!("model {name:?} cannot start: {why}"),
+        (_, None) => format!("model {name:?} is shutting down"),
+    };
+    GatewayError::Unavailable {
+        message,
+        retry_after: Duration::from_secs(1),
     }
 }
 

@@ -1,0 +1,98 @@
+//! `/admin/status` (every model with its tier, instances, queue, in-flight
+//! count, cold starts and override; the config's version and hash; the
+//! last reload) and the gauges mirrored into `/metrics` before a scrape.
+
+use serde_json::{json, Value};
+
+use super::Admin;
+use crate::models::Model;
+
+impl Admin {
+    /// Mirrors live state into the gauges before a scrape.
+    pub(super) fn refresh_gauges(&self) {
+        for m in self.models.all() {
+            let name = m.config.name.as_str();
+            let stats = m.admission.stats();
+            self.metrics
+                .queue_depth
+                .with_label_values(&[name])
+                .set(stats.queue_depth as i64);
+            let instances = m.pool.instances();
+            let draining = instances.iter().filter(|i| i.state == "draining").count();
+            let gauges = [
+                ("ready", instances.len() - draining),
+                ("draining", draining),
+                ("starting", m.pool.starting()),
+                ("template", usize::from(m.pool.template_info().is_some())),
+            ];
+            for (state, n) in gauges {
+                self.metrics
+                    .instances
+                    .with_label_values(&[name, state])
+                    .set(n as i64);
+            }
+        }
+    }
+
+    /// `/admin/status`.
+    pub fn status(&self) -> Value {
+        let models: Vec<Value> = self.models.all().iter().map(|m| self.model(m)).collect();
+        let (config, last_reload) = self.reloader.status_json();
+        json!({"config": config, "last_reload": last_reload, "models": models})
+    }
+
+    fn model(&self, m: &Model) -> Value {
+        let stats = m.admission.stats();
+        let decision = *m.decision.borrow();
+        let scaling = m.scaling();
+        let name = m.config.name.as_str();
+        let instances: Vec<Value> = m
+            .pool
+            .instances()
+            .iter()
+            .map(|i| {
+                let in_flight = stats
+                    .instances
+                    .iter()
+                    .find(|s| s.id == i.id)
+                    .map_or(0, |s| s.in_flight);
+                json!({
+                    "id": i.id.0, "pid": i.pid, "state": i.state, "tier": "hot",
+                    "started_from": i.started_from, "in_flight": in_flight,
+                    "startup_ms": i.startup_ms, "age_s": i.age_s,
+                })
+            })
+            .collect();
+        let cold_starts: u64 = ["template", "snapshot", "source", "exec"]
+            .iter()
+            .map(|tier| {
+                self.metrics
+                    .cold_starts
+                    .with_label_values(&[name, tier])
+                    .get()
+            })
+            .sum();
+        json!({
+            "name": name,
+            "kind": m.kind,
+            "source": m.config.source.display().to_string(),
+            "ready_instances": stats.ready_instances,
+            "starting_instances": m.pool.starting(),
+            "desired_instances": decision.instances,
+            "panic": decision.in_panic(),
+            "queue_depth": stats.queue_depth,
+            "in_flight": stats.in_flight,
+            "cold_starts": cold_starts,
+            "min_instances": scaling.min_instances,
+            "max_instances": scaling.max_instances,
+            "override": m.override_state(),
+            "accepting": !m.admission.is_closed(),
+            "instances": instances,
+            "tier": m.pool.tier(),
+            "template": m.pool.template_info().map(|t| json!({
+                "tier": "template", "pid": t.pid,
+                "startup_ms": t.startup_ms, "age_s": t.age_s,
+            })),
+        })
+    }
+}
