@@ -4,6 +4,11 @@
 //! tokenizer files copied, every file hashed into the manifest. The snapshot
 //! is written beside its destination and renamed into place, so a reader
 //! never sees half of one.
+//!
+//! A `q8_0` build (embedding models only: the one backend with quantized
+//! products) stores each large linear weight as GGML q8_0 blocks — `U8` in
+//! the file, its logical shape in the safetensors metadata (see
+//! [`QuantizedTensor`]) — and everything else as f32.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,8 +19,10 @@ use candle_core::{DType, Tensor};
 
 use crate::hash::{hash_file, hash_tree};
 use crate::manifest::{
-    FileEntry, Manifest, Sizes, Source, ALIGNMENT, FORMAT, FORMAT_VERSION, MANIFEST,
+    FileEntry, Manifest, QuantizedTensor, Sizes, Source, ALIGNMENT, FORMAT, FORMAT_VERSION,
+    MANIFEST,
 };
+use crate::quantize::{is_quantized_linear, q8_0_tensor};
 use crate::{detect_kind, ModelKind, SnapshotError};
 
 /// The dtype a snapshot's weights are stored (and run) in.
@@ -27,12 +34,16 @@ pub enum SnapshotDtype {
     F16,
     /// bfloat16.
     Bf16,
+    /// GGML q8_0 blocks for the large linear weights, f32 for the rest;
+    /// embedding models only.
+    Q8_0,
 }
 
 impl SnapshotDtype {
+    /// The dtype of the float tensors that are not quantized.
     fn candle(self) -> DType {
         match self {
-            SnapshotDtype::F32 => DType::F32,
+            SnapshotDtype::F32 | SnapshotDtype::Q8_0 => DType::F32,
             SnapshotDtype::F16 => DType::F16,
             SnapshotDtype::Bf16 => DType::BF16,
         }
@@ -44,7 +55,25 @@ impl SnapshotDtype {
             SnapshotDtype::F32 => "f32",
             SnapshotDtype::F16 => "f16",
             SnapshotDtype::Bf16 => "bf16",
+            SnapshotDtype::Q8_0 => "q8_0",
         }
+    }
+
+    /// Refuses a dtype that `kind`'s backend cannot run, saying why.
+    pub fn check_kind(self, kind: ModelKind) -> Result<(), SnapshotError> {
+        let why = match (self, kind) {
+            (SnapshotDtype::Q8_0, ModelKind::Tabular) => {
+                "the tabular backend (a small MLP) runs f32 products only, and its \
+                 weights are a few kilobytes: build it as f32"
+            }
+            (SnapshotDtype::Q8_0, ModelKind::Chat) => {
+                "a chat snapshot copies the GGUF with the quantization it already has"
+            }
+            _ => return Ok(()),
+        };
+        Err(SnapshotError::Unsupported(format!(
+            "q8_0 for a {kind} model: {why}"
+        )))
     }
 }
 
@@ -56,12 +85,9 @@ impl FromStr for SnapshotDtype {
             "f32" => Ok(SnapshotDtype::F32),
             "f16" => Ok(SnapshotDtype::F16),
             "bf16" => Ok(SnapshotDtype::Bf16),
-            "q8_0" => Err(SnapshotError::Unsupported(
-                "q8_0 snapshots are not built yet: the CPU BERT and MLP backends run f32 kernels"
-                    .into(),
-            )),
+            "q8_0" => Ok(SnapshotDtype::Q8_0),
             other => Err(SnapshotError::Unsupported(format!(
-                "dtype {other:?} (f32, f16, bf16)"
+                "dtype {other:?} (f32, f16, bf16, q8_0)"
             ))),
         }
     }
@@ -109,6 +135,7 @@ fn warmup(kind: ModelKind) -> Vec<String> {
 pub fn build(options: &BuildOptions<'_>) -> Result<Manifest, SnapshotError> {
     let source = &options.source;
     let kind = detect_kind(source).map_err(|e| SnapshotError::Source(e.to_string()))?;
+    options.dtype.check_kind(kind)?;
     let source_hash = hash_tree(source)?;
     let staging = staging_dir(&options.out)?;
     let result = build_into(options, kind, &source_hash, &staging);
@@ -189,25 +216,35 @@ fn build_into(
     Ok(manifest)
 }
 
-/// Converts every tensor of the source's safetensors to the dtype and
-/// writes them, each aligned, to `model.safetensors`.
+/// Converts every tensor of the source's safetensors to the dtype (or, in a
+/// q8_0 build, quantizes the large linear weights) and writes them, each
+/// aligned, to `model.safetensors`.
 fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, SnapshotError> {
     let weights = options.source.join("model.safetensors");
     let tensors = crate::mmap::load_all(&weights)?;
     let dtype = options.dtype.candle();
     let mut converted: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut quantized = BTreeMap::new();
     for (name, t) in tensors {
-        let t = if t.dtype().is_float() {
-            t.to_dtype(dtype)
+        let fail = |e: candle_core::Error| SnapshotError::Convert(format!("{name}: {e}"));
+        let quantize = options.dtype == SnapshotDtype::Q8_0
+            && t.dtype().is_float()
+            && is_quantized_linear(&name, t.dims());
+        let t = if quantize {
+            let (rows, columns) = t.dims2().map_err(fail)?;
+            quantized.insert(name.clone(), QuantizedTensor::q8_0(rows, columns));
+            q8_0_tensor(&t).map_err(fail)?
+        } else if t.dtype().is_float() {
+            t.to_dtype(dtype).map_err(fail)?
         } else {
-            Ok(t)
+            t
         };
-        let t = t.map_err(|e| SnapshotError::Convert(format!("{name}: {e}")))?;
         converted.insert(name, t);
     }
     write_aligned(
         &staging.join("model.safetensors"),
         &converted,
+        &quantized,
         options.progress,
     )
 }
@@ -215,10 +252,12 @@ fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, Sn
 /// Writes a safetensors file whose data section starts, and whose every
 /// tensor starts, at a multiple of [`ALIGNMENT`] from the file's start;
 /// padding between tensors is named `__pad_N` (U8), since safetensors wants
-/// its data section fully indexed.
+/// its data section fully indexed. The tensors named in `quantized` are
+/// stored blocks; their records go to the header's `__metadata__`.
 pub fn write_aligned(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
+    quantized: &BTreeMap<String, QuantizedTensor>,
     progress: Option<&dyn Fn(u64, u64)>,
 ) -> Result<Sizes, SnapshotError> {
     let mut entries = Vec::new();
@@ -238,7 +277,10 @@ pub fn write_aligned(
             offset += pad;
         }
         let bytes = t.elem_count() * t.dtype().size_in_bytes();
-        parameters += t.elem_count() as u64;
+        parameters += match quantized.get(name) {
+            Some(q) => q.shape.iter().product::<usize>(),
+            None => t.elem_count(),
+        } as u64;
         entries.push((
             name.clone(),
             st_dtype(t.dtype())?,
@@ -250,6 +292,15 @@ pub fn write_aligned(
         offset += bytes;
     }
     let mut header = serde_json::Map::new();
+    if !quantized.is_empty() {
+        let mut records = serde_json::Map::new();
+        for (name, record) in quantized {
+            let text = serde_json::to_string(record)
+                .map_err(|e| SnapshotError::Manifest(e.to_string()))?;
+            records.insert(name.clone(), text.into());
+        }
+        header.insert("__metadata__".into(), records.into());
+    }
     for (name, dtype, shape, start, end, _) in &entries {
         header.insert(
             name.clone(),

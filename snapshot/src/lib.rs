@@ -9,6 +9,7 @@ pub mod hash;
 pub mod kind;
 pub mod manifest;
 pub mod mmap;
+pub mod quantize;
 pub mod verify;
 pub mod zygote;
 

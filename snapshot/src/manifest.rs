@@ -13,6 +13,11 @@ pub const FORMAT: &str = "thaw-snapshot";
 pub const FORMAT_VERSION: u32 = 1;
 /// Every tensor's data starts at a multiple of this, from the file's start.
 pub const ALIGNMENT: usize = 64;
+/// q8_0 (GGML's `block_q8_0`): a row is cut into blocks of this many values…
+pub const Q8_0_BLOCK: usize = 32;
+/// …each stored in this many bytes: the scale as a little-endian f16, then
+/// one i8 per value (value = i8 × scale).
+pub const Q8_0_BLOCK_BYTES: usize = 34;
 
 /// A snapshot's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,7 +33,9 @@ pub struct Manifest {
     pub kind: ModelKind,
     /// `bert`, `mlp`, `llama`.
     pub architecture: String,
-    /// The weights' dtype at run time (`f32`, `f16`, `bf16`, or the GGUF's own).
+    /// The weights' dtype at run time (`f32`, `f16`, `bf16`, `q8_0`, or the
+    /// GGUF's own). In a `q8_0` snapshot the large linear weights are
+    /// [`QuantizedTensor`]s and the rest is f32.
     pub dtype: String,
     /// The source directory it was built from, and the hash of its files.
     pub source: Source,
@@ -71,4 +78,38 @@ pub struct Sizes {
     pub weight_bytes: u64,
     /// Number of parameters.
     pub parameters: u64,
+}
+
+/// A quantized tensor of a snapshot's weights file. The tensor itself is
+/// stored as `U8`, shape `[rows, row bytes]`, each row its blocks one after
+/// another; this record, under the tensor's name in the file's safetensors
+/// `__metadata__` (as JSON text), gives its block format and logical shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizedTensor {
+    /// The block format: `q8_0`.
+    pub dtype: String,
+    /// The logical shape `[rows, columns]` (`[out, in]` for a linear weight).
+    pub shape: Vec<usize>,
+}
+
+impl QuantizedTensor {
+    /// A q8_0 record for a `[rows, columns]` matrix.
+    pub fn q8_0(rows: usize, columns: usize) -> Self {
+        QuantizedTensor {
+            dtype: "q8_0".into(),
+            shape: vec![rows, columns],
+        }
+    }
+
+    /// The stored `U8` shape, `[rows, row bytes]`; `None` for a block
+    /// format other than q8_0 or a shape that is not whole rows of blocks.
+    pub fn stored_shape(&self) -> Option<[usize; 2]> {
+        match (self.dtype.as_str(), self.shape.as_slice()) {
+            ("q8_0", &[rows, columns]) if columns > 0 && columns % Q8_0_BLOCK == 0 => {
+                Some([rows, columns / Q8_0_BLOCK * Q8_0_BLOCK_BYTES])
+            }
+            _ => None,
+        }
+    }
 }

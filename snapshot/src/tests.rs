@@ -1,7 +1,10 @@
 //! Snapshots of the credit-score model: build, open, verify, and every way a
-//! snapshot is refused.
+//! snapshot is refused; q8_0 builds of a small synthetic BERT.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
 
 use super::*;
 
@@ -34,13 +37,21 @@ fn builds_an_aligned_verified_snapshot() {
     assert!(m.files.iter().any(|f| f.path == "model.safetensors"));
     assert_eq!(verify(&out).expect("verifies"), m);
     assert_eq!(detect_kind(&out).ok(), Some(ModelKind::Tabular));
-    // Every tensor starts on an aligned offset from the file's start.
-    let bytes = std::fs::read(out.join("model.safetensors")).expect("read");
+    assert_aligned(&out.join("model.safetensors"));
+    // Same source, same weights: the build is reproducible.
+    let (_d2, out2, m2) = built(SnapshotDtype::F32);
+    assert_eq!(m.files, m2.files);
+    assert!(out2.exists());
+}
+
+/// Every tensor starts on an aligned offset from the file's start.
+fn assert_aligned(weights: &Path) {
+    let bytes = std::fs::read(weights).expect("read");
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header: serde_json::Value =
         serde_json::from_slice(&bytes[8..8 + header_len]).expect("json");
     for (name, t) in header.as_object().expect("object") {
-        if name.starts_with("__pad_") {
+        if name.starts_with("__pad_") || name == "__metadata__" {
             continue;
         }
         let start = t["data_offsets"][0].as_u64().expect("offset") as usize;
@@ -50,10 +61,6 @@ fn builds_an_aligned_verified_snapshot() {
             "{name} unaligned"
         );
     }
-    // Same source, same weights: the build is reproducible.
-    let (_d2, out2, m2) = built(SnapshotDtype::F32);
-    assert_eq!(m.files, m2.files);
-    assert!(out2.exists());
 }
 
 #[test]
@@ -104,7 +111,160 @@ fn refuses_truncated_corrupted_and_mismatched_snapshots() {
 }
 
 #[test]
-fn q8_0_is_refused_with_a_reason() {
-    let e = "q8_0".parse::<SnapshotDtype>().expect_err("not built yet");
-    assert!(e.to_string().contains("q8_0"), "{e}");
+fn q8_0_is_refused_for_tabular_models_with_a_reason() {
+    assert_eq!(
+        "q8_0".parse::<SnapshotDtype>().ok(),
+        Some(SnapshotDtype::Q8_0)
+    );
+    let e = "q4_0"
+        .parse::<SnapshotDtype>()
+        .expect_err("not a snapshot dtype");
+    assert!(
+        e.to_string().contains("q8_0"),
+        "the choices are listed: {e}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let e = build(&BuildOptions {
+        source: credit_score(),
+        out: dir.path().join("snap"),
+        dtype: SnapshotDtype::Q8_0,
+        progress: None,
+    })
+    .expect_err("the MLP backend runs f32 only");
+    let text = e.to_string();
+    assert!(text.contains("q8_0 for a tabular model"), "{text}");
+    assert!(text.contains("f32"), "{text}");
+    assert!(!dir.path().join("snap").exists(), "nothing is left behind");
+}
+
+/// A one-layer BERT directory with random weights: the tensors a q8_0
+/// build quantizes and those it keeps.
+fn tiny_bert(dir: &Path) -> BTreeMap<String, Tensor> {
+    let random =
+        |dims: &[usize]| Tensor::randn(0f32, 0.5, dims, &Device::Cpu).expect("random tensor");
+    let mut tensors = BTreeMap::new();
+    for (name, dims) in [
+        ("embeddings.word_embeddings.weight", &[16, 64][..]),
+        ("embeddings.LayerNorm.weight", &[64]),
+        ("encoder.layer.0.attention.self.query.weight", &[64, 64]),
+        ("encoder.layer.0.attention.self.query.bias", &[64]),
+        ("encoder.layer.0.intermediate.dense.weight", &[96, 64]),
+        ("encoder.layer.0.output.dense.weight", &[64, 96]),
+        ("odd.dense.weight", &[3, 40]),
+    ] {
+        tensors.insert(name.to_string(), random(dims));
+    }
+    let ids = Tensor::arange(0i64, 8, &Device::Cpu).expect("ids");
+    tensors.insert("embeddings.position_ids".into(), ids);
+    std::fs::write(dir.join("config.json"), r#"{"model_type":"bert"}"#).expect("config");
+    build::write_aligned(
+        &dir.join("model.safetensors"),
+        &tensors,
+        &BTreeMap::new(),
+        None,
+    )
+    .expect("weights");
+    tensors
+}
+
+#[test]
+fn q8_0_builds_an_embedding_snapshot() {
+    let source = tempfile::tempdir().expect("temp dir");
+    let tensors = tiny_bert(source.path());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = |dtype, name: &str| BuildOptions {
+        source: source.path().to_path_buf(),
+        out: dir.path().join(name),
+        dtype,
+        progress: None,
+    };
+    let f32m = build(&options(SnapshotDtype::F32, "f32")).expect("f32 builds");
+    let m = build(&options(SnapshotDtype::Q8_0, "q8")).expect("q8_0 builds");
+    let out = dir.path().join("q8");
+    assert_eq!((m.kind, m.dtype.as_str()), (ModelKind::Embedding, "q8_0"));
+    assert_eq!(m.sizes.parameters, f32m.sizes.parameters, "logical sizes");
+    assert!(m.sizes.weight_bytes < f32m.sizes.weight_bytes);
+    assert_eq!(verify(&out).expect("verifies"), m);
+    let weights = out.join("model.safetensors");
+    assert_aligned(&weights);
+
+    let quantized = mmap::QuantizedWeights::open(&weights).expect("maps");
+    let stored = candle_core::safetensors::load(&weights, &Device::Cpu).expect("loads");
+    for (name, source) in &tensors {
+        let view = quantized.get(name).expect("readable");
+        let expect_quantized = quantize::is_quantized_linear(name, source.dims());
+        assert_eq!(view.is_some(), expect_quantized, "{name}");
+        match view {
+            Some(view) => {
+                assert_eq!((view.dtype, &view.shape[..]), ("q8_0", source.dims()));
+                let values = source.flatten_all().and_then(|t| t.to_vec1::<f32>());
+                assert_dequantizes_to(view.bytes, &values.expect("values"));
+            }
+            None if source.dtype().is_float() => {
+                assert_eq!(stored[name].dtype(), DType::F32, "{name} stays f32");
+            }
+            None => assert_eq!(stored[name].dtype(), DType::I64, "{name} is kept"),
+        }
+    }
+    assert!(
+        mmap::QuantizedWeights::open(&dir.path().join("f32/model.safetensors"))
+            .expect("maps")
+            .is_empty()
+    );
+}
+
+/// Decodes q8_0 blocks by hand (f16 scale, then 32 i8) and checks every
+/// value within half a quantization step of `values`.
+fn assert_dequantizes_to(bytes: &[u8], values: &[f32]) {
+    assert_eq!(bytes.len(), values.len() / 32 * 34);
+    for (block, values) in bytes.chunks_exact(34).zip(values.chunks_exact(32)) {
+        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            (d * 127.0 - max).abs() <= max * 1e-3,
+            "scale {d} for max {max}"
+        );
+        for (&q, &v) in block[2..].iter().zip(values) {
+            let error = (q as i8 as f32 * d - v).abs();
+            assert!(error <= d * 0.5 + 1e-7, "{v} stored as {q} × {d}");
+        }
+    }
+}
+
+#[test]
+fn q8_0_blocks_are_ggml_layout() {
+    let values: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) / 8.0).collect();
+    let bytes = quantize::quantize_q8_0(&values);
+    assert_dequantizes_to(&bytes, &values);
+    // The first block's largest magnitude, -2.5, is -127 steps.
+    assert_eq!(bytes[2] as i8, -127);
+    let zeros = quantize::quantize_q8_0(&[0.0; 32]);
+    assert!(
+        zeros.iter().all(|&b| b == 0),
+        "a zero block is all zero bytes"
+    );
+}
+
+#[test]
+fn quantized_linears_are_the_large_matrices() {
+    for (name, dims, quantized) in [
+        (
+            "encoder.layer.0.attention.self.query.weight",
+            &[384, 384][..],
+            true,
+        ),
+        ("encoder.layer.0.output.dense.weight", &[384, 1536], true),
+        ("embeddings.word_embeddings.weight", &[30522, 384], false),
+        ("encoder.layer.0.output.dense.bias", &[384], false),
+        ("encoder.layer.0.output.LayerNorm.weight", &[384], false),
+        ("classifier.weight", &[2, 100], false),
+        ("encoder.layer.0.output.dense.weight", &[0, 384], false),
+    ] {
+        assert_eq!(
+            quantize::is_quantized_linear(name, dims),
+            quantized,
+            "{name}"
+        );
+    }
 }

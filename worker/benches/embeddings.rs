@@ -2,17 +2,21 @@
 //! tokenized beforehand, so tokenization is not in the measured time (it is
 //! measured apart, as `tokenize/32`). One short sentence measures latency;
 //! batches of 8 and 32 measure throughput in sentences per second.
+//! `encode/batchN` runs the model directory's f32 weights and
+//! `encode/q8_0_batchN`, right after it, a q8_0 snapshot built from it into
+//! a temp dir, so the two alternate within one run.
 //!
 //! The sentences are `bench/baselines/short_sentences.txt`, shared with the
 //! sentence-transformers baseline (`bench/baselines/st_embeddings.py`);
 //! `bench/embeddings.sh` runs both and compares. Needs the MiniLM model in
 //! `$THAW_MODELS` or `~/.cache/thaw/models`; skips with a message without it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::Device;
 use criterion::{criterion_main, Criterion, Throughput};
+use thaw_snapshot::{BuildOptions, SnapshotDtype};
 use thaw_worker::models::embedding::{tokenize, EmbeddingModel, Tokens};
 
 const SENTENCES: &str = concat!(
@@ -38,14 +42,29 @@ fn sentences() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn bench_encode(c: &mut Criterion, model: &EmbeddingModel, tokens: &[Tokens]) {
+/// Builds a q8_0 snapshot of `source` in `dir` and loads it.
+fn q8_0_snapshot(source: &Path, dir: &Path) -> anyhow::Result<EmbeddingModel> {
+    let out = dir.join("q8_0");
+    thaw_snapshot::build(&BuildOptions {
+        source: source.to_path_buf(),
+        out: out.clone(),
+        dtype: SnapshotDtype::Q8_0,
+        progress: None,
+    })?;
+    Ok(EmbeddingModel::load(&out, &Device::Cpu)?)
+}
+
+/// Each batch size on every model in turn: `(prefix, model)`.
+fn bench_encode(c: &mut Criterion, models: &[(&str, &EmbeddingModel)], tokens: &[Tokens]) {
     let mut group = c.benchmark_group("encode");
     for n in [1usize, 8, 32] {
         let batch = &tokens[..n.min(tokens.len())];
         group.throughput(Throughput::Elements(batch.len() as u64));
-        group.bench_function(format!("batch{n}"), |b| {
-            b.iter(|| model.encode(batch).expect("the bench batch encodes"))
-        });
+        for (prefix, model) in models {
+            group.bench_function(format!("{prefix}batch{n}"), |b| {
+                b.iter(|| model.encode(batch).expect("the bench batch encodes"))
+            });
+        }
     }
     group.finish();
 }
@@ -76,8 +95,13 @@ fn embeddings(c: &mut Criterion) {
         Err(e) => panic!("reading the bench sentences: {e:#}"),
     };
     let model = EmbeddingModel::load(&dir, &Device::Cpu).expect("MiniLM loads");
+    let snapshots = tempfile::tempdir().expect("a temp dir for the q8_0 snapshot");
+    let q8 = match q8_0_snapshot(&dir, snapshots.path()) {
+        Ok(model) => model,
+        Err(e) => panic!("the q8_0 snapshot of MiniLM: {e:#}"),
+    };
     let tokens = tokenize(model.tokenizer(), &texts).expect("the bench texts tokenize");
-    bench_encode(c, &model, &tokens);
+    bench_encode(c, &[("", &model), ("q8_0_", &q8)], &tokens);
     bench_tokenize(c, &model, &texts[..32]);
 }
 

@@ -1,5 +1,6 @@
 //! Sentence embeddings from a BERT-family encoder in the sentence-transformers
-//! layout: `model.safetensors` (mapped), `config.json`, `tokenizer.json`, and
+//! layout, or a snapshot of one (f32, f16, bf16 or q8_0):
+//! `model.safetensors` (mapped), `config.json`, `tokenizer.json`, and
 //! the sentence-transformers files that decide what users compare against —
 //! `sentence_bert_config.json` (maximum sequence length), `1_Pooling/` (mean
 //! or CLS pooling) and `modules.json` (whether a `Normalize` module follows).
@@ -12,6 +13,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
+use thaw_snapshot::mmap::QuantizedWeights;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::bert::{BertConfig, BertEncoder};
@@ -67,9 +69,12 @@ impl EmbeddingModel {
             .map_err(|e| ModelError::Load(format!("tokenizer truncation: {e}")))?;
 
         let weights = dir.join("model.safetensors");
+        // A q8_0 snapshot's dense matrices are read as blocks; the rest, and
+        // every tensor of any other weights file, through the VarBuilder.
+        let quantized = QuantizedWeights::open(&weights).map_err(ModelError::load)?;
         let vb = thaw_snapshot::map_safetensors(&[weights], DType::F32, device)
             .map_err(ModelError::load)?;
-        let bert = BertEncoder::load(vb, &config).map_err(ModelError::load)?;
+        let bert = BertEncoder::load(vb, &quantized, &config).map_err(ModelError::load)?;
         let model = EmbeddingModel {
             bert,
             tokenizer,

@@ -1,6 +1,7 @@
 //! The encoder's f32 kernels besides matmul, on row-major slices. Loops are
 //! written so the compiler vectorizes them: sums run over eight lanes, and
-//! `exp` and `erf` are branch-free polynomials rather than libm calls.
+//! `exp` and `erf` are branch-free polynomials rather than libm calls. Also
+//! the q8_0 dequantizer, for products over many rows.
 const LANES: usize = 8;
 
 /// `a * b + c`, fused where the target has FMA (x86-64-v3 has).
@@ -159,6 +160,60 @@ pub fn softmax(row: &mut [f32]) {
     }
 }
 
+/// An IEEE half (binary16), given as its bits, as f32.
+#[inline]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let sign = if bits & 0x8000 == 0 { 1.0 } else { -1.0 };
+    let exponent = u32::from((bits >> 10) & 0x1f);
+    let mantissa = u32::from(bits & 0x3ff);
+    match exponent {
+        // Zero and subnormals: mantissa × 2^-24.
+        0 => sign * mantissa as f32 * (1.0 / 16_777_216.0),
+        31 if mantissa == 0 => sign * f32::INFINITY,
+        31 => f32::NAN,
+        _ => f32::from_bits(
+            (u32::from(bits & 0x8000) << 16) | ((exponent + 112) << 23) | (mantissa << 13),
+        ),
+    }
+}
+
+/// GGML q8_0 blocks (a little-endian f16 scale, then 32 i8) into `out`,
+/// 32 values per block.
+pub fn dequantize_q8_0(blocks: &[u8], out: &mut [f32]) {
+    for (block, out) in blocks.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let (scale, values) = block.split_at(2);
+        let d = f16_to_f32(u16::from_le_bytes([scale[0], scale[1]]));
+        for (o, &q) in out.iter_mut().zip(values) {
+            *o = f32::from(q as i8) * d;
+        }
+    }
+}
+
+/// The q8_0 blocks of a `[rows, columns]` matrix, dequantized into `out`
+/// transposed: `[columns, rows]`, the layout gemm takes fastest. Sixteen
+/// rows go at a time through a small tile, so each write is a run of
+/// sixteen values rather than one value per row.
+pub fn dequantize_q8_0_transposed(blocks: &[u8], rows: usize, out: &mut [f32]) {
+    const TILE: usize = 16;
+    let row_bytes = blocks.len() / rows.max(1);
+    let mut tile = [[0f32; 32]; TILE];
+    for first in (0..rows).step_by(TILE) {
+        let height = TILE.min(rows - first);
+        let band = &blocks[first * row_bytes..(first + height) * row_bytes];
+        for block in 0..row_bytes / 34 {
+            for (row, values) in band.chunks_exact(row_bytes).zip(&mut tile) {
+                dequantize_q8_0(&row[block * 34..][..34], values);
+            }
+            for j in 0..32 {
+                let column = &mut out[(block * 32 + j) * rows + first..][..height];
+                for (o, values) in column.iter_mut().zip(&tile) {
+                    *o = values[j];
+                }
+            }
+        }
+    }
+}
+
 /// Self-attention over packed sequences. `qkv` rows are
 /// `[query | key | value]`, each `heads` heads wide; sequence `s` is rows
 /// `bounds[s]..bounds[s + 1]`. Writes each token's heads, side by side,
@@ -212,6 +267,62 @@ mod tests {
                 (state % 2000) as f32 / 500.0 - 2.0
             })
             .collect()
+    }
+
+    #[test]
+    fn f16_bits_decode() {
+        for (bits, want) in [
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x3555, 0.333_251_95),
+            (0x7bff, 65504.0),
+            (0x0400, 6.103_515_6e-5),
+            (0x0001, 5.960_464_5e-8),
+            (0x8000, 0.0),
+            (0x0000, 0.0),
+            (0x7c00, f32::INFINITY),
+        ] {
+            assert_eq!(f16_to_f32(bits), want, "{bits:#06x}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn q8_0_blocks_dequantize() {
+        let mut blocks = vec![0u8; 68];
+        blocks[..2].copy_from_slice(&0x3800u16.to_le_bytes()); // 0.5
+        blocks[2] = (-127i8) as u8;
+        blocks[33] = 4;
+        blocks[34..36].copy_from_slice(&0x4000u16.to_le_bytes()); // 2.0
+        blocks[36] = 3;
+        let mut out = vec![9.0; 64];
+        dequantize_q8_0(&blocks, &mut out);
+        assert_eq!((out[0], out[1], out[31]), (-63.5, 0.0, 2.0));
+        assert_eq!((out[32], out[33]), (6.0, 0.0));
+    }
+
+    #[test]
+    fn transposed_dequantization_is_the_transpose() {
+        // 37 rows (two tiles and a part), 64 columns (two blocks).
+        let (rows, columns) = (37, 64);
+        let blocks: Vec<u8> = (0..rows * columns / 32 * 34)
+            .map(|i| {
+                if i % 34 == 1 {
+                    0x3c
+                } else {
+                    (i * 37 % 251) as u8
+                }
+            })
+            .collect();
+        let mut plain = vec![0.0; rows * columns];
+        let mut transposed = vec![0.0; rows * columns];
+        dequantize_q8_0(&blocks, &mut plain);
+        dequantize_q8_0_transposed(&blocks, rows, &mut transposed);
+        for r in 0..rows {
+            for c in 0..columns {
+                assert_eq!(transposed[c * rows + r], plain[r * columns + c], "{r}, {c}");
+            }
+        }
     }
 
     #[test]

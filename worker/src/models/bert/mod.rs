@@ -8,13 +8,22 @@
 //! fused into one. The matrix products go to candle's matmul (gemm); the rest
 //! (embeddings, attention, bias + GELU, residual + LayerNorm) are the plain
 //! f32 kernels of [`kernels`], each one pass over its rows.
+//!
+//! From a q8_0 snapshot the dense matrices are GGML q8_0 blocks instead
+//! ([`QuantizedWeights`]): candle's quantized matmul over few tokens, or
+//! dequantized for one product and run by gemm over many (see `dense.rs`);
+//! everything else stays f32.
 
+mod dense;
 pub mod kernels;
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use thaw_snapshot::mmap::QuantizedWeights;
+
+use dense::{dense, with_product, Dense, Scratch};
 
 /// The `config.json` fields the encoder reads.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -38,12 +47,6 @@ pub struct BertConfig {
     /// Only `absolute` position embeddings are supported.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-}
-
-/// A dense layer: `y = x W + b`, `W` stored `[in, out]`.
-struct Dense {
-    weight: Tensor,
-    bias: Vec<f32>,
 }
 
 struct LayerNorm {
@@ -72,6 +75,8 @@ pub struct BertEncoder {
     heads: usize,
     vocab: usize,
     max_positions: usize,
+    /// Where q8_0 matrices are dequantized for products over many rows.
+    scratch: Scratch,
 }
 
 fn msg(text: String) -> candle_core::Error {
@@ -80,17 +85,6 @@ fn msg(text: String) -> candle_core::Error {
 
 fn vector(vb: &VarBuilder, len: usize, name: &str) -> candle_core::Result<Vec<f32>> {
     vb.get(len, name)?.to_vec1::<f32>()
-}
-
-fn dense(vbs: &[VarBuilder], inputs: usize, outputs: usize) -> candle_core::Result<Dense> {
-    let mut weights = Vec::with_capacity(vbs.len());
-    let mut bias = Vec::with_capacity(vbs.len() * outputs);
-    for vb in vbs {
-        weights.push(vb.get((outputs, inputs), "weight")?);
-        bias.extend(vector(vb, outputs, "bias")?);
-    }
-    let weight = Tensor::cat(&weights, 0)?.t()?.contiguous()?;
-    Ok(Dense { weight, bias })
 }
 
 fn layer_norm(vb: &VarBuilder, len: usize, eps: f64) -> candle_core::Result<LayerNorm> {
@@ -103,8 +97,13 @@ fn layer_norm(vb: &VarBuilder, len: usize, eps: f64) -> candle_core::Result<Laye
 
 impl BertEncoder {
     /// Reads the weights of a `BertModel` (names with or without a `bert.`
-    /// prefix) for `config`, on the CPU.
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> candle_core::Result<Self> {
+    /// prefix) for `config`, on the CPU: the dense matrices from `quantized`
+    /// where it has them (a q8_0 snapshot), everything else from `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        quantized: &QuantizedWeights,
+        config: &BertConfig,
+    ) -> candle_core::Result<Self> {
         if !matches!(vb.device(), Device::Cpu) || vb.dtype() != DType::F32 {
             return Err(msg("the packed BERT encoder runs in f32 on the CPU".into()));
         }
@@ -145,15 +144,15 @@ impl BertEncoder {
                 let attn = l.pp("attention");
                 let qkv = ["query", "key", "value"].map(|p| attn.pp("self").pp(p));
                 Ok(Layer {
-                    qkv: dense(&qkv, h, h)?,
-                    attention_out: dense(&[attn.pp("output.dense")], h, h)?,
+                    qkv: dense(&qkv, quantized, h, h)?,
+                    attention_out: dense(&[attn.pp("output.dense")], quantized, h, h)?,
                     attention_norm: layer_norm(
                         &attn.pp("output.LayerNorm"),
                         h,
                         config.layer_norm_eps,
                     )?,
-                    up: dense(&[l.pp("intermediate.dense")], h, i)?,
-                    down: dense(&[l.pp("output.dense")], i, h)?,
+                    up: dense(&[l.pp("intermediate.dense")], quantized, h, i)?,
+                    down: dense(&[l.pp("output.dense")], quantized, i, h)?,
                     output_norm: layer_norm(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
                 })
             })
@@ -179,6 +178,7 @@ impl BertEncoder {
             heads: config.num_attention_heads,
             vocab: config.vocab_size,
             max_positions: config.max_position_embeddings,
+            scratch: Scratch::default(),
         })
     }
 
@@ -213,11 +213,11 @@ impl BertEncoder {
         let mut inner = Vec::new();
         self.embed(sequences, &mut hidden);
         for layer in &self.layers {
-            with_product(&hidden, tokens, &layer.qkv, |y| {
+            with_product(&hidden, tokens, &layer.qkv, &self.scratch, |y| {
                 kernels::add_bias(&mut qkv, y, &layer.qkv.bias)
             })?;
             attention(&qkv, &bounds, self.heads, &mut context);
-            with_product(&context, tokens, &layer.attention_out, |y| {
+            with_product(&context, tokens, &layer.attention_out, &self.scratch, |y| {
                 residual_norm(
                     &mut hidden,
                     y,
@@ -226,12 +226,12 @@ impl BertEncoder {
                 )
             })?;
             inner.resize(tokens * layer.up.bias.len(), 0.0);
-            with_product(&hidden, tokens, &layer.up, |y| {
+            with_product(&hidden, tokens, &layer.up, &self.scratch, |y| {
                 let bias = &layer.up.bias;
                 let parts = row_parts(tokens, bias.len(), &mut inner, y);
                 run_parts(parts, |(out, y)| kernels::bias_gelu(out, y, bias));
             })?;
-            with_product(&inner, tokens, &layer.down, |y| {
+            with_product(&inner, tokens, &layer.down, &self.scratch, |y| {
                 residual_norm(&mut hidden, y, &layer.down.bias, &layer.output_norm)
             })?;
         }
@@ -327,27 +327,6 @@ fn run_parts<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
 
 fn residual_norm(hidden: &mut [f32], y: &[f32], bias: &[f32], norm: &LayerNorm) {
     kernels::residual_layer_norm(hidden, y, bias, &norm.gamma, &norm.beta, norm.eps)
-}
-
-/// `x W` for `x` of `rows` rows, handed to `then` as a row-major slice.
-fn with_product(
-    x: &[f32],
-    rows: usize,
-    dense: &Dense,
-    then: impl FnOnce(&[f32]),
-) -> candle_core::Result<()> {
-    let inputs = x.len() / rows;
-    let x = Tensor::from_slice(x, (rows, inputs), &Device::Cpu)?;
-    let y = x.matmul(&dense.weight)?;
-    let (storage, layout) = y.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(msg("a CPU matmul returned non-CPU storage".into()));
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(msg("a matmul returned a non-contiguous result".into()));
-    };
-    then(&cpu.as_slice::<f32>()?[start..end]);
-    Ok(())
 }
 
 #[cfg(test)]
