@@ -232,6 +232,23 @@ fn a_template_that_dies_is_restarted_and_its_workers_keep_serving() {
 }
 
 #[test]
+fn a_template_that_dies_at_zero_within_keep_template_comes_back() {
+    let g = gateway("keep_template = \"1h\"");
+    score(&g);
+    let s = wait_status(&g, "scale to zero", idle);
+    let template = pid(&s["template"]);
+    let _ = Command::new("kill")
+        .args(["-KILL", &template.to_string()])
+        .status();
+    let s = wait_status(&g, "a new template at zero", |s| {
+        idle(s) && !s["template"].is_null() && pid(&s["template"]) != template
+    });
+    assert_eq!(s["tier"], "template", "{s}");
+    score(&g);
+    assert_eq!(started_from(&status(&g)), "template");
+}
+
+#[test]
 fn no_template_or_worker_outlives_the_gateway() {
     for signal in ["TERM", "KILL"] {
         let mut g = gateway("min_instances = 2");

@@ -7,8 +7,9 @@
 //! (`snapshot`); else the snapshot is built from the source first
 //! (`source`). Demotion: the autoscaler takes the workers away after
 //! `scale_to_zero_after`; the template stays `keep_template` longer, then
-//! exits too. A template that dies unasked is restarted while the model has
-//! workers, and lazily otherwise. Without a template (it cannot start), a
+//! exits too. A template that dies unasked is restarted while the model
+//! should have one (workers, or within `keep_template` of the last), and
+//! lazily otherwise. Without a template (it cannot start), a
 //! worker is exec'd on the snapshot.
 
 use std::collections::HashMap;
@@ -355,7 +356,8 @@ impl Pool {
     }
 
     /// Learns of the template's exit; one that was not asked to go is
-    /// counted and, while the model has workers, restarted.
+    /// counted and restarted while the model should have one (it has
+    /// workers, or is within `keep_template` of its last).
     async fn watch_template(self: Arc<Self>, template: Arc<TemplateProcess>) {
         let status = template.handle().exited().await;
         let unasked = {
@@ -372,7 +374,7 @@ impl Pool {
         tracing::warn!(model = %self.spec.model, pid = template.pid, ?status, "template died");
         self.events.template(&self.spec.model, "crashed");
         drop(template);
-        if self.serving() == 0 {
+        if !self.wants_template() {
             return;
         }
         // Back off, so that a template that dies at once does not spin.
@@ -381,13 +383,23 @@ impl Pool {
         self.changed.notify_one();
     }
 
-    /// Starts the template again in the background, while the model has
-    /// workers (a start finds it ready then).
+    /// Whether the model should have a template now: it has workers, or
+    /// starts some, or its last worker went less than `keep_template` ago.
+    fn wants_template(&self) -> bool {
+        if self.serving() > 0 || self.starting() > 0 {
+            return true;
+        }
+        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.is_some_and(|at| at.elapsed() < self.keep_template())
+    }
+
+    /// Starts the template again in the background while the model should
+    /// have one (a start then finds it ready).
     fn restart_template(self: &Arc<Self>) {
         let Some(dir) = self.prepared.get().cloned() else {
             return;
         };
-        if self.serving() == 0 {
+        if !self.wants_template() {
             return;
         }
         let pool = self.clone();
