@@ -4,113 +4,62 @@
 //! worker by `keep_template`; a template that dies is restarted without
 //! taking its workers along; nothing outlives the gateway.
 
+use std::ops::{Deref, DerefMut};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use thaw_tests::{bin, repo_root, Client, Proc};
+use serde_json::Value;
+use thaw_tests::served::{self, alive, Served, START};
 
-const START: Duration = Duration::from_secs(60);
-
+/// A gateway and the directory of its config and state.
 struct Gateway {
-    proc: Proc,
-    public: Client,
-    admin: Client,
+    served: Served,
     _dir: tempfile::TempDir,
+}
+
+impl Deref for Gateway {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.served
+    }
+}
+
+impl DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Served {
+        &mut self.served
+    }
 }
 
 /// `thaw serve` on the credit-score model with short timers; `scaling` is
 /// more TOML for the model's `[models.scaling]`.
 fn gateway(scaling: &str) -> Gateway {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-state_dir = "{state}"
-
-[defaults.scaling]
-stable_window = "2s"
-panic_window = "1s"
-scale_down_delay = "1s"
-scale_to_zero_after = "1s"
-
-[[models]]
-name = "credit-score"
-source = "{source}"
-[models.scaling]
-{scaling}
-"#,
-        state = dir.path().join("state").display(),
-        source = repo_root().join("configs/models/credit-score").display(),
-    );
-    let path = dir.path().join("thaw.toml");
-    std::fs::write(&path, config).expect("config written");
-    let mut cmd = Command::new(bin("thaw"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .arg("--worker-bin")
-        .arg(bin("thaw-worker"))
-        .env("RUST_LOG", "warn");
-    let mut proc = Proc::spawn(cmd).expect("thaw starts");
-    let ready = proc.wait_event("ready", START);
-    Gateway {
-        public: Client::new(ready["address"].as_str().expect("address")),
-        admin: Client::new(ready["admin"].as_str().expect("admin")),
-        proc,
-        _dir: dir,
-    }
+    let timers = "[models.scaling]\nstable_window = \"2s\"\nscale_to_zero_after = \"1s\"\n";
+    let model = served::credit_score("credit-score", None, &format!("{timers}{scaling}"));
+    let served = Served::start(dir.path(), &served::config(dir.path(), "", &model));
+    Gateway { served, _dir: dir }
 }
 
 fn score(g: &Gateway) -> thaw_tests::Response {
-    let body = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10],
-                                  "data": [60, 0.3, 10, 8, 0, 0.3, 20, 48, 6, 1]}]});
-    let r = g.public.post_json("/v2/models/credit-score/infer", &body);
+    let r = g.score("credit-score");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r
 }
 
 fn status(g: &Gateway) -> Value {
-    let s = g.admin.get("/admin/status").json();
-    s["models"][0].clone()
+    g.status()["models"][0].clone()
 }
 
-/// Waits until `pred` holds on the model's status (the gateway's timers act
-/// on their own; the status API is the message to wait on).
+/// Waits until `pred` holds on the model's status.
 fn wait_status(g: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + START;
-    loop {
-        let s = status(g);
-        if pred(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what} never happened: {s}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    g.wait(what, |s| pred(&s["models"][0]))["models"][0].clone()
 }
 
 fn pid(v: &Value) -> u32 {
     v["pid"].as_u64().expect("pid") as u32
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-    })
-}
-
-/// Waits for `pid` to exit (a process that is not ours: nothing to wait on
-/// but its entry in /proc).
 fn wait_gone(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "{pid} is still running");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    served::wait_gone(&[pid], "a process that should have exited");
 }
 
 fn started_from(s: &Value) -> String {
@@ -253,23 +202,12 @@ fn no_template_or_worker_outlives_the_gateway() {
     for signal in ["TERM", "KILL"] {
         let mut g = gateway("min_instances = 2");
         let s = wait_status(&g, "two ready workers", |s| s["ready_instances"] == 2);
-        let mut pids: Vec<u32> = s["instances"]
-            .as_array()
-            .expect("instances")
-            .iter()
-            .map(pid)
-            .collect();
-        pids.push(pid(&s["template"]));
+        let pids = served::pids(&s);
         g.proc.signal(signal);
         g.proc.wait_exit(START);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while pids.iter().any(|p| alive(*p)) {
-            assert!(
-                Instant::now() < deadline,
-                "{pids:?} outlived a gateway killed with SIG{signal}"
-            );
-            // Exit of a process that is not ours: nothing to wait on.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        served::wait_gone(
+            &pids,
+            &format!("outlived a gateway killed with SIG{signal}"),
+        );
     }
 }
