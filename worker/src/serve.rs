@@ -89,7 +89,7 @@ enum Listener {
 }
 
 /// Prints one JSON message on stdout: how a supervisor learns of progress.
-fn announce(message: serde_json::Value) {
+pub(crate) fn announce(message: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{message}");
     let _ = out.flush();

@@ -11,7 +11,6 @@
 //! restores the variable before anything starts one.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,7 +20,7 @@ use serde_json::json;
 use thaw_snapshot::zygote::{self, ForkServer, Role};
 
 use crate::models::LoadedModel;
-use crate::serve::{self, ListenAddr, Prepared, WorkerOptions};
+use crate::serve::{self, announce, ListenAddr, Prepared, WorkerOptions};
 
 /// What a template serves and where it is asked.
 #[derive(Debug, Clone)]
@@ -34,12 +33,6 @@ pub struct TemplateOptions {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
-}
-
-fn announce(message: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{message}");
-    let _ = out.flush();
 }
 
 /// Runs a template until its lifeline closes or it is asked to exit. In a
