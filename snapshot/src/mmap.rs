@@ -1,7 +1,8 @@
 //! Weights memory-mapped from safetensors files: the one place where thaw maps
 //! model files, so that the `unsafe` of a mapping lives in one module.
 //! Float tensors are read through a `VarBuilder`; a q8_0 snapshot's
-//! quantized tensors through [`QuantizedWeights`], as the stored blocks.
+//! quantized tensors through [`QuantizedWeights`], as the stored blocks; a
+//! GGUF whole through [`MappedFile`].
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -139,6 +140,40 @@ impl QuantizedWeights {
             shape: [rows, columns],
             bytes,
         }))
+    }
+}
+
+/// A whole file mapped read-only (a GGUF, whose tensors are read in place).
+pub struct MappedFile {
+    map: memmap2::Mmap,
+    path: PathBuf,
+}
+
+impl MappedFile {
+    /// Maps `path`.
+    pub fn open(path: &Path) -> Result<Self, MapError> {
+        let fail = |e: std::io::Error| MapError {
+            path: path.to_path_buf(),
+            source: candle_core::Error::Io(e),
+        };
+        let file = std::fs::File::open(path).map_err(fail)?;
+        // SAFETY: as in `map_safetensors`: a read-only mapping of a model
+        // file that is not modified while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(fail)?;
+        Ok(MappedFile {
+            map,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

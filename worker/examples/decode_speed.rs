@@ -1,47 +1,90 @@
-//! Measures candle's quantized-llama decode speed on the SmolLM2 GGUF, to
-//! choose the CPU code generation (see README, "CPU requirements"):
+//! thaw's chat model speed on the SmolLM2 GGUF, without HTTP: prompt
+//! processing tokens/s, and decode tokens/s for 1 and N sequences decoded
+//! together (bench/chat.sh runs it next to llama.cpp):
 //!
 //!     cargo run --release -p thaw-worker --example decode_speed -- \
-//!         ~/.cache/thaw/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf 64
+//!         ~/.cache/thaw/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf 1 4
 //!
-//! Decodes greedily from a fixed prompt of token ids and prints tokens/s.
+//! Prints one JSON object per stream count.
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
+use anyhow::Context;
+use thaw_worker::models::chat::llama::{KvCache, Llama, Step};
+
+/// A chat prompt of 14 tokens (SmolLM2's template around "Hello").
+const PROMPT: [u32; 14] = [
+    1, 9690, 198, 2683, 359, 253, 5356, 5646, 28, 2, 198, 1, 4093, 198,
+];
+const DECODE: usize = 64;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: decode_speed GGUF [TOKENS]"))?;
-    let tokens: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(64);
-    let device = Device::Cpu;
-    let mut file = std::fs::File::open(&path)?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
-    let mut model = ModelWeights::from_gguf(content, &mut file, &device)?;
-
-    let prompt: Vec<u32> = vec![
-        1, 9690, 198, 2683, 359, 253, 5356, 5646, 28, 2, 198, 1, 4093, 198,
-    ];
-    let input = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
-    let start = Instant::now();
-    let logits = model.forward(&input, 0)?;
-    let prefill = start.elapsed();
-    let mut next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-    let start = Instant::now();
-    for i in 0..tokens {
-        let input = Tensor::new(&[next], &device)?.unsqueeze(0)?;
-        let logits = model.forward(&input, prompt.len() + i)?;
-        next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        .context("usage: decode_speed GGUF [STREAMS...]")?;
+    let mut streams: Vec<usize> = args.map(|a| a.parse()).collect::<Result<_, _>>()?;
+    if streams.is_empty() {
+        streams = vec![1, 4];
     }
-    let decode = start.elapsed();
-    println!(
-        "prefill {} tokens: {:.1} ms; decode {tokens} tokens: {:.1} tokens/s",
-        prompt.len(),
-        prefill.as_secs_f64() * 1e3,
-        tokens as f64 / decode.as_secs_f64()
-    );
+    let (model, _) = Llama::load(std::path::Path::new(&path))?;
+    let threads = candle_core::utils::get_num_threads();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    let argmax = |l: &[f32]| {
+        l.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32)
+    };
+    // Prompt processing: a 128-token prompt, once to warm up, then timed.
+    let long: Vec<u32> = PROMPT.iter().cycle().take(128).copied().collect();
+    let mut prefill_ms = 0.0;
+    for _ in 0..2 {
+        let mut cache = KvCache::new(&model);
+        let start = Instant::now();
+        let mut steps = [Step {
+            cache: &mut cache,
+            tokens: &long,
+            logits: true,
+        }];
+        pool.install(|| model.forward(&mut steps, threads > 1))?;
+        prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    }
+    for n in streams {
+        let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::new(&model)).collect();
+        let mut steps: Vec<Step> = caches
+            .iter_mut()
+            .map(|cache| Step {
+                cache,
+                tokens: &PROMPT,
+                logits: true,
+            })
+            .collect();
+        let logits = pool.install(|| model.forward(&mut steps, threads > 1))?;
+        let mut next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l)]).collect();
+        let start = Instant::now();
+        for _ in 0..DECODE {
+            let mut steps: Vec<Step> = caches
+                .iter_mut()
+                .zip(&next)
+                .map(|(cache, t)| Step {
+                    cache,
+                    tokens: t,
+                    logits: true,
+                })
+                .collect();
+            let logits = pool.install(|| model.forward(&mut steps, threads > 1))?;
+            next = logits.iter().map(|l| [argmax(l)]).collect();
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "{{\"engine\":\"thaw\",\"threads\":{threads},\"streams\":{n},\"prompt_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.1},\"per_stream_tokens_per_s\":{:.1}}}",
+            128.0 / prefill_ms * 1e3,
+            (n * DECODE) as f64 / seconds,
+            DECODE as f64 / seconds
+        );
+    }
     Ok(())
 }
