@@ -100,6 +100,34 @@ impl Client {
             .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.address))
     }
 
+    /// Sends a `POST` with a JSON body, reads until `needle` has arrived (a
+    /// streamed response's first event, say), then hangs up. Returns what
+    /// was read.
+    pub fn post_and_hang_up(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        needle: &[u8],
+    ) -> std::io::Result<Vec<u8>> {
+        let body = body.to_string();
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = self.connect()?;
+        stream.write_all(raw.as_bytes())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(needle.len()).any(|w| w == needle) {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(invalid("the connection closed before the awaited bytes"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(buf)
+    }
+
     /// Sends raw bytes and reads the response to the connection's end.
     pub fn raw(&self, request: &[u8]) -> std::io::Result<Response> {
         let mut stream = self.connect()?;

@@ -171,6 +171,7 @@ enum Ready {
         model: crate::models::TabularModel,
         manifest: crate::models::tabular::TabularManifest,
     },
+    Chat(Arc<crate::models::chat::ChatModel>),
 }
 
 impl Prepared {
@@ -186,6 +187,7 @@ impl Prepared {
                 manifest: model.manifest().clone(),
                 model,
             },
+            LoadedModel::Chat(model) => Ready::Chat(Arc::new(model)),
         })
     }
 
@@ -194,6 +196,7 @@ impl Prepared {
         match &self.0 {
             Ready::Embedding { .. } => thaw_snapshot::ModelKind::Embedding,
             Ready::Tabular { .. } => thaw_snapshot::ModelKind::Tabular,
+            Ready::Chat(_) => thaw_snapshot::ModelKind::Chat,
         }
     }
 
@@ -214,6 +217,15 @@ impl Prepared {
             Ready::Tabular { model, manifest } => Backend::Tabular {
                 batcher: Batcher::spawn(model, batch, &thread)?,
                 manifest,
+            },
+            // The most sequences generated together: the batch size.
+            Ready::Chat(model) => Backend::Chat {
+                engine: crate::models::chat::Engine::spawn(
+                    model.clone(),
+                    batch.max_batch_size,
+                    &thread,
+                )?,
+                model,
             },
         })
     }

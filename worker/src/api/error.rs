@@ -99,10 +99,17 @@ impl<E: Into<ApiError>> From<E> for V2Error {
     }
 }
 
+impl OpenAiError {
+    /// The error's JSON body (also sent as an event in a failed stream).
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = self.0.openai_type_code();
+        json!({"error": {"message": self.0.message(), "type": kind, "code": code}})
+    }
+}
+
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let (kind, code) = self.0.openai_type_code();
-        let body = json!({"error": {"message": self.0.message(), "type": kind, "code": code}});
+        let body = self.body();
         (self.0.status(), Json(body)).into_response()
     }
 }

@@ -82,6 +82,12 @@ async fn model_metadata(
             )],
             vec![tensor(&manifest.output.name, "FP32", &[-1, 1])],
         ),
+        // Generated through the OpenAI routes; described here like Triton's
+        // text models.
+        Backend::Chat { .. } => (
+            vec![tensor("text_input", "BYTES", &[1])],
+            vec![tensor("text_output", "BYTES", &[1])],
+        ),
     };
     let mut meta = json!({
         "name": state.name,
@@ -162,6 +168,13 @@ async fn infer(
             let name = manifest.output.name.clone();
             let t = out_tensor(&name, &shape, scores);
             (name, t)
+        }
+        Backend::Chat { .. } => {
+            return Err(ApiError::WrongKind(format!(
+                "model {:?} generates text: use POST /v1/chat/completions or /v1/completions",
+                state.name
+            ))
+            .into())
         }
     };
     if let Some(wanted) = req.outputs {

@@ -2,6 +2,7 @@
 //! model. Handlers validate and tokenize, then hand the work to the batching
 //! executor; they never run model code on the runtime's threads.
 
+pub mod chat;
 pub mod error;
 pub mod kserve;
 pub mod openai;
@@ -23,6 +24,7 @@ use tokenizers::Tokenizer;
 pub use error::{ApiError, OpenAiError, V2Error};
 
 use crate::batcher::Batcher;
+use crate::models::chat::{ChatModel, Engine};
 use crate::models::tabular::TabularManifest;
 use crate::models::{EmbeddingModel, TabularModel};
 
@@ -61,6 +63,13 @@ pub enum Backend {
         batcher: Batcher<TabularModel>,
         /// Input and output names, feature count.
         manifest: TabularManifest,
+    },
+    /// A chat model.
+    Chat {
+        /// The generation thread.
+        engine: Engine,
+        /// The model (its tokenizer and template are used here).
+        model: Arc<ChatModel>,
     },
 }
 
@@ -129,6 +138,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(openai::routes())
+        .merge(chat::routes())
         .merge(kserve::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -60,6 +60,8 @@ pub enum LoadedModel {
     Embedding(EmbeddingModel),
     /// A tabular scorer.
     Tabular(TabularModel),
+    /// A generative chat model.
+    Chat(chat::ChatModel),
 }
 
 impl LoadedModel {
@@ -84,11 +86,7 @@ impl LoadedModel {
             ModelKind::Tabular => {
                 LoadedModel::Tabular(TabularModel::load(&options.dir, &options.device)?)
             }
-            ModelKind::Chat => {
-                return Err(ModelError::Load(
-                    "chat models are not served by this worker build yet".into(),
-                ))
-            }
+            ModelKind::Chat => LoadedModel::Chat(chat::ChatModel::load(&options.dir)?),
         };
         Ok(model)
     }
@@ -109,6 +107,7 @@ impl LoadedModel {
                 let rows = vec![vec![0.0; model.width()]; inputs.len()];
                 model.score(&rows).map(|_| ())
             }
+            LoadedModel::Chat(model) => model.warm_up(inputs),
         }
     }
 
@@ -117,6 +116,7 @@ impl LoadedModel {
         match self {
             LoadedModel::Embedding(_) => ModelKind::Embedding,
             LoadedModel::Tabular(_) => ModelKind::Tabular,
+            LoadedModel::Chat(_) => ModelKind::Chat,
         }
     }
 }

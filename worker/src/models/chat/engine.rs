@@ -1,0 +1,351 @@
+//! The generation loop: one thread that owns the model's compute and runs
+//! every active sequence one token per step, together (continuous batching).
+//!
+//! A request joins at the next step: its prompt is run in chunks alongside
+//! the others' decode rows, so a long prompt does not stall the streams
+//! already going. A sequence whose receiver is gone (the client hung up)
+//! is dropped at the next step, freeing its slot.
+
+use std::collections::VecDeque;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::llama::{KvCache, Step};
+use super::ChatModel;
+use crate::models::ModelError;
+
+/// Most prompt tokens run in one step (beside the decoding sequences).
+const PROMPT_CHUNK: usize = 256;
+
+/// How to pick each next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 picks the most likely token (deterministic); higher flattens.
+    pub temperature: f32,
+    /// Nucleus: sample among the most likely tokens whose probabilities add
+    /// up to this.
+    pub top_p: f32,
+    /// The random generator's seed.
+    pub seed: u64,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model ended its turn (or a stop sequence matched, upstream).
+    Stop,
+    /// `max_tokens` or the context was reached.
+    Length,
+}
+
+impl Finish {
+    /// OpenAI's `finish_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What a generation sends back, in order: tokens, then one `Done` or
+/// `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A generated token (end-of-turn tokens are not sent).
+    Token(u32),
+    /// The end.
+    Done(Finish),
+    /// The model failed; nothing follows.
+    Failed(String),
+}
+
+/// One generation to run.
+pub struct Generation {
+    /// The prompt's token ids (checked against the context by the caller).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Token choice.
+    pub sampling: Sampling,
+    /// Where its events go; dropping the receiver cancels it.
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// The handle to the generation thread.
+#[derive(Clone)]
+pub struct Engine {
+    queue: std_mpsc::Sender<Generation>,
+}
+
+impl Engine {
+    /// Starts the generation thread for `model`, running at most
+    /// `max_sequences` at once (the others wait, in order).
+    pub fn spawn(model: Arc<ChatModel>, max_sequences: usize, name: &str) -> std::io::Result<Self> {
+        let (queue, requests) = std_mpsc::channel();
+        let max_sequences = max_sequences.max(1);
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || run(&model, &requests, max_sequences))?;
+        Ok(Engine { queue })
+    }
+
+    /// Queues a generation.
+    pub fn submit(&self, generation: Generation) -> Result<(), ModelError> {
+        self.queue.send(generation).map_err(|_| ModelError::Stopped)
+    }
+}
+
+/// A sequence being generated.
+struct Active {
+    generation: Generation,
+    cache: KvCache,
+    /// Prompt tokens not yet run.
+    unread: usize,
+    /// The last token sampled, to run next.
+    last: [u32; 1],
+    generated: usize,
+    rng: Rng,
+}
+
+fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequences: usize) {
+    let threads = candle_core::utils::get_num_threads();
+    // Built here, in the thread that uses it (a forked child's engine starts
+    // after the fork): the forward pass runs inside it, so its parallel
+    // parts are joins among the pool's threads, not wake-ups of this one.
+    let pool = if threads > 1 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("chat-compute-{i}"))
+            .build()
+            .ok()
+    } else {
+        None
+    };
+    let mut waiting: VecDeque<Generation> = VecDeque::new();
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        if active.is_empty() && waiting.is_empty() {
+            match requests.recv() {
+                Ok(g) => waiting.push_back(g),
+                Err(_) => return, // the API is gone
+            }
+        }
+        waiting.extend(requests.try_iter());
+        waiting.retain(|g| !g.events.is_closed());
+        active.retain(|a| !a.generation.events.is_closed());
+        while active.len() < max_sequences {
+            let Some(generation) = waiting.pop_front() else {
+                break;
+            };
+            let rng = Rng::new(generation.sampling.seed);
+            active.push(Active {
+                unread: generation.prompt.len(),
+                cache: KvCache::new(&model.llama),
+                last: [0],
+                generated: 0,
+                rng,
+                generation,
+            });
+        }
+        if active.is_empty() {
+            continue;
+        }
+        step(model, pool.as_ref(), &mut active);
+    }
+}
+
+/// One forward pass for every active sequence, then a token for each one
+/// whose prompt is read.
+fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Active>) {
+    let mut budget = PROMPT_CHUNK;
+    let mut steps = Vec::with_capacity(active.len());
+    // Which sequences get logits this step.
+    let mut sampled = Vec::with_capacity(active.len());
+    for (i, a) in active.iter_mut().enumerate() {
+        let tokens: &[u32] = if a.unread > 0 {
+            if budget == 0 {
+                continue;
+            }
+            let start = a.generation.prompt.len() - a.unread;
+            let n = a.unread.min(budget);
+            budget -= n;
+            a.unread -= n;
+            &a.generation.prompt[start..start + n]
+        } else {
+            &a.last
+        };
+        let logits = a.unread == 0;
+        if logits {
+            sampled.push(i);
+        }
+        steps.push(Step {
+            cache: &mut a.cache,
+            tokens,
+            logits,
+        });
+    }
+    let result = match pool {
+        Some(pool) => pool.install(|| model.llama.forward(&mut steps, true)),
+        None => model.llama.forward(&mut steps, false),
+    };
+    drop(steps);
+    let logits = match result {
+        Ok(logits) => logits,
+        Err(e) => {
+            for a in active.drain(..) {
+                let _ = a.generation.events.send(Event::Failed(e.to_string()));
+            }
+            return;
+        }
+    };
+    let context = model.llama.config().context;
+    let mut finished = Vec::new();
+    for (i, mut logits) in sampled.into_iter().zip(logits) {
+        let a = &mut active[i];
+        let token = sample(&mut logits, &a.generation.sampling, &mut a.rng);
+        let events = &a.generation.events;
+        if model.tokenizer.stop_ids().contains(&token) {
+            let _ = events.send(Event::Done(Finish::Stop));
+            finished.push(i);
+            continue;
+        }
+        a.generated += 1;
+        a.last = [token];
+        if events.send(Event::Token(token)).is_err() {
+            finished.push(i); // hung up
+        } else if a.generated >= a.generation.max_tokens || a.cache.len() + 1 >= context {
+            let _ = events.send(Event::Done(Finish::Length));
+            finished.push(i);
+        }
+    }
+    for i in finished.into_iter().rev() {
+        active.swap_remove(i);
+    }
+}
+
+/// Picks a token from `logits` (changed in place).
+pub fn sample(logits: &mut [f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
+    let (best, max) =
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            });
+    if sampling.temperature <= 1e-5 {
+        return best as u32;
+    }
+    // Tokens more than 30 nats below the best have probability under 1e-13
+    // of the best's: left out before sorting.
+    let floor = max - 30.0 * sampling.temperature;
+    let mut candidates: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v >= floor)
+        .map(|(i, &v)| (i as u32, ((v - max) / sampling.temperature).exp()))
+        .collect();
+    candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f32 = candidates.iter().map(|c| c.1).sum();
+    // The nucleus: the fewest tokens whose mass reaches top_p.
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for c in &candidates {
+        kept += 1;
+        mass += c.1 / total;
+        if mass >= sampling.top_p {
+            break;
+        }
+    }
+    candidates.truncate(kept.max(1));
+    let total: f32 = candidates.iter().map(|c| c.1).sum();
+    let mut target = rng.next_f32() * total;
+    for &(id, p) in &candidates {
+        if target < p {
+            return id;
+        }
+        target -= p;
+    }
+    candidates.last().map_or(best as u32, |c| c.0)
+}
+
+/// SplitMix64: small, fast, and the same sequence for the same seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(temperature: f32, top_p: f32) -> Sampling {
+        Sampling {
+            temperature,
+            top_p,
+            seed: 7,
+        }
+    }
+
+    #[test]
+    fn temperature_zero_takes_the_best() {
+        let mut rng = Rng::new(1);
+        let mut logits = vec![0.1, 3.0, 2.9, -1.0];
+        assert_eq!(sample(&mut logits, &sampling(0.0, 1.0), &mut rng), 1);
+    }
+
+    #[test]
+    fn a_small_nucleus_keeps_only_the_best() {
+        let mut rng = Rng::new(1);
+        for _ in 0..100 {
+            let mut logits = vec![0.0, 5.0, 4.0, 1.0];
+            assert_eq!(sample(&mut logits, &sampling(1.0, 0.1), &mut rng), 1);
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_probabilities_and_the_seed() {
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..4000)
+                .map(|_| {
+                    sample(
+                        &mut [0.0, 0.0, 2f32.ln()],
+                        &sampling(1.0, 1.0),
+                        &mut rng,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = draw(3);
+        assert_eq!(a, draw(3), "same seed, same tokens");
+        assert_ne!(a, draw(4));
+        // Probabilities 1/4, 1/4, 1/2.
+        let twos = a.iter().filter(|&&t| t == 2).count() as f64 / a.len() as f64;
+        assert!((twos - 0.5).abs() < 0.04, "{twos}");
+    }
+}

@@ -1,0 +1,411 @@
+//! The chat API end to end: the real `thaw-worker` serving SmolLM2 (fetched
+//! by `scripts/fetch-models.sh`), OpenAI's request and response shapes on
+//! the streaming and whole paths, determinism, hang-ups, bad input.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thaw_tests::{registry_model, Client, Proc};
+
+const START: Duration = Duration::from_secs(60);
+
+struct Worker {
+    _proc: Proc,
+    client: Client,
+}
+
+/// A worker that generates `sequences` at once.
+fn smollm2(sequences: usize) -> Worker {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thaw-worker"));
+    cmd.arg("--model")
+        .arg(registry_model("smollm2"))
+        .args(["--name", "smollm2", "--listen", "127.0.0.1:0"])
+        .args(["--max-batch-size", &sequences.to_string()]);
+    let mut proc = Proc::spawn(cmd).expect("thaw-worker starts");
+    let ready = proc.wait_event("ready", START);
+    assert_eq!(ready["kind"], "chat");
+    let client = Client::new(ready["address"].as_str().expect("address"));
+    Worker {
+        _proc: proc,
+        client,
+    }
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Name three colors."}],
+        "temperature": 0,
+        "max_tokens": 12,
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// The `data:` payloads of an event stream, `[DONE]` included.
+fn events(body: &[u8]) -> Vec<String> {
+    let text = String::from_utf8(body.to_vec()).expect("UTF-8 stream");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream does not end with [DONE]: {text}"
+    );
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {e:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn usage_adds_up(usage: &Value) {
+    let (p, c, t) = (
+        &usage["prompt_tokens"],
+        &usage["completion_tokens"],
+        &usage["total_tokens"],
+    );
+    assert!(p.as_u64().is_some_and(|n| n > 0), "{usage}");
+    assert_eq!(
+        p.as_u64().zip(c.as_u64()).map(|(p, c)| p + c),
+        t.as_u64(),
+        "{usage}"
+    );
+}
+
+#[test]
+fn chat_completions_whole_and_streamed_agree_at_temperature_zero() {
+    let w = smollm2(4);
+    let r = w.client.post_json("/v1/chat/completions", &chat(json!({})));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let whole = r.json();
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["model"], "smollm2");
+    assert!(whole["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("chatcmpl-")));
+    assert!(whole["created"].as_u64().is_some());
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    let content = choice["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string();
+    assert!(!content.is_empty());
+    assert_eq!(
+        choice["finish_reason"], "length",
+        "12 tokens cannot finish the answer"
+    );
+    assert_eq!(whole["usage"]["completion_tokens"], 12);
+    usage_adds_up(&whole["usage"]);
+
+    // Again: the same text (temperature 0 is deterministic).
+    let again = w
+        .client
+        .post_json("/v1/chat/completions", &chat(json!({})))
+        .json();
+    assert_eq!(again["choices"][0]["message"]["content"], content.as_str());
+
+    // Streamed, with usage: the same text in deltas.
+    let r = w.client.post_json(
+        "/v1/chat/completions",
+        &chat(json!({"stream": true, "stream_options": {"include_usage": true}})),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let events = events(&r.body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk is JSON"))
+        .collect();
+    let id = &chunks[0]["id"];
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(&c["id"], id, "one id per stream");
+        assert_eq!(c["model"], "smollm2");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let (usage, rest) = chunks.split_last().expect("chunks");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 12);
+    usage_adds_up(&usage["usage"]);
+    let (last, deltas) = rest.split_last().expect("a final chunk");
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["choices"][0]["delta"], json!({}));
+    let streamed: String = deltas
+        .iter()
+        .map(|c| {
+            assert_eq!(c["choices"][0]["finish_reason"], Value::Null);
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .expect("delta content")
+        })
+        .collect();
+    assert_eq!(streamed, content);
+
+    // Without include_usage there is no usage chunk.
+    let r = w
+        .client
+        .post_json("/v1/chat/completions", &chat(json!({"stream": true})));
+    assert!(!String::from_utf8_lossy(&r.body).contains("\"usage\""));
+}
+
+#[test]
+fn completions_stop_sequences_seeds_and_the_end_of_a_turn() {
+    let w = smollm2(4);
+    let completion = |extra: Value| {
+        let mut body = json!({"model": "smollm2", "prompt": "The quick brown fox", "temperature": 0, "max_tokens": 16});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let r = w.client.post_json("/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    let plain = completion(json!({}));
+    assert_eq!(plain["object"], "text_completion");
+    let text = plain["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    assert!(text.len() > 8, "{text:?}");
+    usage_adds_up(&plain["usage"]);
+
+    // A stop sequence from the middle of that text: cut before it, "stop".
+    let stop = &text[4..8];
+    let cut = completion(json!({"stop": [stop, "zzz"]}));
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        cut["choices"][0]["text"],
+        &text[..text.find(stop).expect("stop in text")]
+    );
+    // The same, streamed.
+    let r = w.client.post_json(
+        "/v1/completions",
+        &json!({"model": "smollm2", "prompt": "The quick brown fox", "temperature": 0, "max_tokens": 16, "stop": stop, "stream": true}),
+    );
+    let events = events(&r.body);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("JSON"))
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, cut["choices"][0]["text"].as_str().expect("text"));
+    assert_eq!(
+        chunks.last().expect("chunk")["choices"][0]["finish_reason"],
+        "stop"
+    );
+
+    // Sampling with a seed is repeatable; another seed differs somewhere.
+    let seeded = |seed: u64| {
+        completion(json!({"temperature": 1.0, "top_p": 0.95, "seed": seed, "max_tokens": 24}))
+            ["choices"][0]["text"]
+            .clone()
+    };
+    assert_eq!(seeded(11), seeded(11));
+    assert!(
+        (12..20).any(|s| seeded(s) != seeded(11)),
+        "eight other seeds all gave the same text"
+    );
+
+    // A chat the model answers briefly ends its turn: "stop", under the cap.
+    let r = w.client.post_json(
+        "/v1/chat/completions",
+        &json!({"model": "smollm2", "messages": [{"role": "user", "content": "Reply with the single word: yes"}], "temperature": 0, "max_tokens": 64}),
+    );
+    let body = r.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    assert!(body["usage"]["completion_tokens"]
+        .as_u64()
+        .is_some_and(|n| n < 64));
+}
+
+#[test]
+fn concurrent_streams_each_get_the_whole_generation() {
+    let w = smollm2(4);
+    let request = json!({"model": "smollm2", "prompt": "Once upon a time", "temperature": 0, "max_tokens": 48, "stream": true});
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let client = w.client.clone();
+            let request = request.clone();
+            std::thread::spawn(move || client.post_json("/v1/completions", &request))
+        })
+        .collect();
+    let texts: Vec<String> = handles
+        .into_iter()
+        .map(|h| {
+            let events = events(&h.join().expect("thread").body);
+            events[..events.len() - 1]
+                .iter()
+                .map(|e| serde_json::from_str::<Value>(e).expect("JSON"))
+                .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+                .collect()
+        })
+        .collect();
+    // Decoded side by side, each got the same whole generation as alone.
+    let alone = w.client.post_json("/v1/completions", &json!({"model": "smollm2", "prompt": "Once upon a time", "temperature": 0, "max_tokens": 48}));
+    let alone = alone.json()["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    for t in &texts {
+        assert_eq!(t, &alone);
+    }
+}
+
+#[test]
+fn a_client_that_hangs_up_frees_its_slot() {
+    // One sequence at a time: a generation that kept running after its
+    // client left would hold the only slot for thousands of tokens.
+    let w = smollm2(1);
+    let long = json!({"model": "smollm2", "prompt": "Count from one to ten thousand:", "temperature": 0,
+        "max_tokens": 8000, "stream": true});
+    let first = w
+        .client
+        .post_and_hang_up("/v1/completions", &long, b"\"text\"")
+        .expect("stream starts");
+    assert!(String::from_utf8_lossy(&first).contains("text/event-stream"));
+    let started = Instant::now();
+    let r = w.client.post_json(
+        "/v1/completions",
+        &json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200);
+    // 8000 tokens take minutes here; a freed slot serves this at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hung-up generation kept its slot"
+    );
+}
+
+#[test]
+fn bad_requests_get_400_in_openai_shape() {
+    let w = smollm2(2);
+    let long_prompt = "a ".repeat(9000);
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "smollm2"}),
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "smollm2", "messages": []}),
+            "at least one",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "smollm2", "messages": "hi"}),
+            "array",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "smollm2", "messages": [{"role": "robot", "content": "x"}]}),
+            "role",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": 5}]}),
+            "content",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 0})),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": -3})),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 1.5})),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 9000})),
+            "context",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"temperature": "hot"})),
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"temperature": 3})),
+            "temperature",
+        ),
+        ("/v1/chat/completions", chat(json!({"top_p": 0})), "top_p"),
+        (
+            "/v1/chat/completions",
+            chat(json!({"stream": "yes"})),
+            "stream",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"stream_options": {"include_usage": true}})),
+            "stream_options",
+        ),
+        ("/v1/chat/completions", chat(json!({"n": 2})), "'n'"),
+        (
+            "/v1/chat/completions",
+            chat(json!({"stop": ["a", "b", "c", "d", "e"]})),
+            "stop",
+        ),
+        ("/v1/chat/completions", chat(json!({"seed": "x"})), "seed"),
+        ("/v1/completions", json!({"model": "smollm2"}), "prompt"),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": 7}),
+            "prompt",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": long_prompt}),
+            "context",
+        ),
+    ];
+    for (path, body, needle) in cases {
+        let r = w.client.post_json(path, &body);
+        assert_eq!(
+            r.status,
+            400,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let error = &r.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error");
+        let message = error["message"].as_str().expect("message");
+        assert!(
+            message.contains(needle),
+            "{body}: {message:?} does not mention {needle:?}"
+        );
+    }
+    let r = w.client.post_json(
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(r.status, 404);
+    let r = w
+        .client
+        .post_json("/v1/embeddings", &json!({"model": "smollm2", "input": "x"}));
+    assert_eq!(r.status, 400);
+    // Still serving after all that.
+    assert_eq!(
+        w.client
+            .post_json("/v1/chat/completions", &chat(json!({"max_tokens": 2})))
+            .status,
+        200
+    );
+}
