@@ -7,6 +7,7 @@ mod cold_start;
 mod http;
 mod open_loop;
 mod stats;
+mod ttft;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +53,22 @@ enum Command {
         /// Clients, each with its own connection.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+    },
+    /// Time to first token of a streamed generation, one request at a time
+    /// (bench/chat.sh: direct and through the gateway).
+    Ttft {
+        /// `HOST:PORT` of the server.
+        #[arg(long)]
+        address: String,
+        /// The path (`/v1/completions` or `/v1/chat/completions`).
+        #[arg(long, default_value = "/v1/completions")]
+        path: String,
+        /// The JSON body, with `"stream": true`.
+        #[arg(long)]
+        body_file: PathBuf,
+        /// Measured requests.
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
     },
     /// Prints a free TCP port on 127.0.0.1 (for servers that cannot report
     /// the port they bound).
@@ -210,6 +227,22 @@ async fn run(command: Command) -> Result<serde_json::Value> {
                 python,
                 python_script,
                 work,
+            };
+            tokio::task::spawn_blocking(move || bench.run()).await?
+        }
+        Command::Ttft {
+            address,
+            path,
+            body_file,
+            reps,
+        } => {
+            let body = std::fs::read(&body_file)
+                .with_context(|| format!("reading {}", body_file.display()))?;
+            let bench = ttft::Ttft {
+                address,
+                path,
+                body,
+                reps: reps.max(1),
             };
             tokio::task::spawn_blocking(move || bench.run()).await?
         }

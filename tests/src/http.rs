@@ -48,6 +48,23 @@ impl Response {
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
+trait SendStream: Read + Write + Send {}
+impl<T: Read + Write + Send> SendStream for T {}
+
+/// Reads until `needle` has arrived; returns what was read.
+fn read_until(stream: &mut dyn Read, needle: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(needle.len()).any(|w| w == needle) {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(invalid("the connection closed before the awaited bytes"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(buf)
+}
+
 impl Client {
     /// A client for `address`.
     pub fn new(address: &str) -> Client {
@@ -109,23 +126,46 @@ impl Client {
         body: &serde_json::Value,
         needle: &[u8],
     ) -> std::io::Result<Vec<u8>> {
+        let mut stream = self.open_post(path, body)?;
+        read_until(&mut stream, needle)
+    }
+
+    /// Like [`Client::post_and_hang_up`], but the connection stays open
+    /// (and the response streaming) until the returned value is dropped.
+    pub fn post_and_hang_up_later(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        needle: &[u8],
+    ) -> std::io::Result<Box<dyn Read + Send>> {
+        let mut stream = self.open_post(path, body)?;
+        read_until(&mut stream, needle)?;
+        Ok(stream)
+    }
+
+    fn open_post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> std::io::Result<Box<dyn SendStream>> {
         let body = body.to_string();
         let raw = format!(
             "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
-        let mut stream = self.connect()?;
+        let timeout = Some(Duration::from_secs(60));
+        let mut stream: Box<dyn SendStream> = if let Some(path) = self.address.strip_prefix("unix:")
+        {
+            let s = UnixStream::connect(path)?;
+            s.set_read_timeout(timeout)?;
+            Box::new(s)
+        } else {
+            let s = TcpStream::connect(&self.address)?;
+            s.set_read_timeout(timeout)?;
+            Box::new(s)
+        };
         stream.write_all(raw.as_bytes())?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(needle.len()).any(|w| w == needle) {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(invalid("the connection closed before the awaited bytes"));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok(buf)
+        Ok(stream)
     }
 
     /// Sends raw bytes and reads the response to the connection's end.

@@ -332,13 +332,7 @@ mod tests {
         let draw = |seed| {
             let mut rng = Rng::new(seed);
             (0..4000)
-                .map(|_| {
-                    sample(
-                        &mut [0.0, 0.0, 2f32.ln()],
-                        &sampling(1.0, 1.0),
-                        &mut rng,
-                    )
-                })
+                .map(|_| sample(&mut [0.0, 0.0, 2f32.ln()], &sampling(1.0, 1.0), &mut rng))
                 .collect::<Vec<_>>()
         };
         let a = draw(3);
