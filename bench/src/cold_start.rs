@@ -51,13 +51,13 @@ pub struct ColdStart {
 const BODY: &str = r#"{"model":"minilm","input":"A short sentence to embed."}"#;
 
 /// A process with its stdout messages on a channel.
-struct Spawned {
+pub(crate) struct Spawned {
     child: Child,
     lines: Receiver<Value>,
 }
 
 impl Spawned {
-    fn start(mut cmd: Command) -> Result<Spawned> {
+    pub(crate) fn start(mut cmd: Command) -> Result<Spawned> {
         // As the gateway starts its workers and templates.
         cmd.env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
         let mut child = cmd
@@ -81,7 +81,7 @@ impl Spawned {
 
     /// The first message whose `event` is `event` (or a plain line starting
     /// with it).
-    fn wait(&self, event: &str) -> Result<Value> {
+    pub(crate) fn wait(&self, event: &str) -> Result<Value> {
         let deadline = Instant::now() + READY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -108,7 +108,7 @@ impl Drop for Spawned {
 }
 
 /// One HTTP/1.1 request (`connection: close`) to `HOST:PORT` or `unix:PATH`.
-fn post(address: &str, path: &str, body: &str) -> Result<(u16, Vec<(String, String)>)> {
+pub(crate) fn post(address: &str, path: &str, body: &str) -> Result<(u16, Vec<(String, String)>)> {
     let request = format!(
         "POST {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -116,7 +116,7 @@ fn post(address: &str, path: &str, body: &str) -> Result<(u16, Vec<(String, Stri
     get_or_post(address, request.as_bytes())
 }
 
-fn get(address: &str, path: &str) -> Result<Vec<u8>> {
+pub(crate) fn get(address: &str, path: &str) -> Result<Vec<u8>> {
     let request = format!("GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n");
     let mut buf = Vec::new();
     let mut s = std::net::TcpStream::connect(address)?;

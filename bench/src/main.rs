@@ -6,6 +6,8 @@ mod closed_loop;
 mod cold_start;
 mod http;
 mod open_loop;
+mod run;
+mod schedule;
 mod stats;
 mod ttft;
 
@@ -36,9 +38,11 @@ enum Command {
     OpenLoop {
         #[command(flatten)]
         request: RequestArgs,
-        /// Requests per second.
+        /// Requests per second (the base rate of step and burst).
         #[arg(long)]
         rate: f64,
+        #[command(flatten)]
+        arrivals: ArrivalArgs,
         /// Most connections open at once.
         #[arg(long, default_value_t = 256)]
         connections: usize,
@@ -53,6 +57,41 @@ enum Command {
         /// Clients, each with its own connection.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+    },
+    /// A scenario end to end: starts a gateway on the config (and the
+    /// baselines), drives load, writes report.json, report.md and SVG plots.
+    Run {
+        /// warm, cold, overload, scale-out, trace or cost.
+        #[arg(value_enum)]
+        scenario: run::Scenario,
+        /// The operator's config; the model under test is taken from it.
+        #[arg(long, default_value = "configs/default.toml")]
+        config: PathBuf,
+        /// The model under test (default: the config's first; cold needs
+        /// an embedding model).
+        #[arg(long)]
+        model: Option<String>,
+        /// Where the report goes.
+        #[arg(long, default_value = "bench-report")]
+        out: PathBuf,
+        /// Every scenario in under a minute (CI smoke tests).
+        #[arg(long)]
+        quick: bool,
+        /// Where `thaw` and `thaw-worker` are (default: next to thaw-bench).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// A Python with sentence-transformers (the cold baseline).
+        #[arg(long, env = "THAW_ST_PYTHON")]
+        python: Option<PathBuf>,
+        /// Per-minute invocation counts, Azure Functions 2019 trace shape.
+        #[arg(long, default_value = "bench/traces/synthetic-day.csv")]
+        trace: PathBuf,
+        /// Price of an always-on instance per hour (cost).
+        #[arg(long, default_value_t = 0.10)]
+        price_always_on: f64,
+        /// Price of serverless instance time per hour (cost).
+        #[arg(long, default_value_t = 0.25)]
+        price_serverless: f64,
     },
     /// Time to first token of a streamed generation, one request at a time
     /// (bench/chat.sh: direct and through the gateway).
@@ -98,6 +137,68 @@ enum Command {
         #[arg(long)]
         work: PathBuf,
     },
+}
+
+/// The arrival process of an open loop.
+#[derive(Debug, Args)]
+struct ArrivalArgs {
+    /// constant, poisson, step, burst or trace.
+    #[arg(long, default_value = "constant")]
+    arrivals: String,
+    /// step: the rate after `--step-at`.
+    #[arg(long)]
+    step_to: Option<f64>,
+    /// step: when the rate changes (e.g. `5s`).
+    #[arg(long, value_parser = parse_duration)]
+    step_at: Option<Duration>,
+    /// burst: the rate during a burst.
+    #[arg(long)]
+    burst_rate: Option<f64>,
+    /// burst: how often a burst starts.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    burst_every: Duration,
+    /// burst: how long a burst lasts.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    burst_length: Duration,
+    /// trace: per-minute counts (Azure Functions 2019 trace shape).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// trace: how long one minute of the trace lasts here.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    trace_minute: Duration,
+}
+
+impl ArrivalArgs {
+    fn schedule(&self, rate: f64) -> Result<schedule::Schedule> {
+        use schedule::Schedule;
+        Ok(match self.arrivals.as_str() {
+            "constant" => Schedule::Constant { rate },
+            "poisson" => Schedule::Poisson { rate, seed: 1 },
+            "step" => Schedule::Step {
+                from: rate,
+                to: self.step_to.context("--arrivals step needs --step-to")?,
+                at: self.step_at.context("--arrivals step needs --step-at")?,
+            },
+            "burst" => Schedule::Burst {
+                base: rate,
+                burst: self
+                    .burst_rate
+                    .context("--arrivals burst needs --burst-rate")?,
+                every: self.burst_every,
+                length: self.burst_length,
+            },
+            "trace" => Schedule::Trace {
+                per_minute: schedule::read_trace(
+                    self.trace
+                        .as_deref()
+                        .context("--arrivals trace needs --trace FILE")?,
+                )?,
+                minute: self.trace_minute,
+                seed: 1,
+            },
+            other => bail!("unknown --arrivals {other:?} (constant, poisson, step, burst, trace)"),
+        })
+    }
 }
 
 /// What to send, and for how long.
@@ -178,6 +279,7 @@ async fn run(command: Command) -> Result<serde_json::Value> {
         Command::OpenLoop {
             request,
             rate,
+            arrivals,
             connections,
             drain,
         } => {
@@ -188,7 +290,7 @@ async fn run(command: Command) -> Result<serde_json::Value> {
             OpenLoop {
                 target,
                 request: req,
-                rate,
+                schedule: arrivals.schedule(rate)?.offsets(request.duration),
                 duration: request.duration,
                 connections: connections.max(1),
                 drain,
@@ -229,6 +331,43 @@ async fn run(command: Command) -> Result<serde_json::Value> {
                 work,
             };
             tokio::task::spawn_blocking(move || bench.run()).await?
+        }
+        Command::Run {
+            scenario,
+            config,
+            model,
+            out,
+            quick,
+            bin_dir,
+            python,
+            trace,
+            price_always_on,
+            price_serverless,
+        } => {
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("thaw-bench has no directory")?
+                    .to_path_buf(),
+            };
+            let args = run::RunArgs {
+                scenario,
+                bin_dir,
+                config,
+                model,
+                out,
+                quick,
+                python,
+                trace,
+                price_always_on,
+                price_serverless,
+            };
+            let report = tokio::task::spawn_blocking(move || run::run(&args)).await??;
+            Ok(serde_json::json!({
+                "scenario": report["scenario"],
+                "figures": "report.json, report.md and plots in the output directory",
+            }))
         }
         Command::Ttft {
             address,

@@ -23,9 +23,9 @@ pub struct OpenLoop {
     pub target: Target,
     /// The rendered request.
     pub request: Vec<u8>,
-    /// Requests per second.
-    pub rate: f64,
-    /// How long to send for.
+    /// When each request leaves, from the start (in order).
+    pub schedule: Vec<Duration>,
+    /// The run's length (the schedule's window; rates are over it).
     pub duration: Duration,
     /// Most connections open at once.
     pub connections: usize,
@@ -55,8 +55,8 @@ struct Record {
 impl OpenLoop {
     /// Runs the schedule and reports as JSON.
     pub async fn run(self) -> Result<Value> {
-        let total = (self.rate * self.duration.as_secs_f64()).round() as u64;
-        let period = Duration::from_secs_f64(1.0 / self.rate);
+        let total = self.schedule.len() as u64;
+        let schedule = self.schedule;
         let pool = Arc::new(Pool {
             target: self.target.clone(),
             idle: Mutex::new(Vec::new()),
@@ -69,7 +69,7 @@ impl OpenLoop {
         while sent < total {
             let now = Instant::now();
             while sent < total {
-                let at = start + period.mul_f64(sent as f64);
+                let at = start + schedule[sent as usize];
                 if at > now {
                     break;
                 }
@@ -82,7 +82,7 @@ impl OpenLoop {
                 sent += 1;
             }
             if sent < total {
-                tokio::time::sleep_until(start + period.mul_f64(sent as f64)).await;
+                tokio::time::sleep_until(start + schedule[sent as usize]).await;
             }
         }
         let send_time = start.elapsed();
@@ -93,7 +93,13 @@ impl OpenLoop {
         let mut from_send = Tally::default();
         let mut lag = Latency::default();
         let mut ok_in_window = 0u64;
+        let mut timeline = Timeline::default();
+        let mut ok_latency = Latency::default();
         while let Ok(Some(r)) = tokio::time::timeout_at(give_up, rx.recv()).await {
+            timeline.record(&r);
+            if matches!(r.outcome, Outcome::Status(200..=299)) {
+                ok_latency.record(r.latency);
+            }
             if let Some(s) = seen.get_mut(r.id as usize) {
                 *s = s.saturating_add(1);
             }
@@ -116,7 +122,7 @@ impl OpenLoop {
             "mode": "open-loop",
             "url": format!("http://{}{}", self.target.authority, self.target.path),
             "connect": self.target.addr.to_string(),
-            "rate_per_s": self.rate,
+            "rate_per_s": total as f64 / self.duration.as_secs_f64().max(f64::MIN_POSITIVE),
             "duration_s": secs,
             "send_time_s": send_time.as_secs_f64(),
             "connections": self.connections,
@@ -130,7 +136,42 @@ impl OpenLoop {
             "send_lag_us": lag.summary(),
             "statuses": statuses,
             "errors": errors,
+            "ok_latency_cdf_us": ok_latency.cdf(),
+            "timeline": timeline.report(),
         }))
+    }
+}
+
+/// Per-second counts by when each request ended, for plots over time.
+#[derive(Default)]
+struct Timeline {
+    seconds: Vec<[u64; 4]>,
+}
+
+impl Timeline {
+    /// Slots: 2xx, 429, other statuses, errors.
+    fn record(&mut self, r: &Record) {
+        let second = r.done.as_secs() as usize;
+        if self.seconds.len() <= second {
+            self.seconds.resize(second + 1, [0; 4]);
+        }
+        let slot = match r.outcome {
+            Outcome::Status(200..=299) => 0,
+            Outcome::Status(429) => 1,
+            Outcome::Status(_) => 2,
+            Outcome::Error(_) => 3,
+        };
+        self.seconds[second][slot] += 1;
+    }
+
+    fn report(&self) -> Value {
+        Value::Array(
+            self.seconds
+                .iter()
+                .enumerate()
+                .map(|(t, c)| json!({"t": t, "ok": c[0], "shed": c[1], "other": c[2], "errors": c[3]}))
+                .collect(),
+        )
     }
 }
 

@@ -52,6 +52,21 @@ impl Latency {
         self.0.len()
     }
 
+    /// The distribution as `[quantile, µs]` points, for a CDF plot.
+    pub fn cdf(&self) -> Value {
+        if self.0.is_empty() {
+            return json!([]);
+        }
+        let points: Vec<Value> = (0..=100)
+            .map(|i| {
+                let q = 1.0 - 0.5f64.powf(i as f64 / 10.0); // denser toward the tail
+                json!([q, self.0.value_at_quantile(q)])
+            })
+            .chain(std::iter::once(json!([1.0, self.0.max()])))
+            .collect();
+        Value::Array(points)
+    }
+
     /// Percentiles, mean and max in microseconds.
     pub fn summary(&self) -> Value {
         let h = &self.0;

@@ -1,0 +1,63 @@
+//! `thaw-bench run cold --quick` end to end (the CI smoke test of the
+//! harness): the real binaries, MiniLM (fetched by scripts/fetch-models.sh),
+//! and a report with every figure, its tables and its plots.
+
+use std::process::Command;
+
+use serde_json::Value;
+use thaw_tests::{bin, repo_root};
+
+#[test]
+fn a_quick_cold_run_writes_its_report() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let status = Command::new(env!("CARGO_BIN_EXE_thaw-bench"))
+        .args(["run", "cold", "--quick", "--model", "minilm"])
+        .arg("--config")
+        .arg(repo_root().join("configs/default.toml"))
+        .arg("--bin-dir")
+        .arg(bin("thaw").parent().expect("bin dir"))
+        .arg("--out")
+        .arg(out.path())
+        .env_remove("THAW_ST_PYTHON")
+        .status()
+        .expect("thaw-bench runs");
+    assert!(status.success(), "{status}");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("report.json")).expect("report.json"),
+    )
+    .expect("report.json is JSON");
+    assert_eq!(report["scenario"], "cold");
+    assert!(report["machine"]["cores"].as_u64().is_some_and(|n| n > 0));
+    let gateway = &report["figures"]["gateway"];
+    let median = |v: &Value| v["median_ms"].as_f64().expect("a median");
+    let (warm, template, snapshot) = (
+        median(&gateway["warm"]),
+        median(&gateway["template_tier"]),
+        median(&gateway["snapshot_tier"]),
+    );
+    // A cold start costs more than a warm request, a snapshot more than a template.
+    assert!(
+        warm > 0.0 && template > warm && snapshot > template,
+        "{warm} {template} {snapshot}"
+    );
+    // Without a Python given, the baseline says it was skipped, and why.
+    let python = &report["figures"]["python_sentence_transformers"];
+    assert!(
+        python["skipped"].as_str().is_some_and(|s| !s.is_empty()),
+        "{python}"
+    );
+
+    let md = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    assert!(
+        md.contains("| template tier |") && md.contains("skipped"),
+        "{md}"
+    );
+    for plot in report["plots"].as_array().expect("plots") {
+        let svg =
+            std::fs::read_to_string(out.path().join(plot.as_str().expect("name"))).expect("plot");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<rect"),
+            "{plot} is not a bar chart"
+        );
+    }
+}
