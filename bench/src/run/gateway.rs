@@ -223,11 +223,16 @@ impl Gateway {
         }
     }
 
-    /// The sum of a Prometheus counter's series for `model` (all labels).
+    /// The sum of a Prometheus counter's series for `model` (all labels;
+    /// every series when `model` is empty).
     pub fn counter(&self, name: &str, model: &str) -> Result<f64> {
         let text =
             String::from_utf8(get(&self.admin, "/metrics")?).context("metrics are not UTF-8")?;
-        let label = format!("model=\"{model}\"");
+        let label = if model.is_empty() {
+            String::new()
+        } else {
+            format!("model=\"{model}\"")
+        };
         Ok(text
             .lines()
             .filter(|l| {

@@ -31,6 +31,12 @@ pub enum Scenario {
     /// 0 → N instances under a step load: time to N ready, latency during
     /// the ramp.
     ScaleOut,
+    /// The same worker straight, through thaw, and through nginx: latency
+    /// added and throughput.
+    Overhead,
+    /// Load while the config is rewritten again and again: failures (must
+    /// be none).
+    Reload,
     /// A bursty day replayed: latency, instances over time,
     /// instance-seconds, cold starts.
     Trace,
@@ -47,6 +53,8 @@ impl Scenario {
             Scenario::Cold => "cold",
             Scenario::Overload => "overload",
             Scenario::ScaleOut => "scale-out",
+            Scenario::Overhead => "overhead",
+            Scenario::Reload => "reload",
             Scenario::Trace => "trace",
             Scenario::Cost => "cost",
         }
@@ -66,6 +74,8 @@ pub(super) fn run(args: &RunArgs) -> Result<Report> {
         Scenario::Cold => cold(args, &base, &progress),
         Scenario::Overload => overload(args, &base, &progress),
         Scenario::ScaleOut => scale_out(args, &base, &progress),
+        Scenario::Overhead => overhead(args, &base, &progress),
+        Scenario::Reload => reload(args, &base, &progress),
         Scenario::Trace | Scenario::Cost => trace(args, &base, &progress),
     };
     progress.finish_and_clear();
@@ -683,6 +693,266 @@ fn scale_out(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Resul
         }),
         markdown,
         plots: vec!["scale-out-instances.svg".into()],
+    })
+}
+
+/// `overhead`: closed loops of 1 and 16 clients straight to thaw's worker
+/// (its unix socket), through thaw, and through nginx to the same socket.
+fn overhead(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Report> {
+    let model = &base.model;
+    let dir = args.out.join("overhead");
+    let config = base.render(
+        &dir.join("state"),
+        &[
+            ("min_instances", int(1)),
+            ("max_instances", int(1)),
+            ("target_concurrency", int(32)),
+            ("max_concurrency", int(64)),
+        ],
+        &[],
+    );
+    progress.set_message("overhead: starting the gateway");
+    let g = Gateway::start(&args.bin_dir, &dir, &config)?;
+    g.wait_for(&model.name, "a ready instance", |s| {
+        s["ready_instances"].as_u64() >= Some(1)
+    })?;
+    let socket = find_socket(&dir.join("state"), &model.name)?;
+    let (path, body) = workload(model);
+    let nginx = Nginx::start(&dir.join("nginx"), &socket);
+    let length = args.length(10.0, 3.0);
+    let mut targets: Vec<(&str, Target)> = vec![
+        (
+            "worker (its socket)",
+            block_on(Target::parse(
+                &format!("http://worker{path}"),
+                Some(socket.clone()),
+            ))?,
+        ),
+        ("thaw", block_on(target(&g.public, &path))?),
+    ];
+    let nginx_note = match &nginx {
+        Ok(n) => {
+            targets.push(("nginx", block_on(target(&n.address, &path))?));
+            String::new()
+        }
+        Err(e) => format!("nginx skipped: {e:#}.\n"),
+    };
+    let mut results = Vec::new();
+    for clients in [1usize, 16] {
+        for (name, t) in &targets {
+            progress.set_message(format!("overhead: {name}, {clients} client(s)"));
+            let request = t.render(
+                Some(body.as_bytes()),
+                &[("content-type".into(), "application/json".into())],
+            );
+            let r = block_on(
+                ClosedLoop {
+                    target: t.clone(),
+                    request,
+                    concurrency: clients,
+                    duration: length,
+                }
+                .run(),
+            )?;
+            let rate = count(&r, "200") as f64 / r["duration_s"].as_f64().unwrap_or(1.0);
+            results.push((clients, name.to_string(), rate, r));
+        }
+    }
+    let find = |c: usize, n: &str| results.iter().find(|r| r.0 == c && r.1 == n);
+    let mut rows = String::new();
+    for (clients, name, rate, r) in &results {
+        let lat = &r["statuses"]["200"]["latency_us"];
+        let direct = find(*clients, "worker (its socket)").map_or(f64::NAN, |d| {
+            us_to_ms(&d.3["statuses"]["200"]["latency_us"]["p50"])
+        });
+        let vs_nginx =
+            find(*clients, "nginx").map_or("—".to_string(), |n| format!("{:.2}×", rate / n.2));
+        rows.push_str(&format!(
+            "| {clients} | {name} | {:.3} | {:.3} | {:+.0} | {rate:.0} | {vs_nginx} |\n",
+            us_to_ms(&lat["p50"]),
+            us_to_ms(&lat["p99"]),
+            (us_to_ms(&lat["p50"]) - direct) * 1e3,
+        ));
+    }
+    let markdown = format!(
+        "## overhead: {name}, closed loops for {length:?}\n\n{nginx_note}\
+         | clients | target | p50 (ms) | p99 (ms) | p50 added over the worker (µs) | req/s | req/s ÷ nginx |\n\
+         |---|---|---|---|---|---|---|\n{rows}",
+        name = model.name
+    );
+    let figures: Vec<Value> = results
+        .iter()
+        .map(|(c, n, rate, r)| json!({"clients": c, "target": n, "requests_per_s": rate, "closed_loop": r}))
+        .collect();
+    Ok(Report {
+        figures: json!({"model": model.name, "runs": figures}),
+        markdown,
+        plots: Vec::new(),
+    })
+}
+
+fn find_socket(state: &std::path::Path, model: &str) -> Result<std::path::PathBuf> {
+    for run in std::fs::read_dir(state)?.flatten() {
+        if !run.file_name().to_string_lossy().starts_with("run-") {
+            continue;
+        }
+        for f in std::fs::read_dir(run.path())?.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{model}-")) && name.ends_with(".sock") {
+                return Ok(f.path());
+            }
+        }
+    }
+    bail!("no worker socket of {model} under {}", state.display())
+}
+
+/// nginx (Debian's package) proxying to a unix socket with keep-alive.
+struct Nginx {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path, socket: &std::path::Path) -> Result<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .context("nginx is not installed (apt-get install nginx)")?;
+        std::fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let user = if nix_is_root() { "user root;" } else { "" };
+        let d = dir.display();
+        let conf = format!(
+            "{user}\nworker_processes {cores};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             upstream worker {{ server unix:{sock}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000;\n\
+             location / {{ proxy_pass http://worker; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
+            cores = std::thread::available_parallelism().map_or(1, |n| n.get()),
+            sock = socket.display(),
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&address).is_err() {
+            if Instant::now() > deadline {
+                bail!("nginx did not listen on {address}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx { child, address })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// `reload`: constant load while the config is rewritten every half
+/// second (a scaling knob toggled); every request must succeed.
+fn reload(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Report> {
+    let model = &base.model;
+    let dir = args.out.join("reload");
+    let render = |target: i64| {
+        base.render(
+            &dir.join("state"),
+            &[
+                ("min_instances", int(1)),
+                ("max_instances", int(2)),
+                ("target_concurrency", int(target)),
+                ("max_concurrency", int(32)),
+            ],
+            &[],
+        )
+    };
+    progress.set_message("reload: starting the gateway");
+    let g = Gateway::start(&args.bin_dir, &dir, &render(8))?;
+    g.wait_for(&model.name, "a ready instance", |s| {
+        s["ready_instances"].as_u64() >= Some(1)
+    })?;
+    let (path, body) = workload(model);
+    let (cap, _) = capacity(&g.public, &path, &body, 8, args.length(4.0, 1.5))?;
+    let rate = (cap * 0.5).max(1.0);
+    let length = args.length(20.0, 5.0);
+    let reloads_before = g.counter("thaw_config_reloads_total", "")?;
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let (config, texts) = (dir.join("thaw.toml"), [render(4), render(8)]);
+        std::thread::spawn(move || -> Result<u64> {
+            let mut n = 0u64;
+            while stop_rx.recv_timeout(Duration::from_millis(500)).is_err() {
+                let tmp = config.with_extension("toml.new");
+                std::fs::write(&tmp, &texts[(n % 2) as usize])?;
+                std::fs::rename(&tmp, &config)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    progress.set_message(format!(
+        "reload: {rate:.0} req/s while the config is rewritten every 0.5 s"
+    ));
+    let r = open_loop(
+        &g.public,
+        &path,
+        &body,
+        &Schedule::Constant { rate },
+        length,
+        Duration::from_secs(30),
+    );
+    let _ = stop_tx.send(());
+    let writes = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let r = r?;
+    // Give the last write its reload.
+    std::thread::sleep(Duration::from_millis(300));
+    let reloads = g.counter("thaw_config_reloads_total", "")? - reloads_before;
+    let failures = r["sent"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(count(&r, "200"));
+    let markdown = format!(
+        "## reload: {name}, {rate:.0} req/s for {length:?}\n\n\
+         | figure | value |\n|---|---|\n| config rewrites | {writes} |\n| reloads counted by the gateway | {reloads:.0} |\n\
+         | requests sent | {} |\n| failures (anything but 200) | {failures} (must be 0) |\n| every request one outcome | {} |\n",
+        r["sent"],
+        if exactly_once(&r) { "yes" } else { "**no**" },
+        name = model.name,
+    );
+    Ok(Report {
+        figures: json!({"model": model.name, "rate_per_s": rate, "rewrites": writes, "reloads": reloads, "failures": failures, "open_loop": r}),
+        markdown,
+        plots: Vec::new(),
     })
 }
 
