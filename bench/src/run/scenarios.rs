@@ -147,7 +147,9 @@ fn open_loop(
             request,
             schedule: schedule.offsets(length),
             duration: length,
-            connections: 512,
+            // Enough that the server, not the generator, bounds what is in
+            // flight: 5× an instance's capacity for a 2 s deadline.
+            connections: 4096,
             drain,
         }
         .run()
@@ -444,7 +446,9 @@ fn overload(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result
     g.wait_for(&model.name, "a ready instance", |s| {
         s["ready_instances"].as_u64() >= Some(1)
     })?;
-    let (path, body) = workload(model);
+    // A heavier request where the model allows (eight sentences), so that
+    // 5× the capacity is a rate the load generator can keep beside thaw.
+    let (path, body) = heavy_workload(model);
     progress.set_message("overload: capacity");
     let (cap, _) = capacity(&g.public, &path, &body, 16, args.length(8.0, 2.0))?;
     let step = args.length(15.0, 3.0);
@@ -470,7 +474,7 @@ fn overload(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result
             &body,
             &Schedule::Poisson { rate, seed: 7 },
             step,
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         )?;
         if let Some(h) = politeness {
             polite = h
@@ -522,6 +526,27 @@ fn overload(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result
         markdown,
         plots: vec!["overload-goodput.svg".into()],
     })
+}
+
+/// The workload, with eight inputs per request for an embedding model.
+fn heavy_workload(model: &super::gateway::ModelUnderTest) -> (String, String) {
+    if model.kind == "embedding" {
+        let sentences = [
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The girl is carrying a baby.",
+            "A man is riding a horse.",
+            "A woman is playing violin.",
+            "Two men pushed carts through the woods.",
+            "A man is riding a white horse on an enclosed ground.",
+            "A monkey is playing drums.",
+        ];
+        return (
+            "/v1/embeddings".into(),
+            json!({"model": model.name, "input": sentences}).to_string(),
+        );
+    }
+    workload(model)
 }
 
 /// Clients that send one request each and, on a 429, wait its Retry-After
@@ -593,7 +618,7 @@ fn scale_out(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Resul
             s["ready_instances"].as_u64() >= Some(1)
         })?;
         let (path, body) = workload(model);
-        capacity(&g.public, &path, &body, 4, args.length(5.0, 2.0))?.0
+        capacity(&g.public, &path, &body, 16, args.length(5.0, 2.0))?.0
     };
     let config = base.render(
         &dir.join("state"),
@@ -611,8 +636,9 @@ fn scale_out(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Resul
     let g = Gateway::start(&args.bin_dir, &dir, &config)?;
     let (path, body) = workload(model);
     let length = args.length(20.0, 8.0);
-    // Enough to keep every instance busy at a concurrency of about 2.
-    let rate = per_instance * target_instances as f64 * 0.6;
+    // 80 % of what one instance serves at saturation: its queue grows
+    // until the autoscaler has added instances (target_concurrency 1).
+    let rate = per_instance * 0.8;
     let watch = {
         let (admin, name) = (g.admin.clone(), model.name.clone());
         std::thread::spawn(move || watch_instances(&admin, &name, length + Duration::from_secs(2)))
