@@ -57,7 +57,7 @@ impl Ttft {
 
     /// One request: time to the first text event, to `[DONE]`, and the
     /// number of text events.
-    fn once(&self) -> Result<(Duration, Duration, usize)> {
+    pub fn once(&self) -> Result<(Duration, Duration, usize)> {
         let mut stream = TcpStream::connect(&self.address)
             .with_context(|| format!("connecting to {}", self.address))?;
         stream.set_nodelay(true)?;

@@ -37,6 +37,9 @@ pub enum Scenario {
     /// Load while the config is rewritten again and again: failures (must
     /// be none).
     Reload,
+    /// A chat model: time to first token straight to a worker and through
+    /// thaw, tokens/s of 1 and 4 concurrent streams, against llama.cpp.
+    Chat,
     /// A bursty day replayed: latency, instances over time,
     /// instance-seconds, cold starts.
     Trace,
@@ -55,6 +58,7 @@ impl Scenario {
             Scenario::ScaleOut => "scale-out",
             Scenario::Overhead => "overhead",
             Scenario::Reload => "reload",
+            Scenario::Chat => "chat",
             Scenario::Trace => "trace",
             Scenario::Cost => "cost",
         }
@@ -76,6 +80,7 @@ pub(super) fn run(args: &RunArgs) -> Result<Report> {
         Scenario::ScaleOut => scale_out(args, &base, &progress),
         Scenario::Overhead => overhead(args, &base, &progress),
         Scenario::Reload => reload(args, &base, &progress),
+        Scenario::Chat => chat(args, &base, &progress),
         Scenario::Trace | Scenario::Cost => trace(args, &base, &progress),
     };
     progress.finish_and_clear();
@@ -980,6 +985,172 @@ fn reload(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<R
         markdown,
         plots: Vec::new(),
     })
+}
+
+/// `chat`: time to first token of a streamed completion, one request at a
+/// time, straight to a worker and through thaw; tokens/s of 1 and 4
+/// streams at once through thaw; llama.cpp's decode on the same GGUF.
+fn chat(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Report> {
+    let model = &base.model;
+    if model.kind != "chat" {
+        bail!(
+            "the chat scenario needs a chat model; {} is {}: pass --model smollm2",
+            model.name,
+            model.kind
+        );
+    }
+    let dir = args.out.join("chat");
+    let config = base.render(
+        &dir.join("state"),
+        &[
+            ("min_instances", int(1)),
+            ("max_instances", int(1)),
+            ("target_concurrency", int(4)),
+            ("max_concurrency", int(8)),
+        ],
+        &[],
+    );
+    progress.set_message("chat: starting the gateway and a worker");
+    let g = Gateway::start(&args.bin_dir, &dir, &config)?;
+    g.wait_for(&model.name, "a ready instance", |s| {
+        s["ready_instances"].as_u64() >= Some(1)
+    })?;
+    let worker = crate::cold_start::Spawned::start({
+        let mut cmd = std::process::Command::new(args.bin_dir.join("thaw-worker"));
+        cmd.arg("--model").arg(&model.source).args([
+            "--name",
+            &model.name,
+            "--kind",
+            "chat",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        cmd
+    })?;
+    let direct = worker.wait("ready")?["address"]
+        .as_str()
+        .context("worker address")?
+        .to_string();
+    let reps = if args.quick { 5 } else { 20 };
+    let tokens = if args.quick { 32 } else { 64 };
+    let body = |max_tokens: usize| {
+        json!({"model": model.name, "prompt": "The three primary colors are", "max_tokens": max_tokens,
+               "temperature": 0, "stream": true})
+        .to_string()
+        .into_bytes()
+    };
+    let ttft = |address: &str| crate::ttft::Ttft {
+        address: address.to_string(),
+        path: "/v1/completions".into(),
+        body: body(tokens),
+        reps,
+    };
+    progress.set_message("chat: time to first token, straight to the worker");
+    let ttft_direct = ttft(&direct).run()?;
+    drop(worker);
+    progress.set_message("chat: time to first token, through thaw");
+    let ttft_gateway = ttft(&g.public).run()?;
+
+    let mut streams = Vec::new();
+    for n in [1usize, 4] {
+        progress.set_message(format!("chat: {n} stream(s) at once through thaw"));
+        let start = Instant::now();
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let t = crate::ttft::Ttft {
+                    address: g.public.clone(),
+                    path: "/v1/completions".into(),
+                    body: body(tokens * 2),
+                    reps: 1,
+                };
+                std::thread::spawn(move || t.once())
+            })
+            .collect();
+        let mut events = 0;
+        let mut decode = Vec::new();
+        for h in handles {
+            let (first, whole, e) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a stream panicked"))??;
+            events += e;
+            decode.push(e.saturating_sub(1) as f64 / (whole - first).as_secs_f64().max(1e-9));
+        }
+        let wall = start.elapsed().as_secs_f64();
+        streams.push(json!({"streams": n, "tokens": events, "wall_s": wall, "aggregate_tokens_per_s": events as f64 / wall,
+                            "per_stream_decode_tokens_per_s": decode}));
+    }
+    let agg = |i: usize| {
+        streams[i]["aggregate_tokens_per_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let one_decode = streams[0]["per_stream_decode_tokens_per_s"][0]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+
+    progress.set_message("chat: llama.cpp on the same GGUF");
+    let llama = llama_cpp(args, &model.source);
+    let p50 = |v: &Value| v["first_token"]["p50_ms"].as_f64().unwrap_or(f64::NAN);
+    let llama_row = match llama["decode_tokens_per_s"].as_f64() {
+        Some(l) => format!("| decode, 1 stream (tokens/s) | {one_decode:.1} (over HTTP, through thaw) | llama.cpp {l:.1} | {:.2}× |\n", one_decode / l),
+        None => format!("| decode, 1 stream (tokens/s) | {one_decode:.1} | llama.cpp skipped: {} | |\n", llama["skipped"].as_str().unwrap_or("?")),
+    };
+    let markdown = format!(
+        "## chat: {name}, {tokens}-token streamed completions\n\n\
+         | figure | thaw | baseline | ratio |\n|---|---|---|---|\n\
+         | time to first token p50 (ms), {reps} requests one at a time | {:.2} through thaw | {:.2} straight to a worker | {:+.2} ms |\n\
+         | aggregate tokens/s, 4 streams at once | {:.1} | 1 stream: {:.1} | {:.2}× |\n{llama_row}",
+        p50(&ttft_gateway),
+        p50(&ttft_direct),
+        p50(&ttft_gateway) - p50(&ttft_direct),
+        agg(1),
+        agg(0),
+        agg(1) / agg(0),
+        name = model.name,
+    );
+    Ok(Report {
+        figures: json!({"model": model.name, "ttft_direct": ttft_direct, "ttft_gateway": ttft_gateway, "streams": streams, "llama_cpp": llama}),
+        markdown,
+        plots: Vec::new(),
+    })
+}
+
+/// llama.cpp's decode speed on the model's GGUF, through
+/// `bench/baselines/llama_cpp_speed.py` and a Python with llama-cpp-python
+/// (`THAW_LLAMA_CPP_PYTHON`); skipped with the reason otherwise.
+fn llama_cpp(args: &RunArgs, source: &std::path::Path) -> Value {
+    let Some(python) = std::env::var_os("THAW_LLAMA_CPP_PYTHON") else {
+        return json!({"skipped": "no Python with llama-cpp-python given (THAW_LLAMA_CPP_PYTHON; bench/chat.sh builds one)"});
+    };
+    let gguf = std::fs::read_dir(source)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"));
+    let Some(gguf) = gguf else {
+        return json!({"skipped": format!("no .gguf in {}", source.display())});
+    };
+    let script = args
+        .bin_dir
+        .join("../../bench/baselines/llama_cpp_speed.py");
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    match std::process::Command::new(python)
+        .arg(&script)
+        .arg(&gguf)
+        .arg(threads)
+        .output()
+    {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| json!({"skipped": format!("the baseline printed no JSON: {e}")})),
+        Ok(o) => {
+            json!({"skipped": format!("the baseline failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""))})
+        }
+        Err(e) => json!({"skipped": format!("cannot run the baseline: {e}")}),
+    }
 }
 
 /// Polls the model's ready instances every 100 ms for `length`:
