@@ -9,6 +9,7 @@ pub mod config;
 pub mod ctl;
 pub mod metrics;
 pub mod models;
+pub mod placement;
 pub mod proxy;
 pub mod reload;
 pub mod serve;
