@@ -162,19 +162,22 @@ mod tests {
         }
     }
 
+    /// name, inventory, promised, request, need, policy, expected.
+    type Case = (
+        &'static str,
+        Vec<Gpu>,
+        Vec<(u32, u64)>,
+        DeviceRequest,
+        u64,
+        Policy,
+        Result<u32, NoPlace>,
+    );
+
     #[test]
     fn placement_table() {
         use DeviceRequest::{AnyGpu, Cpu, Gpu as Pinned};
         use Policy::*;
-        let cases: [(
-            &str,
-            Vec<super::Gpu>,
-            Vec<(u32, u64)>,
-            DeviceRequest,
-            u64,
-            Policy,
-            Result<u32, NoPlace>,
-        ); 10] = [
+        let cases: [Case; 10] = [
             (
                 "spread: most room",
                 gpus(&[10, 40, 20]),
