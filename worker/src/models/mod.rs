@@ -121,12 +121,25 @@ impl LoadedModel {
     }
 }
 
-/// Parses a device name: `cpu` (the only one in a build without `cuda`).
+/// Parses a device name: `cpu`, and in a build with the `cuda` feature
+/// `cuda` (GPU 0) or `cuda:N`.
 pub fn parse_device(name: &str) -> Result<Device, ModelError> {
     match name {
         "cpu" => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        other if other == "cuda" || other.starts_with("cuda:") => {
+            let ordinal = match other.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| ModelError::Load(format!("device {other:?} is not cuda:N")))?,
+            };
+            Device::new_cuda(ordinal)
+                .map_err(|e| ModelError::Load(format!("opening {other}: {e}")))
+        }
         other => Err(ModelError::Load(format!(
-            "device {other:?} is not available in this build (only \"cpu\")"
+            "device {other:?} is not available in this build (only \"cpu\"; \
+             scripts/build-cuda.sh builds the CUDA worker)"
         ))),
     }
 }
