@@ -95,5 +95,8 @@ if [[ "${1:-}" == "--check" ]]; then
     cargo check --locked --release -p thaw-worker --features cuda --target-dir "$target"
 else
     cargo build --locked --release -p thaw-worker --features cuda --target-dir "$target"
-    echo "built: $target/release/thaw-worker" >&2
+    # Without line tables (58 MB instead of 109): what gets copied to a GPU
+    # machine.
+    strip -o "$target/release/thaw-worker.stripped" "$target/release/thaw-worker"
+    echo "built: $target/release/thaw-worker (stripped copy: thaw-worker.stripped)" >&2
 fi

@@ -134,8 +134,7 @@ pub fn parse_device(name: &str) -> Result<Device, ModelError> {
                     .parse()
                     .map_err(|_| ModelError::Load(format!("device {other:?} is not cuda:N")))?,
             };
-            Device::new_cuda(ordinal)
-                .map_err(|e| ModelError::Load(format!("opening {other}: {e}")))
+            Device::new_cuda(ordinal).map_err(|e| ModelError::Load(format!("opening {other}: {e}")))
         }
         other => Err(ModelError::Load(format!(
             "device {other:?} is not available in this build (only \"cpu\"; \
