@@ -42,6 +42,9 @@ pub trait PoolEvents: Send + Sync {
     fn template(&self, model: &str, event: &str);
 }
 
+/// How soon to look again at a template slot that was held for a moment.
+const TEMPLATE_BUSY_RETRY: Duration = Duration::from_millis(50);
+
 /// Where a pool's workers come from and put their files.
 #[derive(Debug, Clone)]
 pub struct PoolPaths {
@@ -302,7 +305,11 @@ impl Pool {
             return None;
         }
         let idle_at = *since.get_or_insert_with(Instant::now);
-        let slot = self.template.try_lock().ok()?;
+        let Ok(slot) = self.template.try_lock() else {
+            // Held for a moment (a status read, a fork): look again soon,
+            // or the demotion would wait for an unrelated event.
+            return Some(Instant::now() + TEMPLATE_BUSY_RETRY);
+        };
         let template = slot.as_ref()?;
         Some(idle_at.max(template.ready_at) + self.keep_template())
     }
@@ -311,6 +318,8 @@ impl Pool {
     /// start is using it right now.
     async fn demote(self: &Arc<Self>) {
         let Ok(mut slot) = self.template.try_lock() else {
+            // Busy: the loop computes the due time again after a pause.
+            tokio::time::sleep(TEMPLATE_BUSY_RETRY).await;
             return;
         };
         if !(self.lock().is_empty() && self.starting() == 0) {
