@@ -169,13 +169,19 @@ impl Client {
     }
 
     /// Sends raw bytes and reads the response to the connection's end.
+    /// A server may answer and close before the whole request is written
+    /// (a 413 decided from Content-Length): the write then fails, and the
+    /// answer is still read.
     pub fn raw(&self, request: &[u8]) -> std::io::Result<Response> {
         let mut stream = self.connect()?;
-        stream.write_all(request)?;
-        stream.flush()?;
+        let written = stream.write_all(request).and_then(|()| stream.flush());
         let mut buf = Vec::new();
-        stream.read_to_end(&mut buf)?;
-        parse(&buf)
+        let read = stream.read_to_end(&mut buf);
+        match (written, parse(&buf)) {
+            (_, Ok(response)) => Ok(response),
+            (Err(e), Err(_)) => Err(e),
+            (Ok(()), Err(e)) => read.and(Err(e)),
+        }
     }
 }
 
