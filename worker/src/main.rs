@@ -18,8 +18,8 @@ use thaw_worker::{BatchConfig, LoadOptions};
 #[command(name = "thaw-worker", version)]
 struct Args {
     /// The model directory (safetensors + configs, a tabular manifest, or a GGUF).
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "gpu_info")]
+    model: Option<PathBuf>,
     /// HOST:PORT or unix:PATH.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: ListenAddr,
@@ -53,6 +53,9 @@ struct Args {
     /// closes (the supervisor has gone).
     #[arg(long)]
     lifeline: bool,
+    /// Print the GPUs this build can see (JSON) and exit.
+    #[arg(long)]
+    gpu_info: bool,
 }
 
 /// When a supervisor started this worker (`THAW_PARENT_PID` set), ask the
@@ -83,20 +86,24 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.gpu_info {
+        println!("{}", thaw_worker::gpu::inventory());
+        return Ok(());
+    }
     die_with_parent()?;
+    let model = args.model.context("--model is required")?;
     let name = match args.name {
         Some(name) => name,
-        None => args
-            .model
+        None => model
             .canonicalize()
-            .with_context(|| format!("model directory {}", args.model.display()))?
+            .with_context(|| format!("model directory {}", model.display()))?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .context("the model directory has no name; pass --name")?,
     };
     let options = WorkerOptions {
         model: LoadOptions {
-            dir: args.model,
+            dir: model,
             kind: args.kind,
             device: parse_device(&args.device)?,
         },

@@ -1,0 +1,107 @@
+//! The GPUs this worker build can see, through the CUDA driver (cudarc, as
+//! candle loads it): index, name, UUID, memory, compute capability and the
+//! driver's version — the inventory the gateway's placer takes
+//! (`thaw-worker --gpu-info`).
+
+use serde_json::Value;
+
+/// `{"cuda": …, "driver_version": …, "gpus": […]}`, with the reason when
+/// there are none.
+pub fn inventory() -> Value {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::inventory()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        serde_json::json!({
+            "cuda": false,
+            "gpus": [],
+            "reason": "this worker is built without the cuda feature (scripts/build-cuda.sh builds it)",
+        })
+    }
+}
+
+/// A CUDA UUID as nvidia-smi writes it.
+pub fn format_uuid(bytes: &[u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // one driver call cudarc has no safe wrapper for
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext};
+    use serde_json::{json, Value};
+
+    pub(super) fn inventory() -> Value {
+        let count = match CudaContext::device_count() {
+            Ok(n) => n,
+            Err(e) => {
+                return json!({"cuda": true, "gpus": [], "reason": format!("the CUDA driver: {e}")})
+            }
+        };
+        let mut version = 0i32;
+        // SAFETY: cuDriverGetVersion writes one int through the pointer,
+        // which points at a live local for the whole call.
+        let driver = unsafe { sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .ok()
+            .map(|()| format!("{}.{}", version / 1000, version % 1000 / 10));
+        let gpus: Vec<Value> = (0..count.max(0) as usize)
+            .map(|i| match CudaContext::new(i) {
+                Ok(ctx) => {
+                    let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
+                    let uuid = ctx
+                        .uuid()
+                        .map(|u| super::format_uuid(&u.bytes.map(|b| b as u8)))
+                        .unwrap_or_default();
+                    json!({
+                        "index": i,
+                        "name": ctx.name().unwrap_or_default(),
+                        "uuid": uuid,
+                        "total_bytes": total,
+                        "free_bytes": free,
+                        "compute_capability": ctx.compute_capability().ok(),
+                    })
+                }
+                Err(e) => json!({"index": i, "error": e.to_string()}),
+            })
+            .collect();
+        json!({"cuda": true, "driver_version": driver, "gpus": gpus})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(not(feature = "cuda"))]
+    use serde_json::json;
+
+    #[test]
+    fn uuids_are_written_as_nvidia_smi_does() {
+        let bytes: [u8; 16] = std::array::from_fn(|i| (i * 17) as u8);
+        assert_eq!(
+            format_uuid(&bytes),
+            "GPU-00112233-4455-6677-8899-aabbccddeeff"
+        );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_build_without_cuda_says_so() {
+        let v = inventory();
+        assert_eq!(v["cuda"], false);
+        assert_eq!(v["gpus"], json!([]));
+        assert!(v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cuda feature")));
+    }
+}
