@@ -173,8 +173,8 @@ impl<'a> QMatrix<'a> {
                 let w = &self.bytes[j * row_bytes..(j + 1) * row_bytes];
                 let mut r = tile;
                 while r < tile_end {
-                    let n = (tile_end - r).min(4);
-                    let mut sums = [0.0f32; 4];
+                    let n = (tile_end - r).min(ROWS);
+                    let mut sums = [0.0f32; ROWS];
                     kernel(self.format, w, x, r, n, &mut sums);
                     dst[i * m + r..i * m + r + n].copy_from_slice(&sums[..n]);
                     r += n;
@@ -183,6 +183,10 @@ impl<'a> QMatrix<'a> {
         }
     }
 }
+
+/// Most activation rows one pass over a weight row serves (registers: one
+/// accumulator each).
+pub const ROWS: usize = 8;
 
 /// Output columns per parallel task.
 const COLUMNS_PER_TASK: usize = 64;
@@ -241,8 +245,8 @@ impl Q8Rows {
     }
 }
 
-/// Sums of one weight row against `n ≤ 4` activation rows from `first`.
-type Kernel = fn(Format, &[u8], &Q8Rows, usize, usize, &mut [f32; 4]);
+/// Sums of one weight row against `n ≤ ROWS` activation rows from `first`.
+type Kernel = fn(Format, &[u8], &Q8Rows, usize, usize, &mut [f32; ROWS]);
 
 fn kernel(format: Format) -> Kernel {
     #[cfg(target_arch = "x86_64")]
@@ -276,7 +280,7 @@ fn nibble_block(format: Format, block: &[u8]) -> (f32, f32, &[u8]) {
 /// The kernels in plain Rust: the reference for the AVX2 ones, and what
 /// runs on CPUs without AVX2.
 mod portable {
-    use super::{half_at, nibble_block, Format, Q8Rows, BLOCK};
+    use super::{half_at, nibble_block, Format, Q8Rows, BLOCK, ROWS};
 
     pub(super) fn nibbles(
         format: Format,
@@ -284,7 +288,7 @@ mod portable {
         x: &Q8Rows,
         first: usize,
         n: usize,
-        sums: &mut [f32; 4],
+        sums: &mut [f32; ROWS],
     ) {
         let per_row = x.blocks_per_row();
         for (b, block) in w.chunks_exact(format.block_bytes()).enumerate() {
@@ -308,7 +312,7 @@ mod portable {
         x: &Q8Rows,
         first: usize,
         n: usize,
-        sums: &mut [f32; 4],
+        sums: &mut [f32; ROWS],
     ) {
         let per_row = x.blocks_per_row();
         for (b, block) in w.chunks_exact(Format::Q8_0.block_bytes()).enumerate() {
@@ -336,7 +340,7 @@ mod avx2 {
 
     use pulp::x86::V3;
 
-    use super::{half_at, nibble_block, Format, Q8Rows, BLOCK};
+    use super::{half_at, nibble_block, Format, Q8Rows, BLOCK, ROWS};
 
     /// Whether the CPU has AVX2 and FMA.
     pub(super) fn available() -> bool {
@@ -359,7 +363,7 @@ mod avx2 {
         x: &Q8Rows,
         first: usize,
         n: usize,
-        sums: &mut [f32; 4],
+        sums: &mut [f32; ROWS],
     ) {
         let Some(simd) = V3::try_new() else {
             return super::portable::nibbles(format, w, x, first, n, sums);
@@ -368,7 +372,11 @@ mod avx2 {
             1 => simd.vectorize(|| nibbles_rows::<1>(simd, format, w, x, first, sums)),
             2 => simd.vectorize(|| nibbles_rows::<2>(simd, format, w, x, first, sums)),
             3 => simd.vectorize(|| nibbles_rows::<3>(simd, format, w, x, first, sums)),
-            _ => simd.vectorize(|| nibbles_rows::<4>(simd, format, w, x, first, sums)),
+            4 => simd.vectorize(|| nibbles_rows::<4>(simd, format, w, x, first, sums)),
+            5 => simd.vectorize(|| nibbles_rows::<5>(simd, format, w, x, first, sums)),
+            6 => simd.vectorize(|| nibbles_rows::<6>(simd, format, w, x, first, sums)),
+            7 => simd.vectorize(|| nibbles_rows::<7>(simd, format, w, x, first, sums)),
+            _ => simd.vectorize(|| nibbles_rows::<8>(simd, format, w, x, first, sums)),
         }
     }
 
@@ -378,7 +386,7 @@ mod avx2 {
         x: &Q8Rows,
         first: usize,
         n: usize,
-        sums: &mut [f32; 4],
+        sums: &mut [f32; ROWS],
     ) {
         let Some(simd) = V3::try_new() else {
             return super::portable::q8_0(format, w, x, first, n, sums);
@@ -387,7 +395,11 @@ mod avx2 {
             1 => simd.vectorize(|| q8_0_rows::<1>(simd, w, x, first, sums)),
             2 => simd.vectorize(|| q8_0_rows::<2>(simd, w, x, first, sums)),
             3 => simd.vectorize(|| q8_0_rows::<3>(simd, w, x, first, sums)),
-            _ => simd.vectorize(|| q8_0_rows::<4>(simd, w, x, first, sums)),
+            4 => simd.vectorize(|| q8_0_rows::<4>(simd, w, x, first, sums)),
+            5 => simd.vectorize(|| q8_0_rows::<5>(simd, w, x, first, sums)),
+            6 => simd.vectorize(|| q8_0_rows::<6>(simd, w, x, first, sums)),
+            7 => simd.vectorize(|| q8_0_rows::<7>(simd, w, x, first, sums)),
+            _ => simd.vectorize(|| q8_0_rows::<8>(simd, w, x, first, sums)),
         }
     }
 
@@ -413,7 +425,7 @@ mod avx2 {
         w: &[u8],
         x: &Q8Rows,
         first: usize,
-        sums: &mut [f32; 4],
+        sums: &mut [f32; ROWS],
     ) {
         let V3 {
             avx,
@@ -452,7 +464,7 @@ mod avx2 {
         w: &[u8],
         x: &Q8Rows,
         first: usize,
-        sums: &mut [f32; 4],
+        sums: &mut [f32; ROWS],
     ) {
         let V3 { avx, avx2, fma, .. } = simd;
         let (xq, xd, _) = rows::<N>(x, first);
@@ -589,16 +601,16 @@ mod tests {
             let bytes = quantize(format, &data(3 * cols, 3));
             let w = QMatrix::new(format, 3, cols, &bytes).expect("matrix");
             let mut q = Q8Rows::default();
-            q.quantize(&data(4 * cols, 5), cols);
+            q.quantize(&data(ROWS * cols, 5), cols);
             let row = &bytes[..w.row_bytes()];
-            let mut want = [0.0; 4];
+            let mut want = [0.0; ROWS];
             let portable = match format {
                 Format::Q8_0 => portable::q8_0,
                 _ => portable::nibbles,
             };
-            portable(format, row, &q, 0, 4, &mut want);
-            let mut got = [0.0; 4];
-            kernel(format)(format, row, &q, 0, 4, &mut got);
+            portable(format, row, &q, 0, ROWS, &mut want);
+            let mut got = [0.0; ROWS];
+            kernel(format)(format, row, &q, 0, ROWS, &mut got);
             for (g, e) in got.iter().zip(&want) {
                 assert!(
                     (g - e).abs() <= 1e-4 * e.abs().max(1.0),
