@@ -61,3 +61,34 @@ fn a_quick_cold_run_writes_its_report() {
         );
     }
 }
+
+/// The GPU suite on a machine without a GPU (and a worker without CUDA):
+/// a report whose every GPU figure says why it is missing, and the
+/// synthetic snapshot written and removed.
+#[test]
+fn the_gpu_suite_says_why_without_a_gpu() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let status = Command::new(repo_root().join("bench/gpu/run.sh"))
+        .arg(bin("thaw-worker"))
+        .arg(out.path())
+        .arg("0.07")
+        .status()
+        .expect("the suite runs");
+    assert!(status.success(), "{status}");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("gpu.json")).expect("gpu.json"),
+    )
+    .expect("gpu.json is JSON");
+    assert_eq!(report["inventory"]["gpus"], serde_json::json!([]));
+    assert!(report["inventory"]["reason"].is_string(), "{report}");
+    let upload = &report["uploads"]["0.07gb"];
+    assert_eq!(upload["bytes"], 64 << 20);
+    assert!(upload["thaw_upload"]["skipped"].is_string(), "{upload}");
+    assert!(report["standby_activation"]["skipped"].is_string());
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .expect("out dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .collect();
+    assert!(left.is_empty(), "the synthetic snapshot was left behind");
+}

@@ -22,6 +22,23 @@ pub fn inventory() -> Value {
     }
 }
 
+/// Uploads the file at `path` (a snapshot's weights) to GPU `ordinal` in
+/// 64 MiB pieces from its mapping, the way a worker loads weights today
+/// (candle's copy from pageable memory), after reading it once so that it
+/// comes from the page cache: bytes, seconds and GB/s (the GPU suite's
+/// "thaw upload" figure, bench/gpu/run.sh).
+pub fn upload_bench(path: &std::path::Path, ordinal: usize) -> Value {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::upload_bench(path, ordinal)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (path, ordinal);
+        serde_json::json!({"skipped": "this worker is built without the cuda feature"})
+    }
+}
+
 /// A CUDA UUID as nvidia-smi writes it.
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -76,6 +93,38 @@ mod cuda {
             })
             .collect();
         json!({"cuda": true, "driver_version": driver, "gpus": gpus})
+    }
+
+    pub(super) fn upload_bench(path: &std::path::Path, ordinal: usize) -> Value {
+        match upload(path, ordinal) {
+            Ok(v) => v,
+            Err(e) => json!({"error": e.to_string()}),
+        }
+    }
+
+    fn upload(path: &std::path::Path, ordinal: usize) -> anyhow::Result<Value> {
+        use candle_core::{Device, Tensor};
+        let file = thaw_snapshot::mmap::MappedFile::open(path)?;
+        let bytes = file.bytes();
+        // From the page cache: every page read once first.
+        let touched: u64 = bytes.iter().step_by(4096).map(|&b| u64::from(b)).sum();
+        let device = Device::new_cuda(ordinal)?;
+        device.synchronize()?;
+        let start = std::time::Instant::now();
+        let mut resident = Vec::new();
+        for piece in bytes.chunks(64 << 20) {
+            resident.push(Tensor::from_slice(piece, piece.len(), &device)?);
+        }
+        device.synchronize()?;
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(json!({
+            "bytes": bytes.len(),
+            "seconds": seconds,
+            "gb_per_s": bytes.len() as f64 / seconds / 1e9,
+            "pieces": resident.len(),
+            "path": "candle Tensor::from_slice from the mapping (pageable), 64 MiB pieces",
+            "checksum_of_touch": touched % 251,
+        }))
     }
 }
 

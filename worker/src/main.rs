@@ -18,7 +18,7 @@ use thaw_worker::{BatchConfig, LoadOptions};
 #[command(name = "thaw-worker", version)]
 struct Args {
     /// The model directory (safetensors + configs, a tabular manifest, or a GGUF).
-    #[arg(long, required_unless_present = "gpu_info")]
+    #[arg(long, required_unless_present_any = ["gpu_info", "upload_bench"])]
     model: Option<PathBuf>,
     /// HOST:PORT or unix:PATH.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -56,6 +56,10 @@ struct Args {
     /// Print the GPUs this build can see (JSON) and exit.
     #[arg(long)]
     gpu_info: bool,
+    /// Upload this file to GPU 0 from its mapping, print the bandwidth
+    /// (JSON) and exit (the GPU suite).
+    #[arg(long, value_name = "FILE")]
+    upload_bench: Option<PathBuf>,
 }
 
 /// When a supervisor started this worker (`THAW_PARENT_PID` set), ask the
@@ -88,6 +92,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.gpu_info {
         println!("{}", thaw_worker::gpu::inventory());
+        return Ok(());
+    }
+    if let Some(file) = &args.upload_bench {
+        println!("{}", thaw_worker::gpu::upload_bench(file, 0));
         return Ok(());
     }
     die_with_parent()?;

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# thaw's GPU suite, for a machine with an NVIDIA GPU, no network and no Rust
+# toolchain: the worker is built here (scripts/build-cuda.sh; carry
+# ~/.cache/thaw-cuda/target/release/thaw-worker.stripped, 58 MB) and this
+# directory goes with it. Writes OUT/gpu.json: nvidia-smi's view, thaw's
+# GPU inventory, CUDA context creation, the host-to-device copy ceiling
+# (PyTorch, pinned and pageable), and thaw's upload bandwidth from the page
+# cache for synthetic snapshots of SIZES GB (random bytes) with its ratio to
+# the ceiling; standby activation, hibernation and SmolLM2 on the GPU are
+# reported as not built yet. Under 8 minutes on an H200 with SIZES="1 16".
+#
+#   bench/gpu/run.sh WORKER [OUT] [SIZES]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+worker="${1:?usage: bench/gpu/run.sh WORKER [OUT] [SIZES]}"
+out="${2:-$PWD/gpu-report}"
+sizes="${3:-1 16}"
+# Python with PyTorch when the machine has one (its CUDA libraries serve the
+# worker too); any python3 otherwise.
+python="${THAW_GPU_PYTHON:-python3}"
+# shellcheck disable=SC2086
+exec timeout 480 "$python" "$here/suite.py" --worker "$worker" --out "$out" --sizes-gb $sizes
