@@ -47,17 +47,6 @@ RAYON_NUM_THREADS="$threads" "$bin/examples/decode_speed" "$gguf" 1 4 >"$work/th
 echo "== llama.cpp" >&2
 "$python" "$root/bench/baselines/llama_cpp_speed.py" "$gguf" "$threads" >"$work/llama.json"
 
-wait_ready() {
-    local file="$1" pid="$2" i
-    for ((i = 0; i < 1200; i++)); do
-        if grep -m1 '"event":"ready"' "$file" 2>/dev/null; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || { echo "process $pid exited:" >&2; cat "$file" >&2; return 1; }
-        sleep 0.05
-    done
-    echo "no ready line in $file after 60 s" >&2
-    return 1
-}
-
 echo "== time to first token: direct, then through the gateway" >&2
 printf '{"model":"smollm2","prompt":"The three primary colors are","max_tokens":32,"temperature":0,"stream":true}' >"$work/body.json"
 "$bin/thaw-worker" --model "$models/smollm2" --name smollm2 --listen 127.0.0.1:0 \

@@ -38,17 +38,6 @@ source "$root/bench/lib.sh"
 
 # Waits for the `{"event":"ready",...}` line a process prints on stdout
 # (redirected to $1) and prints it; fails if the process ($2) exits first.
-wait_ready() {
-    local file="$1" pid="$2" i
-    for ((i = 0; i < 1200; i++)); do
-        if grep -m1 '"event":"ready"' "$file" 2>/dev/null; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || { echo "process $pid exited:" >&2; cat "$file" >&2; return 1; }
-        sleep 0.05
-    done
-    echo "no ready line in $file after 60 s" >&2
-    return 1
-}
-
 body='{"inputs":[{"name":"features","datatype":"FP32","shape":[1,10],"data":[60,0.3,10,8,0,0.3,20,48,6,1]}]}'
 path="/v2/models/credit-score/infer"
 

@@ -45,11 +45,8 @@ impl Response {
     }
 }
 
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
-
-trait SendStream: Read + Write + Send {}
-impl<T: Read + Write + Send> SendStream for T {}
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
 
 /// Reads until `needle` has arrived; returns what was read.
 fn read_until(stream: &mut dyn Read, needle: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -143,27 +140,13 @@ impl Client {
         Ok(stream)
     }
 
-    fn open_post(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> std::io::Result<Box<dyn SendStream>> {
+    fn open_post(&self, path: &str, body: &serde_json::Value) -> std::io::Result<Box<dyn Stream>> {
         let body = body.to_string();
         let raw = format!(
             "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
-        let timeout = Some(Duration::from_secs(60));
-        let mut stream: Box<dyn SendStream> = if let Some(path) = self.address.strip_prefix("unix:")
-        {
-            let s = UnixStream::connect(path)?;
-            s.set_read_timeout(timeout)?;
-            Box::new(s)
-        } else {
-            let s = TcpStream::connect(&self.address)?;
-            s.set_read_timeout(timeout)?;
-            Box::new(s)
-        };
+        let mut stream = self.connect()?;
         stream.write_all(raw.as_bytes())?;
         Ok(stream)
     }

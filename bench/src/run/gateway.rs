@@ -192,6 +192,15 @@ impl Gateway {
         })
     }
 
+    /// [`Gateway::start`], then waits until `model` has a ready instance.
+    pub fn start_ready(bin_dir: &Path, dir: &Path, config: &str, model: &str) -> Result<Gateway> {
+        let g = Gateway::start(bin_dir, dir, config)?;
+        g.wait_for(model, "a ready instance", |s| {
+            s["ready_instances"].as_u64() >= Some(1)
+        })?;
+        Ok(g)
+    }
+
     /// `/admin/status`'s entry for `model`.
     pub fn status(&self, model: &str) -> Result<Value> {
         let body = get(&self.admin, "/admin/status")?;

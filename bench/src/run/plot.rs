@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const PALETTE: [RGBColor; 6] = [
@@ -60,63 +62,52 @@ pub fn lines(
         .y_label_area_size(56);
     if log_x {
         let x0 = x0.max(1e-3);
-        let mut chart = builder
+        let chart = builder
             .build_cartesian_2d((x0..x1.max(x0 * 1.01)).log_scale(), 0.0..y1)
             .map_err(fail)?;
-        chart
-            .configure_mesh()
-            .x_desc(x)
-            .y_desc(y)
-            .draw()
-            .map_err(fail)?;
-        for (i, s) in series.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    s.points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(fail)?
-                .label(s.name.clone())
-                .legend(move |(a, b)| {
-                    PathElement::new(vec![(a, b), (a + 16, b)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(fail)?;
+        draw_lines(chart, x, y, series)?;
     } else {
-        let mut chart = builder.build_cartesian_2d(x0..x1, 0.0..y1).map_err(fail)?;
-        chart
-            .configure_mesh()
-            .x_desc(x)
-            .y_desc(y)
-            .draw()
-            .map_err(fail)?;
-        for (i, s) in series.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    s.points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(fail)?
-                .label(s.name.clone())
-                .legend(move |(a, b)| {
-                    PathElement::new(vec![(a, b), (a + 16, b)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(fail)?;
+        let chart = builder.build_cartesian_2d(x0..x1, 0.0..y1).map_err(fail)?;
+        draw_lines(chart, x, y, series)?;
     }
     root.present().map_err(fail)
+}
+
+/// The mesh, one line per series and the legend, on either x axis.
+fn draw_lines<'a, X>(
+    mut chart: ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RangedCoordf64>>,
+    x: &str,
+    y: &str,
+    series: &[Series],
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(x)
+        .y_desc(y)
+        .draw()
+        .map_err(fail)?;
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(fail)?
+            .label(s.name.clone())
+            .legend(move |(a, b)| {
+                PathElement::new(vec![(a, b), (a + 16, b)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(fail)
 }
 
 /// A bar chart, one bar per `(label, value)`.

@@ -198,10 +198,7 @@ fn warm(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Rep
         &[],
     );
     progress.set_message(format!("warm: starting the gateway ({})", model.name));
-    let g = Gateway::start(&args.bin_dir, &dir, &config)?;
-    g.wait_for(&model.name, "a ready instance", |s| {
-        s["ready_instances"].as_u64() >= Some(1)
-    })?;
+    let g = Gateway::start_ready(&args.bin_dir, &dir, &config, &model.name)?;
     let (path, body) = workload(model);
     let sat = args.length(10.0, 3.0);
     let clients = 16;
@@ -210,22 +207,7 @@ fn warm(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Rep
     let (thaw_capacity, thaw_sat) = capacity(&g.public, &path, &body, clients, sat)?;
 
     progress.set_message("warm: saturation straight to a worker (baseline)");
-    let worker = crate::cold_start::Spawned::start({
-        let mut cmd = std::process::Command::new(args.bin_dir.join("thaw-worker"));
-        cmd.arg("--model").arg(&model.source).args([
-            "--name",
-            &model.name,
-            "--kind",
-            &model.kind,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        cmd
-    })?;
-    let direct = worker.wait("ready")?["address"]
-        .as_str()
-        .context("worker address")?
-        .to_string();
+    let (worker, direct) = direct_worker(args, model)?;
     let (direct_capacity, direct_sat) = capacity(&direct, &path, &body, clients, sat)?;
     drop(worker);
 
@@ -323,6 +305,29 @@ fn warm(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Rep
         markdown,
         plots,
     })
+}
+
+/// A `thaw-worker` of the model on its own (the baseline without the
+/// gateway), on a TCP port: the process and its address.
+fn direct_worker(
+    args: &RunArgs,
+    model: &super::gateway::ModelUnderTest,
+) -> Result<(crate::cold_start::Spawned, String)> {
+    let mut cmd = std::process::Command::new(args.bin_dir.join("thaw-worker"));
+    cmd.arg("--model").arg(&model.source).args([
+        "--name",
+        &model.name,
+        "--kind",
+        &model.kind,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let worker = crate::cold_start::Spawned::start(cmd)?;
+    let address = worker.wait("ready")?["address"]
+        .as_str()
+        .context("worker address")?
+        .to_string();
+    Ok((worker, address))
 }
 
 /// `cold`: the cold-start benchmark (`thaw-bench cold-start`) on the model
@@ -447,10 +452,7 @@ fn overload(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result
         &[("timeout", text("2s"))],
     );
     progress.set_message("overload: starting the gateway");
-    let g = Gateway::start(&args.bin_dir, &dir, &config)?;
-    g.wait_for(&model.name, "a ready instance", |s| {
-        s["ready_instances"].as_u64() >= Some(1)
-    })?;
+    let g = Gateway::start_ready(&args.bin_dir, &dir, &config, &model.name)?;
     // A heavier request where the model allows (eight sentences), so that
     // 5× the capacity is a rate the load generator can keep beside thaw.
     let (path, body) = heavy_workload(model);
@@ -618,10 +620,7 @@ fn scale_out(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Resul
     );
     progress.set_message("scale-out: one instance's capacity");
     let per_instance = {
-        let g = Gateway::start(&args.bin_dir, &dir.join("warm"), &warm_config)?;
-        g.wait_for(&model.name, "a ready instance", |s| {
-            s["ready_instances"].as_u64() >= Some(1)
-        })?;
+        let g = Gateway::start_ready(&args.bin_dir, &dir.join("warm"), &warm_config, &model.name)?;
         let (path, body) = workload(model);
         capacity(&g.public, &path, &body, 16, args.length(5.0, 2.0))?.0
     };
@@ -743,10 +742,7 @@ fn overhead(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result
         &[],
     );
     progress.set_message("overhead: starting the gateway");
-    let g = Gateway::start(&args.bin_dir, &dir, &config)?;
-    g.wait_for(&model.name, "a ready instance", |s| {
-        s["ready_instances"].as_u64() >= Some(1)
-    })?;
+    let g = Gateway::start_ready(&args.bin_dir, &dir, &config, &model.name)?;
     let socket = find_socket(&dir.join("state"), &model.name)?;
     let (path, body) = workload(model);
     let nginx = Nginx::start(&dir.join("nginx"), &socket);
@@ -926,10 +922,7 @@ fn reload(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<R
         )
     };
     progress.set_message("reload: starting the gateway");
-    let g = Gateway::start(&args.bin_dir, &dir, &render(8))?;
-    g.wait_for(&model.name, "a ready instance", |s| {
-        s["ready_instances"].as_u64() >= Some(1)
-    })?;
+    let g = Gateway::start_ready(&args.bin_dir, &dir, &render(8), &model.name)?;
     let (path, body) = workload(model);
     let (cap, _) = capacity(&g.public, &path, &body, 8, args.length(4.0, 1.5))?;
     let rate = (cap * 0.5).max(1.0);
@@ -1011,26 +1004,8 @@ fn chat(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Rep
         &[],
     );
     progress.set_message("chat: starting the gateway and a worker");
-    let g = Gateway::start(&args.bin_dir, &dir, &config)?;
-    g.wait_for(&model.name, "a ready instance", |s| {
-        s["ready_instances"].as_u64() >= Some(1)
-    })?;
-    let worker = crate::cold_start::Spawned::start({
-        let mut cmd = std::process::Command::new(args.bin_dir.join("thaw-worker"));
-        cmd.arg("--model").arg(&model.source).args([
-            "--name",
-            &model.name,
-            "--kind",
-            "chat",
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        cmd
-    })?;
-    let direct = worker.wait("ready")?["address"]
-        .as_str()
-        .context("worker address")?
-        .to_string();
+    let g = Gateway::start_ready(&args.bin_dir, &dir, &config, &model.name)?;
+    let (worker, direct) = direct_worker(args, model)?;
     let reps = if args.quick { 5 } else { 20 };
     let tokens = if args.quick { 32 } else { 64 };
     let body = |max_tokens: usize| {

@@ -134,29 +134,34 @@ impl<'a> QMatrix<'a> {
             return;
         }
         // Computed output-major (`rows × m`) so that each task owns a
-        // contiguous range, then transposed when there is more than one row.
+        // contiguous range; for one row that is `out` itself, for more it is
+        // transposed into `out` afterwards.
+        if m == 1 {
+            self.product_output_major(x, out, parallel);
+            return;
+        }
         let mut transposed = vec![0.0f32; self.rows * m];
+        self.product_output_major(x, &mut transposed, parallel);
+        for (j, column) in transposed.chunks_exact(m).enumerate() {
+            for (r, &v) in column.iter().enumerate() {
+                out[r * self.rows + j] = v;
+            }
+        }
+    }
+
+    /// The product into `dst` as `rows × m` (output-major), in tasks of
+    /// [`COLUMNS_PER_TASK`] outputs.
+    fn product_output_major(&self, x: &Q8Rows, dst: &mut [f32], parallel: bool) {
+        let m = x.rows;
         let chunk = COLUMNS_PER_TASK;
         let task = |(t, dst): (usize, &mut [f32])| {
             let start = t * chunk;
             self.product_columns(x, start..start + dst.len() / m, dst);
         };
         if parallel && self.rows > chunk {
-            transposed
-                .par_chunks_mut(chunk * m)
-                .enumerate()
-                .for_each(task);
+            dst.par_chunks_mut(chunk * m).enumerate().for_each(task);
         } else {
-            transposed.chunks_mut(chunk * m).enumerate().for_each(task);
-        }
-        if m == 1 {
-            out.copy_from_slice(&transposed);
-        } else {
-            for (j, column) in transposed.chunks_exact(m).enumerate() {
-                for (r, &v) in column.iter().enumerate() {
-                    out[r * self.rows + j] = v;
-                }
-            }
+            dst.chunks_mut(chunk * m).enumerate().for_each(task);
         }
     }
 
@@ -357,6 +362,23 @@ mod avx2 {
         bytemuck::pod_read_unaligned(&bytes[..16])
     }
 
+    /// Calls the kernel monomorphized for `n` rows (1 to [`ROWS`]) with
+    /// the CPU's features enabled.
+    macro_rules! rows_of {
+        ($n:expr, $simd:expr, $kernel:ident($($arg:expr),*)) => {
+            match $n {
+                1 => $simd.vectorize(|| $kernel::<1>($($arg),*)),
+                2 => $simd.vectorize(|| $kernel::<2>($($arg),*)),
+                3 => $simd.vectorize(|| $kernel::<3>($($arg),*)),
+                4 => $simd.vectorize(|| $kernel::<4>($($arg),*)),
+                5 => $simd.vectorize(|| $kernel::<5>($($arg),*)),
+                6 => $simd.vectorize(|| $kernel::<6>($($arg),*)),
+                7 => $simd.vectorize(|| $kernel::<7>($($arg),*)),
+                _ => $simd.vectorize(|| $kernel::<8>($($arg),*)),
+            }
+        };
+    }
+
     pub(super) fn nibbles(
         format: Format,
         w: &[u8],
@@ -368,16 +390,7 @@ mod avx2 {
         let Some(simd) = V3::try_new() else {
             return super::portable::nibbles(format, w, x, first, n, sums);
         };
-        match n {
-            1 => simd.vectorize(|| nibbles_rows::<1>(simd, format, w, x, first, sums)),
-            2 => simd.vectorize(|| nibbles_rows::<2>(simd, format, w, x, first, sums)),
-            3 => simd.vectorize(|| nibbles_rows::<3>(simd, format, w, x, first, sums)),
-            4 => simd.vectorize(|| nibbles_rows::<4>(simd, format, w, x, first, sums)),
-            5 => simd.vectorize(|| nibbles_rows::<5>(simd, format, w, x, first, sums)),
-            6 => simd.vectorize(|| nibbles_rows::<6>(simd, format, w, x, first, sums)),
-            7 => simd.vectorize(|| nibbles_rows::<7>(simd, format, w, x, first, sums)),
-            _ => simd.vectorize(|| nibbles_rows::<8>(simd, format, w, x, first, sums)),
-        }
+        rows_of!(n, simd, nibbles_rows(simd, format, w, x, first, sums))
     }
 
     pub(super) fn q8_0(
@@ -391,16 +404,7 @@ mod avx2 {
         let Some(simd) = V3::try_new() else {
             return super::portable::q8_0(format, w, x, first, n, sums);
         };
-        match n {
-            1 => simd.vectorize(|| q8_0_rows::<1>(simd, w, x, first, sums)),
-            2 => simd.vectorize(|| q8_0_rows::<2>(simd, w, x, first, sums)),
-            3 => simd.vectorize(|| q8_0_rows::<3>(simd, w, x, first, sums)),
-            4 => simd.vectorize(|| q8_0_rows::<4>(simd, w, x, first, sums)),
-            5 => simd.vectorize(|| q8_0_rows::<5>(simd, w, x, first, sums)),
-            6 => simd.vectorize(|| q8_0_rows::<6>(simd, w, x, first, sums)),
-            7 => simd.vectorize(|| q8_0_rows::<7>(simd, w, x, first, sums)),
-            _ => simd.vectorize(|| q8_0_rows::<8>(simd, w, x, first, sums)),
-        }
+        rows_of!(n, simd, q8_0_rows(simd, w, x, first, sums))
     }
 
     /// `N` rows of activations: quantized values, scales, scaled sums.
