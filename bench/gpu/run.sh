@@ -6,8 +6,11 @@
 # GPU inventory, CUDA context creation, the host-to-device copy ceiling
 # (PyTorch, pinned and pageable), and thaw's upload bandwidth from the page
 # cache for synthetic snapshots of SIZES GB (random bytes) with its ratio to
-# the ceiling; standby activation, hibernation and SmolLM2 on the GPU are
-# reported as not built yet. Under 8 minutes on an H200 with SIZES="1 16".
+# the ceiling; standby activation to first output for synthetic BERT
+# models of MiniLM's, BERT-large's and a 1.3 B shape (synthetic_bert.py)
+# against a plain worker process started on the same model (on the CPU
+# when there is no GPU); hibernation and SmolLM2 on the GPU are reported
+# as not built yet. Under 8 minutes on an H200 with SIZES="1 16".
 #
 #   bench/gpu/run.sh WORKER [OUT] [SIZES]
 set -euo pipefail

@@ -9,10 +9,16 @@ import argparse
 import json
 import os
 import platform
+import queue
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+
+import synthetic_bert
 
 CHUNK = 64 << 20
 
@@ -146,6 +152,117 @@ def upload(worker, path):
     return json.loads(p.stdout)
 
 
+class Worker:
+    """A thaw-worker process whose stdout JSON lines are read on a thread."""
+
+    def __init__(self, cmd, env):
+        self.started = time.perf_counter()
+        self.p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            try:
+                self.lines.put((time.perf_counter(), json.loads(line)))
+            except ValueError:
+                pass
+        self.lines.put((time.perf_counter(), None))
+
+    def wait(self, event, timeout=120):
+        """(when, message) of the next `event` line."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            when, message = self.lines.get(timeout=max(0.0, deadline - time.perf_counter()))
+            if message is None:
+                raise RuntimeError(f"exited before {event!r}: {self.p.stderr.read()[-500:]}")
+            if message.get("event") == event:
+                return when, message
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+
+
+def embed(sock, text="the quick brown fox"):
+    """One /v1/embeddings request over a unix socket; the time it took."""
+    body = json.dumps({"model": "synthetic", "input": [text]}).encode()
+    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    t = time.perf_counter()
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(sock)
+    s.sendall(head + body)
+    data = b""
+    while True:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    status = int(data.split(b" ", 2)[1])
+    if status != 200:
+        raise RuntimeError(f"the embedding request answered {status}: {data[-300:]!r}")
+    return time.perf_counter() - t
+
+
+def standby_activation(worker, device, shapes):
+    """For each synthetic BERT shape: a standby process on `device` (its
+    context made ahead), activated with the model, to its first output;
+    against a plain worker process started on the model (the cold start
+    without a standby pool). Milliseconds."""
+    out = {"device": device}
+    for shape in shapes:
+        with tempfile.TemporaryDirectory() as d:
+            model = os.path.join(d, "model")
+            made = synthetic_bert.make(model, shape)
+            with open(os.path.join(model, "model.safetensors"), "rb") as f:
+                while f.read(CHUNK):  # into the page cache, as a snapshot would be
+                    pass
+            sock = os.path.join(d, "w.sock")
+            env = worker_env()
+            w = Worker([worker, "--standby", "--device", device, "--lifeline"], env)
+            try:
+                t_standby, standby = w.wait("standby")
+                activation = {"model": model, "name": "synthetic", "kind": "embedding", "listen": f"unix:{sock}"}
+                t_activate = time.perf_counter()
+                w.p.stdin.write(json.dumps(activation) + "\n")
+                w.p.stdin.flush()
+                t_ready, ready = w.wait("ready")
+                embed(sock)
+                t_first = time.perf_counter()
+                warm = min(embed(sock) for _ in range(5))
+            finally:
+                w.stop()
+            os.remove(sock) if os.path.exists(sock) else None
+            plain = Worker([worker, "--model", model, "--name", "synthetic", "--device", device,
+                            "--listen", f"unix:{sock}"], env)
+            try:
+                t_plain_ready, _ = plain.wait("ready")
+                embed(sock)
+                t_plain_first = time.perf_counter()
+            finally:
+                plain.stop()
+            activation_ms = (t_first - t_activate) * 1e3
+            plain_ms = (t_plain_first - plain.started) * 1e3
+            out[shape] = {
+                **made,
+                "standby_process_to_ready_ms": round((t_standby - w.started) * 1e3, 1),
+                "standby_context_ms": round(standby["context_ms"], 1),
+                "activation_to_ready_ms": round((t_ready - t_activate) * 1e3, 1),
+                "worker_load_ms": round(ready["load_ms"], 1),
+                "activation_to_first_output_ms": round(activation_ms, 1),
+                "warm_request_ms": round(warm * 1e3, 2),
+                "plain_start_to_first_output_ms": round(plain_ms, 1),
+                "plain_start_to_ready_ms": round((t_plain_ready - plain.started) * 1e3, 1),
+                "plain_vs_activation": round(plain_ms / activation_ms, 2),
+            }
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
@@ -173,7 +290,15 @@ def main():
     for u in uploads.values():
         if isinstance(u, dict) and ceiling and isinstance(u.get("thaw_upload"), dict) and "gb_per_s" in u["thaw_upload"]:
             u["thaw_upload_vs_ceiling"] = round(u["thaw_upload"]["gb_per_s"] / ceiling, 3)
-    for name in ("standby_activation", "hibernate_resume", "smollm2_gpu_tokens_per_s"):
+    gpus = report.get("inventory", {}).get("gpus") or []
+    if gpus:
+        step(report, "standby_activation",
+             lambda: standby_activation(args.worker, "cuda:0", ["minilm", "large", "xl"]))
+    else:
+        # No GPU: the same protocol on the CPU, so the step itself is
+        # exercised (the figures are the CPU's, and say so).
+        step(report, "standby_activation", lambda: standby_activation(args.worker, "cpu", ["minilm"]))
+    for name in ("hibernate_resume", "smollm2_gpu_tokens_per_s"):
         report[name] = {"skipped": "not built yet: the GPU issue adds it"}
     with open(os.path.join(args.out, "gpu.json"), "w") as f:
         json.dump(report, f, indent=1)

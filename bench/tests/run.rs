@@ -63,8 +63,9 @@ fn a_quick_cold_run_writes_its_report() {
 }
 
 /// The GPU suite on a machine without a GPU (and a worker without CUDA):
-/// a report whose every GPU figure says why it is missing, and the
-/// synthetic snapshot written and removed.
+/// a report whose every GPU figure says why it is missing, standby
+/// activation measured on the CPU instead, and the synthetic snapshot
+/// written and removed.
 #[test]
 fn the_gpu_suite_says_why_without_a_gpu() {
     let out = tempfile::tempdir().expect("temp dir");
@@ -84,7 +85,20 @@ fn the_gpu_suite_says_why_without_a_gpu() {
     let upload = &report["uploads"]["0.07gb"];
     assert_eq!(upload["bytes"], 64 << 20);
     assert!(upload["thaw_upload"]["skipped"].is_string(), "{upload}");
-    assert!(report["standby_activation"]["skipped"].is_string());
+    // Standby activation runs on the CPU instead, with a synthetic
+    // MiniLM-shaped model: the process, its activation, its first output.
+    let standby = &report["standby_activation"];
+    assert_eq!(standby["device"], "cpu", "{standby}");
+    let minilm = &standby["minilm"];
+    assert_eq!(minilm["parameters"], 22_565_376, "{standby}");
+    for figure in [
+        "activation_to_first_output_ms",
+        "plain_start_to_first_output_ms",
+        "standby_context_ms",
+    ] {
+        let ms = minilm[figure].as_f64().unwrap_or(-1.0);
+        assert!(ms > 0.0, "{figure}: {standby}");
+    }
     let left: Vec<_> = std::fs::read_dir(out.path())
         .expect("out dir")
         .flatten()

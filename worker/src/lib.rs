@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod gpu;
 pub mod models;
 pub mod serve;
+pub mod standby;
 pub mod template;
 
 pub use batcher::{BatchConfig, Batcher};

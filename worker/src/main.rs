@@ -10,6 +10,7 @@ use thaw_snapshot::ModelKind;
 use thaw_worker::api::Limits;
 use thaw_worker::models::parse_device;
 use thaw_worker::serve::{self, ListenAddr, WorkerOptions};
+use thaw_worker::standby::{self, StandbyOptions};
 use thaw_worker::template::{self, TemplateOptions};
 use thaw_worker::{BatchConfig, LoadOptions};
 
@@ -18,7 +19,7 @@ use thaw_worker::{BatchConfig, LoadOptions};
 #[command(name = "thaw-worker", version)]
 struct Args {
     /// The model directory (safetensors + configs, a tabular manifest, or a GGUF).
-    #[arg(long, required_unless_present_any = ["gpu_info", "upload_bench"])]
+    #[arg(long, required_unless_present_any = ["gpu_info", "upload_bench", "standby"])]
     model: Option<PathBuf>,
     /// HOST:PORT or unix:PATH.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -49,6 +50,11 @@ struct Args {
     /// `--listen` is then ignored: each fork request names its socket.
     #[arg(long, value_name = "unix:PATH")]
     template: Option<ListenAddr>,
+    /// Run as a standby process instead: make the device ready (on a GPU,
+    /// create its context), then wait for one activation line (JSON: model,
+    /// name, kind, listen) on stdin and serve that model.
+    #[arg(long, conflicts_with_all = ["model", "template"])]
+    standby: bool,
     /// Stdin is a pipe whose write end the supervisor holds: stop when it
     /// closes (the supervisor has gone).
     #[arg(long)]
@@ -99,6 +105,22 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     die_with_parent()?;
+    let batch = BatchConfig {
+        max_batch_size: args.max_batch_size,
+        max_wait: Duration::from_millis(args.max_wait_ms),
+    };
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        max_inputs: args.max_inputs,
+    };
+    if args.standby {
+        return standby::run(StandbyOptions {
+            device: args.device,
+            batch,
+            limits,
+            lifeline: args.lifeline,
+        });
+    }
     let model = args.model.context("--model is required")?;
     let name = match args.name {
         Some(name) => name,
@@ -117,14 +139,8 @@ fn main() -> anyhow::Result<()> {
         },
         name,
         listen: args.listen,
-        batch: BatchConfig {
-            max_batch_size: args.max_batch_size,
-            max_wait: Duration::from_millis(args.max_wait_ms),
-        },
-        limits: Limits {
-            max_body_bytes: args.max_body_bytes,
-            max_inputs: args.max_inputs,
-        },
+        batch,
+        limits,
         lifeline: args.lifeline,
     };
     if let Some(control) = args.template {

@@ -234,7 +234,18 @@ impl Prepared {
 /// Runs the worker until a shutdown signal; returns once in-flight requests
 /// have finished.
 pub async fn run(options: WorkerOptions) -> Result<(), ServeError> {
-    serve(options, None, Instant::now()).await
+    serve(options, None, serde_json::Map::new(), Instant::now()).await
+}
+
+/// Runs a worker that loads its model now, with `timings` joining its
+/// ready message and `load_ms` counted from `started` (a standby process
+/// activated at that instant).
+pub async fn run_with_timings(
+    options: WorkerOptions,
+    timings: serde_json::Map<String, serde_json::Value>,
+    started: Instant,
+) -> Result<(), ServeError> {
+    serve(options, None, timings, started).await
 }
 
 /// Runs a worker for a model that is already built (a child forked from a
@@ -246,12 +257,13 @@ pub async fn run_prebuilt(
     timings: serde_json::Map<String, serde_json::Value>,
     started: Instant,
 ) -> Result<(), ServeError> {
-    serve(options, Some((model, timings)), started).await
+    serve(options, Some(model), timings, started).await
 }
 
 async fn serve(
     options: WorkerOptions,
-    prebuilt: Option<(Prepared, serde_json::Map<String, serde_json::Value>)>,
+    prebuilt: Option<Prepared>,
+    timings: serde_json::Map<String, serde_json::Value>,
     start: Instant,
 ) -> Result<(), ServeError> {
     let kind = match options.model.kind {
@@ -279,16 +291,15 @@ async fn serve(
         }
     };
 
-    let (loading, timings) = match prebuilt {
+    let loading = match prebuilt {
         // Built already: only the batcher's thread to start.
-        Some((model, timings)) => {
+        Some(model) => {
             let started = model.start(&options);
-            (tokio::spawn(async move { started }), timings)
+            tokio::spawn(async move { started })
         }
         None => {
             let options = options.clone();
-            let loading = tokio::task::spawn_blocking(move || load(&options));
-            (loading, serde_json::Map::new())
+            tokio::task::spawn_blocking(move || load(&options))
         }
     };
     let signal = shutdown_signal(options.lifeline);

@@ -1,0 +1,176 @@
+//! A standby worker: a process started ahead of demand with its device made
+//! ready — on a GPU its CUDA context created and its first kernel run — that
+//! waits for the model it is to serve. GPU models cannot use templates (a
+//! CUDA context does not survive `fork`), so the supervisor keeps standby
+//! processes per GPU instead and activates one on a scale-up: the context's
+//! cost (hundreds of milliseconds on a GPU) is paid before any request
+//! waits for it.
+//!
+//! The protocol is stdin, the same pipe that is the worker's lifeline: the
+//! process prints `{"event":"standby",...}` once ready, then reads one JSON
+//! line, an [`Activation`]; from then on it is a worker like any other and
+//! prints the usual `listening` and `ready` lines (`"tier":"standby"`, with
+//! `context_ms` and `standby_ms` beside `load_ms`). End-of-file before an
+//! activation means the supervisor has gone: the process exits quietly.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+use serde_json::json;
+use thaw_snapshot::ModelKind;
+
+use crate::api::Limits;
+use crate::models::{parse_device, LoadOptions};
+use crate::serve::{self, announce, ListenAddr, WorkerOptions};
+use crate::BatchConfig;
+
+/// A standby process's settings: everything but the model.
+#[derive(Debug, Clone)]
+pub struct StandbyOptions {
+    /// The device to make ready (`cpu`, `cuda:N`).
+    pub device: String,
+    /// Batching knobs of the worker it becomes.
+    pub batch: BatchConfig,
+    /// Request limits of the worker it becomes.
+    pub limits: Limits,
+    /// Stdin is also the lifeline once activated.
+    pub lifeline: bool,
+}
+
+/// What the supervisor sends to activate a standby process: one line of
+/// JSON on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Activation {
+    /// The model directory or snapshot to serve.
+    pub model: PathBuf,
+    /// The name clients use.
+    pub name: String,
+    /// The kind, when the supervisor knows it.
+    #[serde(default)]
+    pub kind: Option<ModelKind>,
+    /// Where to listen: `HOST:PORT` or `unix:PATH`.
+    pub listen: String,
+}
+
+impl Activation {
+    /// Parses one activation line.
+    pub fn parse(line: &str) -> anyhow::Result<Activation> {
+        let activation: Activation =
+            serde_json::from_str(line.trim()).context("the activation line is not valid")?;
+        anyhow::ensure!(
+            !activation.name.is_empty(),
+            "the activation names no model (\"name\" is empty)"
+        );
+        Ok(activation)
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// Makes `device` ready for the first model: on a GPU this creates the
+/// context (in `parse_device`) and runs a first kernel, so that lazily
+/// loaded modules and handles exist before a request needs them.
+fn prepare(device: &Device) -> anyhow::Result<()> {
+    let probe = Tensor::ones(16, DType::F32, device)?.sum_all()?;
+    let sum = probe.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    anyhow::ensure!(sum == 16.0, "the device computed {sum} for 16 ones");
+    Ok(())
+}
+
+/// Runs a standby process: prepares the device, announces it, waits for
+/// an activation on stdin and serves that model until shutdown.
+pub fn run(options: StandbyOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let device = parse_device(&options.device)?;
+    prepare(&device).with_context(|| format!("preparing {}", options.device))?;
+    let context_ms = ms(started);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("thaw-worker-io")
+        .build()
+        .context("starting the runtime")?;
+    announce(json!({
+        "event": "standby",
+        "pid": std::process::id(),
+        "device": options.device,
+        "context_ms": context_ms,
+    }));
+    tracing::info!(device = %options.device, context_ms, "standby");
+
+    let waiting = Instant::now();
+    let mut line = String::new();
+    let read = std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the activation")?;
+    if read == 0 {
+        tracing::info!("the supervisor has gone before activating this standby process");
+        return Ok(());
+    }
+    let activated = Instant::now();
+    let standby_ms = waiting.elapsed().as_secs_f64() * 1e3;
+    let activation = Activation::parse(&line)?;
+    let listen: ListenAddr = activation
+        .listen
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("the activation's listen address: {e}"))?;
+    let worker = WorkerOptions {
+        model: LoadOptions {
+            dir: activation.model,
+            kind: activation.kind,
+            device,
+        },
+        name: activation.name,
+        listen,
+        batch: options.batch,
+        limits: options.limits,
+        lifeline: options.lifeline,
+    };
+    let mut timings = serde_json::Map::new();
+    timings.insert("tier".into(), json!("standby"));
+    timings.insert("device".into(), json!(options.device));
+    timings.insert("context_ms".into(), json!(context_ms));
+    timings.insert("standby_ms".into(), json!(standby_ms));
+    runtime.block_on(serve::run_with_timings(worker, timings, activated))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_lines() {
+        let a = Activation::parse(
+            r#"{"model": "/m", "name": "minilm", "kind": "embedding", "listen": "unix:/s"}"#,
+        )
+        .expect("valid");
+        assert_eq!(a.model, PathBuf::from("/m"));
+        assert_eq!(a.kind, Some(ModelKind::Embedding));
+        let bare = Activation::parse("{\"model\":\"/m\",\"name\":\"x\",\"listen\":\"unix:/s\"}\n")
+            .expect("kind is optional");
+        assert_eq!(bare.kind, None);
+        for bad in [
+            "",
+            "{",
+            r#"{"model": "/m", "listen": "unix:/s"}"#,
+            r#"{"model": "/m", "name": "", "listen": "unix:/s"}"#,
+            r#"{"model": "/m", "name": "x", "listen": "unix:/s", "extra": 1}"#,
+            r#"{"model": "/m", "name": "x", "kind": "vision", "listen": "unix:/s"}"#,
+        ] {
+            assert!(Activation::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_cpu_is_prepared() {
+        prepare(&Device::Cpu).expect("a CPU computes 16 ones");
+    }
+}
