@@ -19,6 +19,10 @@
 # threads), DURATION each, ROUNDS rounds; the targets alternate within a
 # round so that the machine's noise hits all of them alike.
 #
+# The wrk runs also divide the CPU time (user + system, from /proc) that
+# the gateway, nginx and the worker spent during the run by its requests:
+# the proxies' cost per request, and what each one costs the worker.
+#
 # Env: DURATION (10s), CONNS (16), WRK_THREADS (2), ROUNDS (3), WARMUP (2s),
 # CARGO_TARGET_DIR as for any cargo command. Needs wrk, nginx, jq, curl.
 set -euo pipefail
@@ -147,14 +151,41 @@ done = function(summary, latency, requests)
 end
 EOF
 
+# CPU time (user + system, clock ticks) spent so far by the gateway, by
+# nginx's processes and by thaw-worker processes (thaw's worker, its
+# template, the direct one), as JSON: the wrk runs divide the difference
+# over a run by its requests, so each proxy's cost per request shows beside
+# the worker's.
+cpu_ticks() {
+    local thaw=0 nginx=0 worker=0 stat comm rest f
+    for f in /proc/[0-9]*/stat; do
+        stat="$(cat "$f" 2>/dev/null)" || continue
+        comm="${stat#*(}" comm="${comm%%)*}" rest="${stat##*) }"
+        # shellcheck disable=SC2086
+        set -- $rest
+        case "$comm" in
+            thaw) thaw=$((thaw + ${12} + ${13})) ;;
+            nginx) nginx=$((nginx + ${12} + ${13})) ;;
+            thaw-worker) worker=$((worker + ${12} + ${13})) ;;
+        esac
+    done
+    echo "{\"thaw\":$thaw,\"nginx\":$nginx,\"worker\":$worker}"
+}
+
 # wrk_run TARGET CONNS THREADS ROUND: one wrk run, appended to the results.
 wrk_run() {
-    local t="$1" c="$2" th="$3" r="$4" line
+    local t="$1" c="$2" th="$3" r="$4" line before after
+    before="$(cpu_ticks)"
     line="$(wrk -t"$th" -c"$c" -d"$duration" --latency -s "$work/post.lua" "http://${addr[$t]}$path" |
         sed -n 's/^JSON //p')"
+    after="$(cpu_ticks)"
     jq -c --arg t "$t" --argjson c "$c" --argjson r "$r" \
-        '{tool: "wrk", target: $t, conns: $c, round: $r, p50, p90, p99,
-          rps: (.requests / (.duration_us / 1e6)), bad: (.non2xx + .socket_errors)}' \
+        --argjson before "$before" --argjson after "$after" --argjson hz "$(getconf CLK_TCK)" '
+        def per_request(k): ((($after[k] - $before[k]) / $hz * 1e6 / .requests) * 10 | round / 10);
+        {tool: "wrk", target: $t, conns: $c, round: $r, p50, p90, p99,
+          rps: (.requests / (.duration_us / 1e6)), bad: (.non2xx + .socket_errors),
+          thaw_cpu: per_request("thaw"), nginx_cpu: per_request("nginx"),
+          worker_cpu: per_request("worker")}' \
         <<<"$line" | tee -a "$work/results.jsonl" >&2
 }
 
@@ -200,13 +231,19 @@ jq -rs '
   def order: {"direct-unix": 0, "direct-tcp": 1, thaw: 2, nginx: 3}[.];
   group_by([.tool, .conns, .target]) | map({tool: .[0].tool, conns: .[0].conns,
       target: .[0].target, p50: med(.p50), p90: med(.p90), p99: med(.p99),
-      rps: med(.rps), bad: (map(.bad) | add)}) as $rows
+      rps: med(.rps), bad: (map(.bad) | add),
+      cpu: (if .[0].tool == "wrk" then
+              {thaw: med(.thaw_cpu), nginx: med(.nginx_cpu), worker: med(.worker_cpu)}
+            else null end)}) as $rows
   | ($rows | map({key: "\(.tool)/\(.conns)/\(.target)", value: .}) | from_entries) as $m
   | def vs(t): $m["\(.tool)/\(.conns)/\(t)"].p50 as $b | if $b == null then "-" else .p50 - $b end;
   (["tool", "conns", "target", "p50", "p90", "p99", "req/s", "failed",
-    "p50−direct-tcp", "p50−direct-unix", "req/s÷nginx"] | @tsv),
+    "p50−direct-tcp", "p50−direct-unix", "req/s÷nginx", "proxy-cpu-µs/req", "worker-cpu-µs/req"] | @tsv),
   ($rows | sort_by(.tool != "wrk", .conns, (.target | order))[]
     | [.tool, .conns, .target, .p50, .p90, .p99, (.rps | round), .bad,
        vs("direct-tcp"), vs("direct-unix"),
-       ((.rps / $m["\(.tool)/\(.conns)/nginx"].rps) * 100 | round / 100)] | @tsv)
+       ((.rps / $m["\(.tool)/\(.conns)/nginx"].rps) * 100 | round / 100),
+       (if .cpu == null then "-" elif .target == "thaw" then .cpu.thaw
+        elif .target == "nginx" then .cpu.nginx else 0 end),
+       (if .cpu == null then "-" else .cpu.worker end)] | @tsv)
 ' "$work/results.jsonl" | column -t -s $'\t'
