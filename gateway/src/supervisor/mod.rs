@@ -8,6 +8,7 @@ pub mod health;
 pub mod pool;
 pub mod process;
 pub mod snapshots;
+pub mod standby;
 pub mod template;
 
 pub use pool::{InstanceInfo, Pool, PoolEvents, PoolPaths, TemplateInfo};

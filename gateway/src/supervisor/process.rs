@@ -113,6 +113,16 @@ pub struct ProcessHandle {
 }
 
 impl ProcessHandle {
+    /// A handle to this process's child `pid`, whose exit is published on
+    /// `exit` (by [`reap`]).
+    pub(crate) fn child(pid: u32, exit: watch::Receiver<Option<String>>) -> Self {
+        ProcessHandle {
+            pid,
+            pidfd: None,
+            exit,
+        }
+    }
+
     /// Resolves when the process has exited, with how.
     pub async fn exited(&self) -> Option<String> {
         let mut rx = self.exit.clone();
@@ -172,7 +182,7 @@ fn signal(pid: u32, sig: Signal) {
 /// copies a few hundred page-table entries instead of tens of thousands
 /// (MiniLM: fork 4.5 → 1.0 ms), and inference misses the TLB less. Added to
 /// whatever tunables the gateway was given.
-fn glibc_tunables() -> String {
+pub(crate) fn glibc_tunables() -> String {
     const HUGE_PAGES: &str = "glibc.malloc.hugetlb=1";
     match std::env::var("GLIBC_TUNABLES") {
         Ok(t) if !t.is_empty() && !t.contains("glibc.malloc.hugetlb") => {
@@ -353,7 +363,7 @@ pub(crate) async fn wait_event<R: AsyncRead + Unpin>(
 }
 
 /// Owns the child after ready: drains its stdout and publishes its exit.
-async fn reap(mut child: Child, mut lines: Lines, exit: watch::Sender<Option<String>>) {
+pub(crate) async fn reap(mut child: Child, mut lines: Lines, exit: watch::Sender<Option<String>>) {
     let drain = async { while let Ok(Some(_)) = lines.next_line().await {} };
     let (status, ()) = tokio::join!(child.wait(), drain);
     let status = match status {

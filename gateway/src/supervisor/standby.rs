@@ -1,0 +1,343 @@
+//! Standby processes: per device, a few `thaw-worker --standby` processes
+//! started ahead of demand, each with its device made ready (on a GPU, its
+//! CUDA context created, which does not survive `fork`, so GPU models have
+//! no template tier). A scale-up on that device takes one and activates it
+//! with the model's snapshot (one JSON line on its stdin, which then stays
+//! its lifeline), and the pool starts a replacement in the background.
+//!
+//! What the pool should start is a pure function of its target and what it
+//! holds ([`to_start`]); the processes themselves are [`StandbyProcess`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{watch, Notify};
+
+use super::process::{self, ProcessHandle, SpawnError, WorkerProcess, WorkerSpec};
+
+/// How many standby processes to start for a device that wants `target`,
+/// holds `ready` and is already starting `starting`.
+pub fn to_start(target: usize, ready: usize, starting: usize) -> usize {
+    target.saturating_sub(ready + starting)
+}
+
+/// A standby process that announced itself: its device is ready and it
+/// waits for an activation.
+#[derive(Debug)]
+pub struct StandbyProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// The device it made ready.
+    pub device: String,
+    /// Spawn to its `standby` message.
+    pub startup: Duration,
+    /// The process's own time to make the device ready.
+    pub context_ms: f64,
+    ready_at: Instant,
+    child: Child,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl StandbyProcess {
+    /// Starts `bin --standby` on `device` and waits for its `standby`
+    /// message; kills it after `timeout`.
+    pub async fn start(bin: &Path, device: &str, timeout: Duration) -> Result<Self, SpawnError> {
+        let what = format!("standby process on {device}");
+        let start = Instant::now();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--standby", "--lifeline", "--device", device])
+            .env("THAW_PARENT_PID", std::process::id().to_string())
+            .env("GLIBC_TUNABLES", process::glibc_tunables())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+            bin: bin.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or_default();
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(SpawnError::Died {
+                model: what,
+                status: "no stdin or stdout".into(),
+            });
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let waiting = process::wait_event(&mut lines, "standby");
+        let message = tokio::select! {
+            m = tokio::time::timeout(timeout, waiting) => m,
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                return Err(SpawnError::Died { model: what, status });
+            }
+        };
+        let message = match message {
+            Ok(Ok(message)) => message,
+            Ok(Err(reason)) => {
+                let _ = child.kill().await;
+                return Err(SpawnError::Died {
+                    model: what,
+                    status: reason,
+                });
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(SpawnError::Timeout {
+                    model: what,
+                    timeout,
+                });
+            }
+        };
+        Ok(StandbyProcess {
+            pid,
+            device: device.to_string(),
+            startup: start.elapsed(),
+            context_ms: message["context_ms"].as_f64().unwrap_or_default(),
+            ready_at: Instant::now(),
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Whether it is still waiting (it has not exited).
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How long it has waited.
+    pub fn idle(&self) -> Duration {
+        self.ready_at.elapsed()
+    }
+
+    /// Hands it `spec`'s model (a snapshot or source directory) to serve on
+    /// `socket`; returns the worker once it is ready, or fails (killing it)
+    /// after `timeout`.
+    pub async fn activate(
+        mut self,
+        spec: &WorkerSpec,
+        socket: &Path,
+        timeout: Duration,
+    ) -> Result<WorkerProcess, SpawnError> {
+        let start = Instant::now();
+        let activation = json!({
+            "model": spec.source,
+            "name": spec.model,
+            "kind": spec.kind.map(|k| k.as_str()),
+            "listen": format!("unix:{}", socket.display()),
+        });
+        let died = |status: String| SpawnError::Died {
+            model: spec.model.clone(),
+            status,
+        };
+        let line = format!("{activation}\n");
+        if let Err(e) = self.stdin.write_all(line.as_bytes()).await {
+            return Err(died(format!("the standby process took no activation: {e}")));
+        }
+        if let Err(e) = self.stdin.flush().await {
+            return Err(died(format!("the standby process took no activation: {e}")));
+        }
+        let waiting = process::wait_event(&mut self.lines, "ready");
+        let ready = tokio::select! {
+            r = tokio::time::timeout(timeout, waiting) => r,
+            status = self.child.wait() => {
+                return Err(died(status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())));
+            }
+        };
+        let message = match ready {
+            Ok(Ok(message)) => message,
+            Ok(Err(reason)) => {
+                let _ = self.child.kill().await;
+                return Err(died(reason));
+            }
+            Err(_) => {
+                let _ = self.child.kill().await;
+                return Err(SpawnError::Timeout {
+                    model: spec.model.clone(),
+                    timeout,
+                });
+            }
+        };
+        let StandbyProcess {
+            pid,
+            child,
+            stdin,
+            lines,
+            ..
+        } = self;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        tokio::spawn(async move {
+            // The write end of its lifeline lives as long as it does.
+            let _lifeline = stdin;
+            process::reap(child, lines, exit_tx).await;
+        });
+        Ok(WorkerProcess {
+            pid,
+            socket: socket.to_path_buf(),
+            startup: start.elapsed(),
+            load_ms: message["load_ms"].as_f64().unwrap_or_default(),
+            ready: message,
+            handle: ProcessHandle::child(pid, exit_rx),
+        })
+    }
+}
+
+/// The standby processes of every device, `per_device` each.
+#[derive(Debug)]
+pub struct StandbyPool {
+    bin: PathBuf,
+    per_device: usize,
+    timeout: Duration,
+    devices: Mutex<HashMap<String, Slots>>,
+    /// Notified whenever a start finishes, well or not.
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    ready: Vec<StandbyProcess>,
+    starting: usize,
+    /// The last start's failure, so a device that cannot start one is not
+    /// retried in a tight loop (cleared by a success).
+    failed_at: Option<Instant>,
+}
+
+/// How long a device whose standby process failed to start waits before
+/// the pool tries again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+
+impl StandbyPool {
+    /// A pool that keeps `per_device` standby processes of `bin` on each
+    /// device it is asked to fill.
+    pub fn new(bin: PathBuf, per_device: usize, timeout: Duration) -> Arc<Self> {
+        Arc::new(StandbyPool {
+            bin,
+            per_device,
+            timeout,
+            devices: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slots>> {
+        self.devices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A standby process on `device`, if one is ready; the pool refills in
+    /// the background.
+    pub fn take(self: &Arc<Self>, device: &str) -> Option<StandbyProcess> {
+        let taken = {
+            let mut devices = self.lock();
+            let slots = devices.entry(device.to_string()).or_default();
+            let mut taken = None;
+            while let Some(mut candidate) = slots.ready.pop() {
+                if candidate.is_alive() {
+                    taken = Some(candidate);
+                    break;
+                }
+                tracing::warn!(
+                    device,
+                    pid = candidate.pid,
+                    "a standby process died while waiting"
+                );
+            }
+            taken
+        };
+        self.fill(device);
+        taken
+    }
+
+    /// Standby processes ready and starting on `device`.
+    pub fn counts(&self, device: &str) -> (usize, usize) {
+        self.lock()
+            .get(device)
+            .map_or((0, 0), |s| (s.ready.len(), s.starting))
+    }
+
+    /// Resolves once `device` has `n` standby processes ready, or with
+    /// false when none is starting and fewer are ready (a start failed).
+    pub async fn wait_ready(&self, device: &str, n: usize) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (ready, starting) = self.counts(device);
+            if ready >= n {
+                return true;
+            }
+            if starting == 0 {
+                return false;
+            }
+            changed.await;
+        }
+    }
+
+    /// Starts what `device` lacks, in the background.
+    pub fn fill(self: &Arc<Self>, device: &str) {
+        let n = {
+            let mut devices = self.lock();
+            let slots = devices.entry(device.to_string()).or_default();
+            if slots
+                .failed_at
+                .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
+            {
+                return;
+            }
+            let n = to_start(self.per_device, slots.ready.len(), slots.starting);
+            slots.starting += n;
+            n
+        };
+        for _ in 0..n {
+            let pool = self.clone();
+            let device = device.to_string();
+            tokio::spawn(async move {
+                let started = StandbyProcess::start(&pool.bin, &device, pool.timeout).await;
+                let mut devices = pool.lock();
+                let slots = devices.entry(device.clone()).or_default();
+                slots.starting -= 1;
+                match started {
+                    Ok(process) => {
+                        tracing::info!(
+                            device,
+                            pid = process.pid,
+                            context_ms = process.context_ms,
+                            "standby process ready"
+                        );
+                        slots.failed_at = None;
+                        slots.ready.push(process);
+                    }
+                    Err(e) => {
+                        tracing::error!(device, "a standby process failed to start: {e}");
+                        slots.failed_at = Some(Instant::now());
+                    }
+                }
+                drop(devices);
+                pool.changed.notify_waiters();
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_starts_what_it_lacks() {
+        assert_eq!(to_start(2, 0, 0), 2);
+        assert_eq!(to_start(2, 1, 0), 1);
+        assert_eq!(to_start(2, 1, 1), 0);
+        assert_eq!(to_start(2, 3, 0), 0, "never negative");
+        assert_eq!(to_start(0, 0, 0), 0, "a pool of zero starts nothing");
+    }
+}
