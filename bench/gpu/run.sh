@@ -9,8 +9,10 @@
 # the ceiling; standby activation to first output for synthetic BERT
 # models of MiniLM's, BERT-large's and a 1.3 B shape (synthetic_bert.py)
 # against a plain worker process started on the same model (on the CPU
-# when there is no GPU); hibernation and SmolLM2 on the GPU are reported
-# as not built yet. Under 8 minutes on an H200 with SIZES="1 16".
+# when there is no GPU); hibernation (thaw-worker --hibernate / --resume
+# on a worker serving the BERT-large-shaped model: timings, GPU memory
+# released, same output after) where the driver supports it; SmolLM2 on the
+# GPU is reported as not built yet. Under 8 minutes on an H200 with SIZES="1 16".
 #
 #   bench/gpu/run.sh WORKER [OUT] [SIZES]
 set -euo pipefail

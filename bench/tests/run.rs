@@ -99,6 +99,13 @@ fn the_gpu_suite_says_why_without_a_gpu() {
         let ms = minilm[figure].as_f64().unwrap_or(-1.0);
         assert!(ms > 0.0, "{figure}: {standby}");
     }
+    // Hibernation needs a CUDA build on a GPU: the reason is the build's.
+    assert!(
+        report["hibernate_resume"]["skipped"]
+            .as_str()
+            .is_some_and(|r| r.contains("cuda feature")),
+        "{report}"
+    );
     let left: Vec<_> = std::fs::read_dir(out.path())
         .expect("out dir")
         .flatten()

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod batcher;
 pub mod gpu;
+pub mod hibernate;
 pub mod models;
 pub mod serve;
 pub mod standby;

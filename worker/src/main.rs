@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use thaw_snapshot::ModelKind;
 use thaw_worker::api::Limits;
+use thaw_worker::hibernate;
 use thaw_worker::models::parse_device;
 use thaw_worker::serve::{self, ListenAddr, WorkerOptions};
 use thaw_worker::standby::{self, StandbyOptions};
@@ -19,7 +20,7 @@ use thaw_worker::{BatchConfig, LoadOptions};
 #[command(name = "thaw-worker", version)]
 struct Args {
     /// The model directory (safetensors + configs, a tabular manifest, or a GGUF).
-    #[arg(long, required_unless_present_any = ["gpu_info", "upload_bench", "standby"])]
+    #[arg(long, required_unless_present_any = ["gpu_info", "upload_bench", "standby", "hibernate", "resume"])]
     model: Option<PathBuf>,
     /// HOST:PORT or unix:PATH.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -66,6 +67,16 @@ struct Args {
     /// (JSON) and exit (the GPU suite).
     #[arg(long, value_name = "FILE")]
     upload_bench: Option<PathBuf>,
+    /// Hibernate the GPU worker with this pid (lock its CUDA calls, move
+    /// its device memory to host memory), print the timings (JSON), exit.
+    #[arg(long, value_name = "PID")]
+    hibernate: Option<u32>,
+    /// Resume a hibernated GPU worker (restore its device memory, unlock).
+    #[arg(long, value_name = "PID", conflicts_with = "hibernate")]
+    resume: Option<u32>,
+    /// How long `--hibernate` waits for the worker's CUDA calls in flight.
+    #[arg(long, default_value_t = 5000)]
+    lock_timeout_ms: u32,
 }
 
 /// When a supervisor started this worker (`THAW_PARENT_PID` set), ask the
@@ -87,6 +98,15 @@ fn die_with_parent() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a one-shot command's JSON; an `error` in it is the exit status.
+fn report(result: serde_json::Value) -> anyhow::Result<()> {
+    println!("{result}");
+    match result["error"].as_str() {
+        Some(e) => anyhow::bail!("{e}"),
+        None => Ok(()),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -97,8 +117,16 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     if args.gpu_info {
-        println!("{}", thaw_worker::gpu::inventory());
+        let mut info = thaw_worker::gpu::inventory();
+        info["hibernation"] = hibernate::support();
+        println!("{info}");
         return Ok(());
+    }
+    if let Some(pid) = args.hibernate {
+        return report(hibernate::hibernate(pid, args.lock_timeout_ms));
+    }
+    if let Some(pid) = args.resume {
+        return report(hibernate::resume(pid));
     }
     if let Some(file) = &args.upload_bench {
         println!("{}", thaw_worker::gpu::upload_bench(file, 0));
