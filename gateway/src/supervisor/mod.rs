@@ -10,5 +10,5 @@ pub mod process;
 pub mod snapshots;
 pub mod template;
 
-pub use pool::{InstanceInfo, Pool, PoolEvents, PoolPaths, TemplateInfo};
+pub use pool::{InstanceInfo, Pool, PoolEnv, PoolEvents, PoolPaths, TemplateInfo};
 pub use process::{spawn, ProcessHandle, SpawnError, WorkerProcess, WorkerSpec};
