@@ -7,6 +7,7 @@ pub mod admission;
 pub mod autoscaler;
 pub mod config;
 pub mod ctl;
+pub mod gpus;
 pub mod metrics;
 pub mod models;
 pub mod placement;

@@ -1,11 +1,8 @@
 //! Where a GPU instance goes: a pure function from the GPUs' inventory, the
-//! memory already promised to instances that are starting, the model's
-//! device request and its memory need, to a GPU — or the reason there is
-//! none (the gateway answers that with a 503 and Retry-After).
-//!
-//! Not wired to the supervisor yet: this build starts CPU workers only (the
-//! GPU issue adds the CUDA worker, the inventory from the driver, and the
-//! standby pool that uses this).
+//! memory already promised to thaw's instances, the model's device request
+//! and its memory need, to a GPU — or the reason there is none (the gateway
+//! answers that with a 503 and Retry-After). `crate::gpus` keeps the
+//! promises and calls this for every GPU instance the supervisor starts.
 
 use thaw_snapshot::ModelKind;
 
@@ -49,13 +46,36 @@ impl std::str::FromStr for DeviceRequest {
     }
 }
 
-/// How instances share GPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How instances share GPUs (`[gateway] gpu_placement`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Policy {
     /// The GPU with the most room: instances of a model spread out.
+    #[default]
     Spread,
     /// The fullest GPU that still fits: GPUs left whole for big models.
     Pack,
+}
+
+impl Policy {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Spread => "spread",
+            Policy::Pack => "pack",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spread" => Ok(Policy::Spread),
+            "pack" => Ok(Policy::Pack),
+            _ => Err(format!("{s:?} is not a placement policy (spread, pack)")),
+        }
+    }
 }
 
 /// Why no GPU was chosen.
@@ -96,8 +116,8 @@ pub fn memory_need(weights_bytes: u64, kind: ModelKind) -> u64 {
 }
 
 /// Chooses a GPU for an instance needing `need` bytes. `promised` is the
-/// memory of instances placed but not yet resident, per GPU index (the
-/// inventory's free memory does not show them yet).
+/// memory of thaw's instances placed since the inventory was read, per GPU
+/// index (the inventory's free memory does not show them).
 pub fn place(
     gpus: &[Gpu],
     promised: &[(u32, u64)],
@@ -160,6 +180,9 @@ mod tests {
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CUDA"] {
             assert!(bad.parse::<DeviceRequest>().is_err(), "{bad:?}");
         }
+        assert_eq!("pack".parse(), Ok(Policy::Pack));
+        assert_eq!("spread".parse::<Policy>().map(Policy::as_str), Ok("spread"));
+        assert!("balanced".parse::<Policy>().is_err());
     }
 
     /// name, inventory, promised, request, need, policy, expected.

@@ -1,6 +1,8 @@
-//! `/admin/status` (every model with its tier, instances, queue, in-flight
-//! count, cold starts and override; the config's version and hash; the
-//! last reload) and the gauges mirrored into `/metrics` before a scrape.
+//! `/admin/status` (every model with its tier, instances (and their GPUs),
+//! queue, in-flight count, cold starts, override and why it cannot start;
+//! the config's version and hash; the last reload; the GPUs with the
+//! memory promised on each) and the gauges mirrored into `/metrics` before
+//! a scrape.
 
 use serde_json::{json, Value};
 
@@ -38,7 +40,8 @@ impl Admin {
     pub fn status(&self) -> Value {
         let models: Vec<Value> = self.models.all().iter().map(|m| self.model(m)).collect();
         let (config, last_reload) = self.reloader.status_json();
-        json!({"config": config, "last_reload": last_reload, "models": models})
+        let gpus = self.models.runtime().gpus.status();
+        json!({"config": config, "last_reload": last_reload, "models": models, "gpus": gpus})
     }
 
     fn model(&self, m: &Model) -> Value {
@@ -60,6 +63,7 @@ impl Admin {
                     "id": i.id.0, "pid": i.pid, "state": i.state, "tier": "hot",
                     "started_from": i.started_from, "in_flight": in_flight,
                     "startup_ms": i.startup_ms, "age_s": i.age_s,
+                    "gpu": i.gpu.map(|g| g.0), "gpu_memory_bytes": i.gpu.map(|g| g.1),
                 })
             })
             .collect();
@@ -75,6 +79,7 @@ impl Admin {
         json!({
             "name": name,
             "kind": m.kind,
+            "device": m.config.device,
             "source": m.config.source.display().to_string(),
             "ready_instances": stats.ready_instances,
             "starting_instances": m.pool.starting(),
@@ -88,6 +93,7 @@ impl Admin {
             "override": m.override_state(),
             "accepting": !m.admission.is_closed(),
             "instances": instances,
+            "failure": m.pool.failure(),
             "tier": m.pool.tier(),
             "template": m.pool.template_info().map(|t| json!({
                 "tier": "template", "pid": t.pid,

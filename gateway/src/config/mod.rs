@@ -13,6 +13,8 @@ use std::time::Duration;
 use thaw_snapshot::ModelKind;
 use toml::Spanned;
 
+use crate::placement::{DeviceRequest, Policy};
+
 pub use locate::line_of;
 use schema::{RawConfig, RawModel, RawQueue, RawScaling};
 pub use units::{parse_duration, parse_size};
@@ -46,6 +48,8 @@ pub struct Gateway {
     pub admin_token: Option<Secret>,
     /// How long a shutdown waits for requests in flight and queued.
     pub shutdown_grace: Duration,
+    /// How GPU instances share the GPUs: `spread` or `pack`.
+    pub gpu_placement: Policy,
 }
 
 /// A value kept out of logs and `Debug` output (the admin token).
@@ -57,9 +61,6 @@ impl std::fmt::Debug for Secret {
         f.write_str("Secret(..)")
     }
 }
-
-/// The devices this build can run a model on.
-pub const DEVICES: &[&str] = &["cpu"];
 
 /// `[gateway]`'s liveness-probe knobs, resolved: a worker that stops
 /// answering (hung, not dead) is killed and replaced.
@@ -150,14 +151,23 @@ pub struct ModelConfig {
     pub source: PathBuf,
     /// The kind, when the config names it.
     pub kind: Option<ModelKind>,
-    /// `cpu`, `cuda`, `cuda:N`.
+    /// `cpu`, `cuda`, `cuda:N` (whether the GPUs exist is checked against
+    /// the inventory when the gateway starts or reloads: `crate::gpus`).
     pub device: String,
-    /// Per-instance memory cap, bytes.
+    /// Per-instance memory cap, bytes; on a GPU, the memory placement
+    /// reserves for each instance.
     pub memory_limit: Option<u64>,
     /// Scaling knobs.
     pub scaling: Scaling,
     /// Queue knobs.
     pub queue: QueuePolicy,
+}
+
+impl ModelConfig {
+    /// What `device` asks for (validated when the config was parsed).
+    pub fn device_request(&self) -> DeviceRequest {
+        self.device.parse().unwrap_or(DeviceRequest::Cpu)
+    }
 }
 
 /// A config error: where and what.
@@ -259,6 +269,13 @@ impl Ctx<'_> {
             Some(s) => self.duration(s, "gateway.shutdown_grace")?,
             None => Duration::from_secs(30),
         };
+        let gpu_placement = match &g.gpu_placement {
+            Some(p) => p
+                .get_ref()
+                .parse()
+                .or_else(|e| self.at(p.span(), "gateway.gpu_placement", e))?,
+            None => Policy::default(),
+        };
         let gateway = Gateway {
             listen,
             admin_listen,
@@ -268,6 +285,7 @@ impl Ctx<'_> {
             health,
             admin_token,
             shutdown_grace,
+            gpu_placement,
         };
         let defaults = self.scaling(
             &raw.defaults.scaling,
@@ -600,23 +618,13 @@ impl Ctx<'_> {
         })
     }
 
-    /// A device this build has: `cpu` (the CUDA path is a cargo feature
-    /// of the worker that this gateway does not start).
+    /// `cpu`, `cuda` or `cuda:N`. Whether the GPUs are there is the
+    /// inventory's business, checked at start and reload (`crate::gpus`).
     fn device(&self, d: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
-        let dev = d.get_ref();
-        if DEVICES.contains(&dev.as_str()) {
-            return Ok(dev.clone());
+        match d.get_ref().parse::<DeviceRequest>() {
+            Ok(_) => Ok(d.get_ref().clone()),
+            Err(e) => self.at(d.span(), field, e),
         }
-        let cuda = dev == "cuda"
-            || dev
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<u32>().is_ok());
-        let message = if cuda {
-            format!("{dev:?}: this build has no CUDA support; devices: {DEVICES:?}")
-        } else {
-            format!("{dev:?} is not a device (cpu, cuda, cuda:N); this build has {DEVICES:?}")
-        };
-        self.at(d.span(), field, message)
     }
 
     fn source(

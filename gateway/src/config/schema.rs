@@ -46,6 +46,9 @@ pub struct RawGateway {
     /// How long a shutdown (or an upgrade's old process) waits for requests
     /// in flight and queued to finish.
     pub shutdown_grace: Option<Spanned<String>>,
+    /// How GPU instances share the GPUs: `spread` (most room first) or
+    /// `pack` (fullest that fits first).
+    pub gpu_placement: Option<Spanned<String>>,
 }
 
 /// `[defaults]`.

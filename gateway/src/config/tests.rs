@@ -55,6 +55,20 @@ fn models_override_defaults_field_by_field() {
     assert_eq!(b.queue.max_depth, 7);
     assert_eq!(b.kind, Some(ModelKind::Tabular));
     assert_eq!(a.device, "cpu");
+    assert_eq!(c.gateway.gpu_placement, Policy::Spread);
+}
+
+#[test]
+fn gpu_devices_and_the_placement_policy_parse() {
+    let (_d, text) = with_source(
+        "[gateway]\ngpu_placement = \"pack\"\n\
+         [[models]]\nname = \"a\"\nsource = \"SRC\"\ndevice = \"cuda\"\n\
+         [[models]]\nname = \"b\"\nsource = \"SRC\"\ndevice = \"cuda:1\"\n",
+    );
+    let c = parse(&text, Path::new("gpu.toml")).expect("valid");
+    assert_eq!(c.gateway.gpu_placement, Policy::Pack);
+    assert_eq!(c.models[0].device_request(), DeviceRequest::AnyGpu);
+    assert_eq!(c.models[1].device_request(), DeviceRequest::Gpu(1));
 }
 
 /// Parses `body` and returns its error, which must name `line` and `field`.
@@ -142,11 +156,16 @@ fn errors_name_file_line_and_field() {
         "models[0].device",
     );
     let e = refused(
-        "[[models]]\nname = \"a\"\nsource = \"SRC\"\ndevice = \"cuda:0\"\n",
+        "[[models]]\nname = \"a\"\nsource = \"SRC\"\ndevice = \"cuda:x\"\n",
         4,
         "models[0].device",
     );
-    assert!(e.message.contains("no CUDA"), "{e}");
+    assert!(e.message.contains("cpu, cuda or cuda:N"), "{e}");
+    refused(
+        "[gateway]\ngpu_placement = \"balanced\"\n",
+        2,
+        "gateway.gpu_placement",
+    );
     refused(
         "[[models]]\nname = \"a\"\nsource = \"SRC\"\nkind = \"vision\"\n",
         4,

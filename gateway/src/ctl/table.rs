@@ -1,6 +1,6 @@
 //! `thaw ctl`'s human output: `/admin/status` as a table (a row per model,
-//! a line per instance and template under it) and a reload's report as one
-//! line. Pure functions of the admin API's JSON.
+//! a line per instance and template under it, a line per GPU) and a
+//! reload's report as one line. Pure functions of the admin API's JSON.
 
 use std::fmt::Write;
 
@@ -98,6 +98,7 @@ pub fn status(s: &Value) -> String {
         "IN-FLIGHT",
         "STARTUP",
         "AGE",
+        "GPU",
     ]
     .map(String::from)
     .to_vec()];
@@ -126,6 +127,7 @@ pub fn status(s: &Value) -> String {
                 cell(&i["in_flight"]),
                 ms(&i["startup_ms"]),
                 age(&i["age_s"]),
+                cell(&i["gpu"]),
             ]);
         }
         let t = &m["template"];
@@ -139,6 +141,7 @@ pub fn status(s: &Value) -> String {
                 "-".into(),
                 ms(&t["startup_ms"]),
                 age(&t["age_s"]),
+                "-".into(),
             ]);
         }
     }
@@ -147,6 +150,49 @@ pub fn status(s: &Value) -> String {
         out.push('\n');
         out.push_str(&columns(&instances));
     }
+    out.push_str(&gpus(&s["gpus"]));
+    out
+}
+
+/// The GPUs with the memory promised on each; empty before the inventory
+/// was read (no GPU model yet).
+fn gpus(g: &Value) -> String {
+    let Some(list) = g["gpus"].as_array() else {
+        return String::new();
+    };
+    let gib = |v: &Value| {
+        format!(
+            "{:.1} GiB",
+            v.as_f64().unwrap_or(0.0) / f64::from(1u32 << 30)
+        )
+    };
+    let mut rows = vec![["GPU", "NAME", "UUID", "TOTAL", "FREE", "PROMISED"]
+        .map(String::from)
+        .to_vec()];
+    for gpu in list {
+        rows.push(vec![
+            format!("cuda:{}", cell(&gpu["index"])),
+            cell(&gpu["name"]),
+            cell(&gpu["uuid"]),
+            gib(&gpu["total_bytes"]),
+            gib(&gpu["free_bytes"]),
+            gib(&gpu["promised_bytes"]),
+        ]);
+    }
+    let fake = if g["fake"] == true {
+        " (fake inventory)"
+    } else {
+        ""
+    };
+    let mut out = format!("\ngpus{fake}: placement {}", cell(&g["policy"]));
+    if let Some(reason) = g["reason"].as_str() {
+        let _ = write!(out, "; {reason}");
+    }
+    out.push('\n');
+    if list.is_empty() {
+        return out;
+    }
+    out.push_str(&columns(&rows));
     out
 }
 
@@ -249,10 +295,45 @@ mod tests {
                 "3",
                 "ms",
                 "0",
-                "s"
+                "s",
+                "-"
             ]
         );
         assert!(out.contains("credit-score  template"), "{out}");
+        assert!(!out.contains("gpus"), "no GPU section without an inventory");
+    }
+
+    #[test]
+    fn status_shows_gpus_and_the_gpu_of_each_instance() {
+        let s = json!({
+            "config": {}, "last_reload": null,
+            "models": [{"name": "m", "instances": [
+                {"id": 1, "state": "ready", "gpu": 1, "startup_ms": 1.0, "age_s": 2.0}]}],
+            "gpus": {"fake": true, "policy": "spread", "reason": null, "gpus": [
+                {"index": 0, "name": "H200", "uuid": "GPU-a", "total_bytes": 16u64 << 30,
+                 "free_bytes": 8u64 << 30, "promised_bytes": 0},
+                {"index": 1, "name": "H200", "uuid": "GPU-b", "total_bytes": 16u64 << 30,
+                 "free_bytes": 8u64 << 30, "promised_bytes": 3u64 << 29}]},
+        });
+        let out = status(&s);
+        let instance = out
+            .lines()
+            .find(|l| l.starts_with("m ") && l.contains("ready"))
+            .expect("instance row");
+        assert!(instance.ends_with("  1"), "{instance}");
+        assert!(
+            out.contains("gpus (fake inventory): placement spread\n"),
+            "{out}"
+        );
+        let gpu1 = out
+            .lines()
+            .find(|l| l.starts_with("cuda:1"))
+            .expect("GPU row");
+        let cells: Vec<&str> = gpu1.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["cuda:1", "H200", "GPU-b", "16.0", "GiB", "8.0", "GiB", "1.5", "GiB"]
+        );
     }
 
     #[test]

@@ -20,8 +20,9 @@ use tokio::task::JoinHandle;
 use crate::admission::Admission;
 use crate::autoscaler::{self, Decision};
 use crate::config::{Config, HealthCheck, ModelConfig, Scaling};
+use crate::gpus::Gpus;
 use crate::metrics::Metrics;
-use crate::supervisor::{Pool, PoolPaths, WorkerSpec};
+use crate::supervisor::{Pool, PoolEnv, PoolPaths, WorkerSpec};
 pub use operator::{OpError, Override};
 
 /// One served model.
@@ -78,6 +79,8 @@ pub struct Runtime {
     pub shutdown: watch::Receiver<bool>,
     /// Autoscaler tick.
     pub tick: Duration,
+    /// The GPUs, and the memory promised on them.
+    pub gpus: Arc<Gpus>,
 }
 
 /// Every model, by name.
@@ -153,6 +156,11 @@ impl Models {
         &self.handle
     }
 
+    /// Where workers come from, and the GPUs.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
     /// Starts `m` (its pool at `min_instances`, its autoscaler) without
     /// publishing it: the caller puts it in the next map.
     pub fn launch(&self, m: &ModelConfig, health: &HealthCheck, fingerprint: u64) -> Arc<Model> {
@@ -164,14 +172,15 @@ impl Models {
             source: m.source.clone(),
             kind: m.kind,
             device: m.device.clone(),
+            memory_limit: m.memory_limit,
         };
-        let pool = Pool::new(
-            spec,
-            admission.clone(),
-            rt.paths.clone(),
-            rt.ids.clone(),
-            rt.metrics.clone(),
-        );
+        let env = PoolEnv {
+            paths: rt.paths.clone(),
+            ids: rt.ids.clone(),
+            events: rt.metrics.clone(),
+            gpus: rt.gpus.clone(),
+        };
+        let pool = Pool::new(spec, admission.clone(), env);
         pool.set_health(health.interval, health.failures);
         pool.set_keep_template(m.scaling.keep_template);
         let initial = Decision::steady(m.scaling.min_instances);

@@ -251,9 +251,15 @@ impl Reloader {
                     .into(),
             }));
         }
+        let rt = self.models.runtime();
+        rt.gpus
+            .check_config(&new, &text, &self.path, &rt.paths.worker_bin)
+            .await
+            .map_err(refused)?;
         let changes = apply::apply(&self.models, &new, &self.live, READY_TIMEOUT)
             .await
             .map_err(|e| (Outcome::Failed, e))?;
+        rt.gpus.set_policy(new.gateway.gpu_placement);
         *running = new;
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.version += 1;

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::{self, Secret};
+use crate::gpus::Gpus;
 use crate::metrics::Metrics;
 use crate::models::{Models, Runtime};
 use crate::proxy::Gateway;
@@ -147,6 +148,10 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         .thread_name("thaw-control")
         .enable_all()
         .build()?;
+    // GPU models: the inventory is read (once) and each must be placeable,
+    // or the gateway does not start.
+    let gpus = Gpus::new(cfg.gateway.gpu_placement);
+    control.block_on(gpus.check_config(&cfg, &text, &options.config, &worker_bin))?;
     let metrics = Arc::new(Metrics::new()?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let rt = Runtime {
@@ -159,6 +164,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
         tick: Duration::from_secs(1),
+        gpus,
     };
     let live = Arc::new(Live::new(&cfg.gateway));
     let (models, reloader) = {

@@ -11,5 +11,5 @@ pub mod snapshots;
 pub mod standby;
 pub mod template;
 
-pub use pool::{InstanceInfo, Pool, PoolEvents, PoolPaths, TemplateInfo};
+pub use pool::{InstanceInfo, Pool, PoolEnv, PoolEvents, PoolPaths, TemplateInfo};
 pub use process::{spawn, ProcessHandle, SpawnError, WorkerProcess, WorkerSpec};

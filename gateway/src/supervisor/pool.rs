@@ -11,6 +11,12 @@
 //! should have one (workers, or within `keep_template` of the last), and
 //! lazily otherwise. Without a template (it cannot start), a
 //! worker is exec'd on the snapshot.
+//!
+//! GPU models (`device = "cuda"` or `"cuda:N"`): each instance is placed on
+//! a GPU first (`crate::gpus`; no room is a start failure, which the queued
+//! requests get as a 503 with Retry-After) and exec'd with that GPU as its
+//! `--device`; no template, since a CUDA context does not survive fork().
+//! The instance holds its GPU memory lease until its process has exited.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +30,8 @@ use super::process::{self, SpawnError, WorkerProcess, WorkerSpec};
 use super::template::{self, TemplateProcess};
 use crate::admission::{Admission, InstanceId};
 use crate::autoscaler::Decision;
+use crate::gpus::{self, Gpus, Lease};
+use crate::placement::DeviceRequest;
 
 /// What the pool reports to metrics.
 pub trait PoolEvents: Send + Sync {
@@ -56,6 +64,20 @@ pub struct PoolPaths {
     pub snapshots: PathBuf,
 }
 
+/// What every pool shares: where workers come from, the instance ids
+/// (unique in the gateway), the event sink and the GPUs.
+#[derive(Clone)]
+pub struct PoolEnv {
+    /// Binary, sockets and snapshots.
+    pub paths: PoolPaths,
+    /// Instance ids, shared by every pool.
+    pub ids: Arc<AtomicU64>,
+    /// Metrics.
+    pub events: Arc<dyn PoolEvents>,
+    /// The GPUs and the memory promised on them.
+    pub gpus: Arc<Gpus>,
+}
+
 /// A worker as `/admin/status` shows it.
 #[derive(Debug, Clone)]
 pub struct InstanceInfo {
@@ -72,6 +94,8 @@ pub struct InstanceInfo {
     pub startup_ms: f64,
     /// Seconds since it became ready.
     pub age_s: f64,
+    /// The GPU it was placed on, and the bytes promised there.
+    pub gpu: Option<(u32, u64)>,
 }
 
 struct Instance {
@@ -79,6 +103,8 @@ struct Instance {
     ready_at: Instant,
     draining: bool,
     started_from: &'static str,
+    /// Released when the instance leaves the map, after its exit.
+    gpu: Option<Lease>,
 }
 
 /// A model's template as `/admin/status` shows it.
@@ -109,6 +135,9 @@ pub struct Pool {
     changed: Notify,
     snapshots: PathBuf,
     prepared: tokio::sync::OnceCell<PathBuf>,
+    gpus: Arc<Gpus>,
+    /// A GPU instance's memory need, from the prepared snapshot.
+    gpu_need: tokio::sync::OnceCell<u64>,
     template: tokio::sync::Mutex<Option<Arc<TemplateProcess>>>,
     restart_template: std::sync::atomic::AtomicBool,
     idle_since: Mutex<Option<Instant>>,
@@ -127,15 +156,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for `spec`, with ids from `ids` (shared by every pool, so
-    /// ids are unique in the gateway).
-    pub fn new(
-        spec: WorkerSpec,
-        admission: Admission,
-        paths: PoolPaths,
-        ids: Arc<AtomicU64>,
-        events: Arc<dyn PoolEvents>,
-    ) -> Arc<Self> {
+    /// A pool for `spec` in `env`.
+    pub fn new(spec: WorkerSpec, admission: Admission, env: PoolEnv) -> Arc<Self> {
+        let PoolEnv {
+            paths,
+            ids,
+            events,
+            gpus,
+        } = env;
         Arc::new(Pool {
             spec,
             serial: POOLS.fetch_add(1, Ordering::Relaxed),
@@ -148,6 +176,8 @@ impl Pool {
             changed: Notify::new(),
             snapshots: paths.snapshots,
             prepared: tokio::sync::OnceCell::new(),
+            gpus,
+            gpu_need: tokio::sync::OnceCell::new(),
             template: tokio::sync::Mutex::new(None),
             restart_template: std::sync::atomic::AtomicBool::new(false),
             idle_since: Mutex::new(None),
@@ -219,6 +249,7 @@ impl Pool {
                 started_from: i.started_from,
                 startup_ms: i.process.startup.as_secs_f64() * 1e3,
                 age_s: now.duration_since(i.ready_at).as_secs_f64(),
+                gpu: i.gpu.as_ref().map(|l| (l.gpu, l.bytes)),
             })
             .collect();
         list.sort_by_key(|i| i.id);
@@ -488,33 +519,78 @@ impl Pool {
         Ok((dir.clone(), tier))
     }
 
+    /// Gives up on a start: reports why, and backs off before the
+    /// reconcile loop tries again.
+    async fn not_started(self: &Arc<Self>, error: String) {
+        self.start_failed(error);
+        self.starting.fetch_sub(1, Ordering::AcqRel);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.changed.notify_one();
+    }
+
+    /// A GPU for the next instance of a GPU model (`None` for a CPU
+    /// model): its memory need from the snapshot at `dir` (or the config's
+    /// `memory_limit`), promised on the GPU the placer chooses.
+    async fn place(self: &Arc<Self>, dir: &std::path::Path) -> Result<Option<Lease>, String> {
+        let request = self.spec.device.parse().unwrap_or(DeviceRequest::Cpu);
+        if request == DeviceRequest::Cpu {
+            return Ok(None);
+        }
+        let need = self
+            .gpu_need
+            .get_or_try_init(|| {
+                let (dir, kind, limit) =
+                    (dir.to_path_buf(), self.spec.kind, self.spec.memory_limit);
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let kind = kind.or_else(|| thaw_snapshot::detect_kind(&dir).ok());
+                        gpus::check::need(limit, kind, gpus::weights_bytes(&dir))
+                    })
+                    .await
+                    .map_err(|e| format!("sizing the snapshot: {e}"))
+                }
+            })
+            .await?;
+        self.gpus
+            .place(request, *need)
+            .map(Some)
+            .map_err(|e| format!("no GPU can take an instance now: {e}"))
+    }
+
     async fn start_one(self: Arc<Self>) {
         let id = InstanceId(self.ids.fetch_add(1, Ordering::AcqRel));
         let socket = self
             .sockets
             .join(format!("{}-{}.sock", self.spec.model, id.0));
-        let (spec, tier) = match self.snapshot().await {
-            Ok((dir, tier)) => (
-                WorkerSpec {
-                    source: dir,
-                    ..self.spec.clone()
-                },
-                tier,
-            ),
+        let (dir, tier) = match self.snapshot().await {
+            Ok(prepared) => prepared,
             Err(e) => {
                 tracing::error!(model = %self.spec.model, "cannot prepare a snapshot: {e}");
-                self.start_failed(e);
-                self.starting.fetch_sub(1, Ordering::AcqRel);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                self.changed.notify_one();
-                return;
+                return self.not_started(e).await;
             }
         };
-        let (result, started_from) = self.launch(id, &spec, &socket, tier).await;
+        let gpu = match self.place(&dir).await {
+            Ok(gpu) => gpu,
+            Err(e) => {
+                tracing::warn!(model = %self.spec.model, "{e}");
+                return self.not_started(e).await;
+            }
+        };
+        let device = match &gpu {
+            Some(lease) => self.gpus.worker_device(lease.gpu),
+            None => self.spec.device.clone(),
+        };
+        let spec = WorkerSpec {
+            source: dir,
+            device,
+            ..self.spec.clone()
+        };
+        let (result, started_from) = self.launch(id, &spec, &socket, tier, gpu.is_none()).await;
         match result {
             Ok(process) => {
                 tracing::info!(
                     model = %self.spec.model, instance = %id, pid = process.pid, tier = started_from,
+                    gpu = gpu.as_ref().map(|l| l.gpu),
                     startup_ms = process.startup.as_secs_f64() * 1e3, "worker ready"
                 );
                 self.events
@@ -540,34 +616,35 @@ impl Pool {
                         ready_at: Instant::now(),
                         draining: false,
                         started_from,
+                        gpu,
                     },
                 );
                 self.starting.fetch_sub(1, Ordering::AcqRel);
                 tokio::spawn(self.clone().watch_exit(id));
                 tokio::spawn(self.clone().watch_health(id));
+                self.changed.notify_one();
             }
             Err(e) => {
                 tracing::error!(model = %self.spec.model, "worker failed to start: {e}");
-                self.start_failed(e.to_string());
-                self.starting.fetch_sub(1, Ordering::AcqRel);
-                // Back off before the reconcile loop tries again.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // The GPU's memory goes back before the next try.
+                drop(gpu);
+                self.not_started(e.to_string()).await;
             }
         }
-        self.changed.notify_one();
     }
 
     /// Starts one worker for `spec` (a snapshot): forked from the template
-    /// (started first if needed), or exec'd when no template can start.
-    /// Returns it with the tier it came from.
+    /// (started first if needed) when `forkable`, or exec'd (also when no
+    /// template can start). Returns it with the tier it came from.
     async fn launch(
         self: &Arc<Self>,
         id: InstanceId,
         spec: &WorkerSpec,
         socket: &std::path::Path,
         tier: &'static str,
+        forkable: bool,
     ) -> (Result<WorkerProcess, SpawnError>, &'static str) {
-        if self.use_templates {
+        if self.use_templates && forkable {
             match self.template(spec).await {
                 Ok((template, fresh)) => {
                     let tier = if fresh { tier } else { "template" };

@@ -29,8 +29,12 @@ pub struct WorkerSpec {
     pub source: PathBuf,
     /// Its kind, when the config names it.
     pub kind: Option<ModelKind>,
-    /// The device.
+    /// The device: `cpu`, or the config's `cuda`/`cuda:N`, which the pool
+    /// replaces with the GPU each instance is placed on.
     pub device: String,
+    /// The per-instance memory budget (`memory_limit`): on a GPU, what
+    /// placement reserves for each instance.
+    pub memory_limit: Option<u64>,
 }
 
 /// Why a worker could not be started.

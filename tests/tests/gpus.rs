@@ -1,0 +1,166 @@
+//! GPU placement end to end on a machine without a GPU: the gateway is
+//! given a fake inventory of two GPUs (`THAW_FAKE_GPUS`, its test hook) and
+//! places each instance of a `cuda` model on one, spreading them out,
+//! keeps the memory promised while they run and gives it back when they
+//! stop, answers 503 with Retry-After for a model no GPU has room for, and
+//! refuses (at start and at reload) a GPU model that can never be placed.
+//! The workers themselves run on the CPU under a fake inventory.
+
+use serde_json::{json, Value};
+use thaw_tests::served::{config, credit_score, serve_command, Served, START};
+use thaw_tests::Proc;
+
+const GIB: u64 = 1 << 30;
+
+/// Two GPUs of 16 GiB with 6 GiB free each, as `thaw-worker --gpu-info`
+/// would print them.
+fn two_fake_gpus() -> String {
+    let gpu = |i: u32| {
+        json!({"index": i, "name": "Fake H200", "uuid": format!("GPU-fake-{i}"),
+               "total_bytes": 16 * GIB, "free_bytes": 6 * GIB})
+    };
+    json!({"cuda": true, "driver_version": "13.0", "gpus": [gpu(0), gpu(1)]}).to_string()
+}
+
+fn start(dir: &std::path::Path, text: &str) -> Served {
+    let path = dir.join("thaw.toml");
+    std::fs::write(&path, text).expect("config written");
+    let mut cmd = serve_command(&path, &[]);
+    cmd.env("THAW_FAKE_GPUS", two_fake_gpus());
+    Served::spawn(cmd, path)
+}
+
+fn model<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == name))
+        .unwrap_or_else(|| panic!("no model {name}: {s}"))
+}
+
+fn gpus_of(s: &Value, name: &str) -> Vec<u64> {
+    let mut gpus: Vec<u64> = model(s, name)["instances"]
+        .as_array()
+        .map(|i| i.iter().filter_map(|i| i["gpu"].as_u64()).collect())
+        .unwrap_or_default();
+    gpus.sort_unstable();
+    gpus
+}
+
+fn promised(s: &Value, gpu: usize) -> u64 {
+    s["gpus"]["gpus"][gpu]["promised_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no GPU {gpu}: {s}"))
+}
+
+#[test]
+fn instances_spread_across_fake_gpus_and_a_model_without_room_gets_503() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = [
+        credit_score(
+            "spread",
+            None,
+            "device = \"cuda\"\n[models.scaling]\nmin_instances = 2\nmax_instances = 2",
+        ),
+        credit_score("pinned", None, "device = \"cuda:1\""),
+        // Fits a GPU's 16 GiB (so the config is valid) but not its 6 free.
+        credit_score("big", None, "device = \"cuda\"\nmemory_limit = \"8GiB\""),
+    ]
+    .concat();
+    let text = config(dir.path(), "gpu_placement = \"spread\"", &models);
+    let g = start(dir.path(), &text);
+
+    // Two instances, one on each GPU, their memory promised there.
+    let s = g.wait("two instances of spread", |s| {
+        model(s, "spread")["ready_instances"] == 2
+    });
+    assert_eq!(gpus_of(&s, "spread"), [0, 1], "{s}");
+    assert_eq!(s["gpus"]["fake"], true);
+    assert_eq!(s["gpus"]["policy"], "spread");
+    let each = promised(&s, 0);
+    assert!(each > 0 && each < GIB, "a tabular instance's need: {each}");
+    assert_eq!(promised(&s, 1), each);
+    assert_eq!(model(&s, "spread")["device"], "cuda");
+    // The workers serve (on the CPU: the GPUs are fake).
+    assert_eq!(g.score("spread").status, 200);
+
+    // Pinned: on GPU 1 whatever the policy says.
+    assert_eq!(g.score("pinned").status, 200);
+    let s = g.status();
+    assert_eq!(gpus_of(&s, "pinned"), [1], "{s}");
+    assert_eq!(promised(&s, 1), 2 * each);
+
+    // No GPU has 8 GiB free: 503 with Retry-After, saying why.
+    let r = g.score("big");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    let secs: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(secs >= 1);
+    let message = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("no GPU"), "{message}");
+    let s = g.status();
+    assert!(
+        model(&s, "big")["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("no GPU")),
+        "{s}"
+    );
+    assert_eq!(promised(&s, 0), each, "a failed placement promises nothing");
+
+    // `thaw ctl status` shows the GPUs.
+    let out = g.ctl(&["status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("gpus (fake inventory): placement spread"),
+        "{table}"
+    );
+    assert!(table.contains("GPU-fake-1"), "{table}");
+
+    // Drained to zero: GPU 0's memory comes back; GPU 1 keeps pinned's.
+    let out = g.ctl(&["drain", "spread"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let s = g.wait("spread's instances gone and their memory back", |s| {
+        model(s, "spread")["instances"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            && promised(s, 0) == 0
+    });
+    assert_eq!(promised(&s, 1), each, "{s}");
+
+    // A reload naming a GPU that does not exist is refused, and says so.
+    let bad = format!(
+        "{models}{}",
+        credit_score("nowhere", None, "device = \"cuda:5\"")
+    );
+    g.rewrite(&config(dir.path(), "", &bad));
+    let report = g.reload().json();
+    assert_eq!(report["result"], "refused", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("model \"nowhere\"") && error.contains("cuda:5 does not exist"),
+        "{error}"
+    );
+    assert!(g.model("nowhere").is_none());
+}
+
+#[test]
+fn a_gpu_model_without_gpus_stops_the_start_and_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = config(
+        dir.path(),
+        "",
+        &credit_score("needs-gpu", None, "device = \"cuda\""),
+    );
+    let path = dir.path().join("thaw.toml");
+    std::fs::write(&path, text).expect("config written");
+    // The real inventory: this test's worker is built without CUDA.
+    let mut cmd = serve_command(&path, &[]);
+    cmd.env_remove("THAW_FAKE_GPUS");
+    let mut proc = Proc::spawn(cmd).expect("thaw runs");
+    let line = proc.wait_stderr("needs-gpu", START);
+    assert!(line.contains("models[0].device"), "{line}");
+    assert!(line.contains("no GPU"), "{line}");
+    assert!(line.contains("cuda feature"), "{line}");
+    assert!(!proc.wait_exit(START).success());
+}
