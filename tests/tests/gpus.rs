@@ -164,3 +164,55 @@ fn a_gpu_model_without_gpus_stops_the_start_and_says_why() {
     assert!(line.contains("cuda feature"), "{line}");
     assert!(!proc.wait_exit(START).success());
 }
+
+/// The standby processes ready on `device`: their pids.
+fn standby_pids(s: &Value, device: &str) -> Vec<u64> {
+    s["gpus"]["standby"]["devices"][device]["ready"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|p| p["pid"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = credit_score(
+        "gpu",
+        None,
+        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1",
+    );
+    let g = start(dir.path(), &config(dir.path(), "gpu_standby = 1", &models));
+
+    // Under the fake inventory both GPUs' workers run on the CPU: one
+    // device, "cpu", with its one standby process, made before any demand.
+    let s = g.wait("a standby process ready", |s| {
+        standby_pids(s, "cpu").len() == 1
+    });
+    assert_eq!(s["gpus"]["standby"]["per_device"], 1, "{s}");
+    let standby = standby_pids(&s, "cpu")[0];
+    assert!(model(&s, "gpu")["instances"]
+        .as_array()
+        .is_some_and(Vec::is_empty));
+
+    // A request at zero: the standby process is activated with the model
+    // and becomes the instance.
+    let r = g.score("gpu");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("x-thaw-cold-start-ms").is_some());
+    let s = g.status();
+    let instance = &model(&s, "gpu")["instances"][0];
+    assert_eq!(instance["started_from"], "standby", "{s}");
+    assert_eq!(instance["pid"], standby, "the standby process itself serves");
+
+    // Its replacement is started at once.
+    let s = g.wait("the standby pool refilled", |s| {
+        standby_pids(s, "cpu").len() == 1
+    });
+    assert_ne!(standby_pids(&s, "cpu")[0], standby);
+
+    // A reload to no standby stops the one waiting.
+    g.rewrite(&config(dir.path(), "gpu_standby = 0", &models));
+    assert_eq!(g.reload().json()["result"], "ok");
+    let s = g.wait("no standby process", |s| standby_pids(s, "cpu").is_empty());
+    assert_eq!(s["gpus"]["standby"]["per_device"], 0, "{s}");
+}

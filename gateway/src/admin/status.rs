@@ -40,7 +40,11 @@ impl Admin {
     pub fn status(&self) -> Value {
         let models: Vec<Value> = self.models.all().iter().map(|m| self.model(m)).collect();
         let (config, last_reload) = self.reloader.status_json();
-        let gpus = self.models.runtime().gpus.status();
+        let rt = self.models.runtime();
+        let mut gpus = rt.gpus.status();
+        if let Some(fields) = gpus.as_object_mut() {
+            fields.insert("standby".into(), rt.standby.status());
+        }
         json!({"config": config, "last_reload": last_reload, "models": models, "gpus": gpus})
     }
 

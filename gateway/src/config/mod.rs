@@ -50,6 +50,8 @@ pub struct Gateway {
     pub shutdown_grace: Duration,
     /// How GPU instances share the GPUs: `spread` or `pack`.
     pub gpu_placement: Policy,
+    /// Standby processes kept ready on each GPU that GPU models use.
+    pub gpu_standby: usize,
 }
 
 /// A value kept out of logs and `Debug` output (the admin token).
@@ -276,6 +278,17 @@ impl Ctx<'_> {
                 .or_else(|e| self.at(p.span(), "gateway.gpu_placement", e))?,
             None => Policy::default(),
         };
+        let gpu_standby = match &g.gpu_standby {
+            Some(n) if *n.get_ref() > 16 => {
+                return self.at(
+                    n.span(),
+                    "gateway.gpu_standby",
+                    format!("{} standby processes per GPU is more than 16", n.get_ref()),
+                )
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => 1,
+        };
         let gateway = Gateway {
             listen,
             admin_listen,
@@ -286,6 +299,7 @@ impl Ctx<'_> {
             admin_token,
             shutdown_grace,
             gpu_placement,
+            gpu_standby,
         };
         let defaults = self.scaling(
             &raw.defaults.scaling,

@@ -49,6 +49,8 @@ pub struct RawGateway {
     /// How GPU instances share the GPUs: `spread` (most room first) or
     /// `pack` (fullest that fits first).
     pub gpu_placement: Option<Spanned<String>>,
+    /// Standby processes kept per GPU (CUDA context ready) for GPU models.
+    pub gpu_standby: Option<Spanned<u32>>,
 }
 
 /// `[defaults]`.

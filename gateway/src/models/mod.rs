@@ -22,6 +22,7 @@ use crate::autoscaler::{self, Decision};
 use crate::config::{Config, HealthCheck, ModelConfig, Scaling};
 use crate::gpus::Gpus;
 use crate::metrics::Metrics;
+use crate::supervisor::standby::StandbyPool;
 use crate::supervisor::{Pool, PoolEnv, PoolPaths, WorkerSpec};
 pub use operator::{OpError, Override};
 
@@ -81,6 +82,30 @@ pub struct Runtime {
     pub tick: Duration,
     /// The GPUs, and the memory promised on them.
     pub gpus: Arc<Gpus>,
+    /// Standby processes per GPU.
+    pub standby: Arc<StandbyPool>,
+}
+
+impl Runtime {
+    /// When `config` has GPU models: standby processes on every GPU of the
+    /// inventory, `gpu_standby` each, started in the background (a reload
+    /// changes how many).
+    pub fn fill_standby(&self, config: &Config) {
+        self.standby.set_per_device(config.gateway.gpu_standby);
+        let gpu_models = config
+            .models
+            .iter()
+            .any(|m| m.device_request() != crate::placement::DeviceRequest::Cpu);
+        let Some(inventory) = self.gpus.inventory() else {
+            return;
+        };
+        if !gpu_models {
+            return;
+        }
+        for gpu in &inventory.gpus {
+            self.standby.fill(&self.gpus.worker_device(gpu.index));
+        }
+    }
 }
 
 /// Every model, by name.
@@ -179,6 +204,7 @@ impl Models {
             ids: rt.ids.clone(),
             events: rt.metrics.clone(),
             gpus: rt.gpus.clone(),
+            standby: rt.standby.clone(),
         };
         let pool = Pool::new(spec, admission.clone(), env);
         pool.set_health(health.interval, health.failures);

@@ -260,6 +260,7 @@ impl Reloader {
             .await
             .map_err(|e| (Outcome::Failed, e))?;
         rt.gpus.set_policy(new.gateway.gpu_placement);
+        rt.fill_standby(&new);
         *running = new;
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.version += 1;

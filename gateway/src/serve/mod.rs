@@ -32,6 +32,7 @@ use crate::gpus::Gpus;
 use crate::metrics::Metrics;
 use crate::models::{Models, Runtime};
 use crate::proxy::Gateway;
+use crate::supervisor::standby::StandbyPool;
 use crate::reload::{self, Live, Reloader};
 use crate::supervisor::PoolPaths;
 pub use listeners::bind;
@@ -154,6 +155,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     control.block_on(gpus.check_config(&cfg, &text, &options.config, &worker_bin))?;
     let metrics = Arc::new(Metrics::new()?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker_bin_for_standby = worker_bin.clone();
     let rt = Runtime {
         paths: PoolPaths {
             worker_bin,
@@ -164,12 +166,18 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
         tick: Duration::from_secs(1),
+        standby: StandbyPool::new(
+            worker_bin_for_standby,
+            cfg.gateway.gpu_standby,
+            Duration::from_secs(120),
+        ),
         gpus,
     };
     let live = Arc::new(Live::new(&cfg.gateway));
     let (models, reloader) = {
         let _enter = control.enter();
         let models = Models::start(&cfg, &rt);
+        rt.fill_standby(&cfg);
         let reloader = Reloader::new(
             &options.config,
             &text,

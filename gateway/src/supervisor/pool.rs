@@ -15,7 +15,9 @@
 //! GPU models (`device = "cuda"` or `"cuda:N"`): each instance is placed on
 //! a GPU first (`crate::gpus`; no room is a start failure, which the queued
 //! requests get as a 503 with Retry-After) and exec'd with that GPU as its
-//! `--device`; no template, since a CUDA context does not survive fork().
+//! `--device`; no template, since a CUDA context does not survive fork():
+//! a standby process on that GPU (`super::standby`), its context made
+//! ahead, is activated instead when one is ready.
 //! The instance holds its GPU memory lease until its process has exited.
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::process::{self, SpawnError, WorkerProcess, WorkerSpec};
+use super::standby::StandbyPool;
 use super::template::{self, TemplateProcess};
 use crate::admission::{Admission, InstanceId};
 use crate::autoscaler::Decision;
@@ -76,6 +79,8 @@ pub struct PoolEnv {
     pub events: Arc<dyn PoolEvents>,
     /// The GPUs and the memory promised on them.
     pub gpus: Arc<Gpus>,
+    /// Standby processes per GPU, which GPU instances start from.
+    pub standby: Arc<StandbyPool>,
 }
 
 /// A worker as `/admin/status` shows it.
@@ -136,6 +141,7 @@ pub struct Pool {
     snapshots: PathBuf,
     prepared: tokio::sync::OnceCell<PathBuf>,
     gpus: Arc<Gpus>,
+    standby: Arc<StandbyPool>,
     /// A GPU instance's memory need, from the prepared snapshot.
     gpu_need: tokio::sync::OnceCell<u64>,
     template: tokio::sync::Mutex<Option<Arc<TemplateProcess>>>,
@@ -163,6 +169,7 @@ impl Pool {
             ids,
             events,
             gpus,
+            standby,
         } = env;
         Arc::new(Pool {
             spec,
@@ -177,6 +184,7 @@ impl Pool {
             snapshots: paths.snapshots,
             prepared: tokio::sync::OnceCell::new(),
             gpus,
+            standby,
             gpu_need: tokio::sync::OnceCell::new(),
             template: tokio::sync::Mutex::new(None),
             restart_template: std::sync::atomic::AtomicBool::new(false),
@@ -601,7 +609,7 @@ impl Pool {
                         self.events.phase(&self.spec.model, name, took);
                     }
                 };
-                if started_from == "exec" {
+                if started_from == "exec" || started_from == "standby" {
                     phase("worker_load", &process.ready["load_ms"]);
                 } else {
                     phase("fork", &process.ready["fork_ms"]);
@@ -634,8 +642,10 @@ impl Pool {
     }
 
     /// Starts one worker for `spec` (a snapshot): forked from the template
-    /// (started first if needed) when `forkable`, or exec'd (also when no
-    /// template can start). Returns it with the tier it came from.
+    /// (started first if needed) when `forkable`; otherwise (a GPU
+    /// instance) activated from a standby process on its device when one
+    /// is ready; exec'd when neither can be had. Returns it with the tier
+    /// it came from.
     async fn launch(
         self: &Arc<Self>,
         id: InstanceId,
@@ -654,6 +664,20 @@ impl Pool {
                     model = %self.spec.model,
                     "no template ({e}): starting a worker by exec instead"
                 ),
+            }
+        }
+        if !forkable {
+            // A GPU instance: a standby process on its GPU has the CUDA
+            // context made already; the pool starts its replacement.
+            if let Some(standby) = self.standby.take(&spec.device) {
+                let pid = standby.pid;
+                match standby.activate(spec, socket, self.start_timeout).await {
+                    Ok(process) => return (Ok(process), "standby"),
+                    Err(e) => tracing::warn!(
+                        model = %self.spec.model, pid,
+                        "a standby process failed to activate ({e}): starting a worker by exec instead"
+                    ),
+                }
             }
         }
         let process = process::spawn(&self.bin, spec, socket, self.start_timeout).await;

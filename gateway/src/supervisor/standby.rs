@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -194,7 +195,7 @@ impl StandbyProcess {
 #[derive(Debug)]
 pub struct StandbyPool {
     bin: PathBuf,
-    per_device: usize,
+    per_device: AtomicUsize,
     timeout: Duration,
     devices: Mutex<HashMap<String, Slots>>,
     /// Notified whenever a start finishes, well or not.
@@ -220,7 +221,7 @@ impl StandbyPool {
     pub fn new(bin: PathBuf, per_device: usize, timeout: Duration) -> Arc<Self> {
         Arc::new(StandbyPool {
             bin,
-            per_device,
+            per_device: AtomicUsize::new(per_device),
             timeout,
             devices: Mutex::new(HashMap::new()),
             changed: Notify::new(),
@@ -255,6 +256,42 @@ impl StandbyPool {
         };
         self.fill(device);
         taken
+    }
+
+    /// Keeps `n` per device from now on (a reload): devices with more stop
+    /// their surplus, devices with fewer start what they lack.
+    pub fn set_per_device(self: &Arc<Self>, n: usize) {
+        self.per_device.store(n, Ordering::Relaxed);
+        let devices: Vec<String> = {
+            let mut all = self.lock();
+            for slots in all.values_mut() {
+                // Dropping a process kills it (it never served anything).
+                slots.ready.truncate(n);
+            }
+            all.keys().cloned().collect()
+        };
+        for device in devices {
+            self.fill(&device);
+        }
+    }
+
+    /// `/admin/status`'s view: per device, the standby processes ready
+    /// (pid, context time, idle seconds) and starting, and the target.
+    pub fn status(&self) -> serde_json::Value {
+        let devices = self.lock();
+        let mut out = serde_json::Map::new();
+        for (device, slots) in devices.iter() {
+            let ready: Vec<_> = slots
+                .ready
+                .iter()
+                .map(|p| json!({"pid": p.pid, "context_ms": p.context_ms, "idle_s": p.idle().as_secs_f64()}))
+                .collect();
+            out.insert(
+                device.clone(),
+                json!({"ready": ready, "starting": slots.starting, "failing": slots.failed_at.is_some()}),
+            );
+        }
+        json!({"per_device": self.per_device.load(Ordering::Relaxed), "devices": out})
     }
 
     /// Standby processes ready and starting on `device`.
@@ -293,7 +330,8 @@ impl StandbyPool {
             {
                 return;
             }
-            let n = to_start(self.per_device, slots.ready.len(), slots.starting);
+            let target = self.per_device.load(Ordering::Relaxed);
+            let n = to_start(target, slots.ready.len(), slots.starting);
             slots.starting += n;
             n
         };
@@ -331,6 +369,15 @@ impl StandbyPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pool_of_zero_starts_nothing() {
+        let pool = StandbyPool::new(PathBuf::from("/nonexistent"), 0, Duration::from_secs(1));
+        pool.fill("cuda:0");
+        assert_eq!(pool.counts("cuda:0"), (0, 0));
+        assert!(pool.take("cuda:0").is_none());
+        assert!(!pool.wait_ready("cuda:0", 1).await);
+    }
 
     #[test]
     fn the_pool_starts_what_it_lacks() {
