@@ -1,17 +1,20 @@
 //! The GPUs this worker build can see, through the CUDA driver (cudarc, as
 //! candle loads it): index, name, UUID, memory, compute capability and the
-//! driver's version — the inventory the gateway's placer takes
-//! (`thaw-worker --gpu-info`).
+//! driver's version, and whether the driver can hibernate a GPU process —
+//! the inventory the gateway's placer takes (`thaw-worker --gpu-info`).
 
 use serde_json::Value;
 
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // looking up the driver's checkpoint API
+pub mod hibernate;
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)] // pinned memory and asynchronous copies
 pub mod pinned;
 pub mod plan;
 
-/// `{"cuda": …, "driver_version": …, "gpus": […]}`, with the reason when
-/// there are none.
+/// `{"cuda": …, "driver_version": …, "gpus": […], "hibernation":
+/// {"supported": …, "reason": …}}`, with the reason when there are none.
 pub fn inventory() -> Value {
     #[cfg(feature = "cuda")]
     {
@@ -23,6 +26,7 @@ pub fn inventory() -> Value {
             "cuda": false,
             "gpus": [],
             "reason": "this worker is built without the cuda feature (scripts/build-cuda.sh builds it)",
+            "hibernation": {"supported": false, "reason": "this worker is built without the cuda feature"},
         })
     }
 }
@@ -70,7 +74,9 @@ mod cuda {
         let count = match CudaContext::device_count() {
             Ok(n) => n,
             Err(e) => {
-                return json!({"cuda": true, "gpus": [], "reason": format!("the CUDA driver: {e}")})
+                let reason = format!("the CUDA driver: {e}");
+                return json!({"cuda": true, "gpus": [], "reason": reason,
+                              "hibernation": {"supported": false, "reason": reason}});
             }
         };
         let mut version = 0i32;
@@ -80,9 +86,12 @@ mod cuda {
             .result()
             .ok()
             .map(|()| format!("{}.{}", version / 1000, version % 1000 / 10));
+        // Held until the hibernation probe has asked about this process.
+        let mut contexts = Vec::new();
         let gpus: Vec<Value> = (0..count.max(0) as usize)
             .map(|i| match CudaContext::new(i) {
                 Ok(ctx) => {
+                    contexts.push(ctx.clone());
                     let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
                     let uuid = ctx
                         .uuid()
@@ -100,7 +109,13 @@ mod cuda {
                 Err(e) => json!({"index": i, "error": e.to_string()}),
             })
             .collect();
-        json!({"cuda": true, "driver_version": driver, "gpus": gpus})
+        // After the contexts above: the driver is asked about this process.
+        let hibernation = if !contexts.is_empty() {
+            super::hibernate::detect()
+        } else {
+            json!({"supported": false, "reason": "no GPU could be opened"})
+        };
+        json!({"cuda": true, "driver_version": driver, "gpus": gpus, "hibernation": hibernation})
     }
 
     pub(super) fn upload_bench(path: &std::path::Path, ordinal: usize) -> Value {
@@ -218,6 +233,10 @@ mod tests {
         assert_eq!(v["cuda"], false);
         assert_eq!(v["gpus"], json!([]));
         assert!(v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cuda feature")));
+        assert_eq!(v["hibernation"]["supported"], false);
+        assert!(v["hibernation"]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("cuda feature")));
     }
