@@ -1,12 +1,20 @@
 //! The GPUs this worker build can see, through the CUDA driver (cudarc, as
 //! candle loads it): index, name, UUID, memory, compute capability and the
-//! driver's version — the inventory the gateway's placer takes
-//! (`thaw-worker --gpu-info`).
+//! driver's version, and whether the driver can hibernate a GPU process —
+//! the inventory the gateway's placer takes (`thaw-worker --gpu-info`).
 
 use serde_json::Value;
 
-/// `{"cuda": …, "driver_version": …, "gpus": […]}`, with the reason when
-/// there are none.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // looking up the driver's checkpoint API
+pub mod hibernate;
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // pinned memory and asynchronous copies
+pub mod pinned;
+pub mod plan;
+
+/// `{"cuda": …, "driver_version": …, "gpus": […], "hibernation":
+/// {"supported": …, "reason": …}}`, with the reason when there are none.
 pub fn inventory() -> Value {
     #[cfg(feature = "cuda")]
     {
@@ -18,15 +26,19 @@ pub fn inventory() -> Value {
             "cuda": false,
             "gpus": [],
             "reason": "this worker is built without the cuda feature (scripts/build-cuda.sh builds it)",
+            "hibernation": {"supported": false, "reason": "this worker is built without the cuda feature"},
         })
     }
 }
 
-/// Uploads the file at `path` (a snapshot's weights) to GPU `ordinal` in
-/// 64 MiB pieces from its mapping, the way a worker loads weights today
-/// (candle's copy from pageable memory), after reading it once so that it
-/// comes from the page cache: bytes, seconds and GB/s (the GPU suite's
-/// "thaw upload" figure, bench/gpu/run.sh).
+/// Uploads the file at `path` (a snapshot's weights) to GPU `ordinal` from
+/// its mapping, after reading it once so that it comes from the page cache,
+/// by two methods: `pageable` (64 MiB pieces through candle's copy from
+/// pageable memory, the way a worker loads weights today) and `pinned` (the
+/// chunked, overlapped upload through pinned staging buffers, `pinned`,
+/// under a few staging settings). Bytes, seconds and GB/s for each; the
+/// top-level `gb_per_s` is the best (the GPU suite's "thaw upload" figure,
+/// bench/gpu/run.sh).
 pub fn upload_bench(path: &std::path::Path, ordinal: usize) -> Value {
     #[cfg(feature = "cuda")]
     {
@@ -62,7 +74,9 @@ mod cuda {
         let count = match CudaContext::device_count() {
             Ok(n) => n,
             Err(e) => {
-                return json!({"cuda": true, "gpus": [], "reason": format!("the CUDA driver: {e}")})
+                let reason = format!("the CUDA driver: {e}");
+                return json!({"cuda": true, "gpus": [], "reason": reason,
+                              "hibernation": {"supported": false, "reason": reason}});
             }
         };
         let mut version = 0i32;
@@ -72,9 +86,12 @@ mod cuda {
             .result()
             .ok()
             .map(|()| format!("{}.{}", version / 1000, version % 1000 / 10));
+        // Held until the hibernation probe has asked about this process.
+        let mut contexts = Vec::new();
         let gpus: Vec<Value> = (0..count.max(0) as usize)
             .map(|i| match CudaContext::new(i) {
                 Ok(ctx) => {
+                    contexts.push(ctx.clone());
                     let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
                     let uuid = ctx
                         .uuid()
@@ -92,7 +109,13 @@ mod cuda {
                 Err(e) => json!({"index": i, "error": e.to_string()}),
             })
             .collect();
-        json!({"cuda": true, "driver_version": driver, "gpus": gpus})
+        // After the contexts above: the driver is asked about this process.
+        let hibernation = if !contexts.is_empty() {
+            super::hibernate::detect()
+        } else {
+            json!({"supported": false, "reason": "no GPU could be opened"})
+        };
+        json!({"cuda": true, "driver_version": driver, "gpus": gpus, "hibernation": hibernation})
     }
 
     pub(super) fn upload_bench(path: &std::path::Path, ordinal: usize) -> Value {
@@ -103,11 +126,50 @@ mod cuda {
     }
 
     fn upload(path: &std::path::Path, ordinal: usize) -> anyhow::Result<Value> {
-        use candle_core::{Device, Tensor};
         let file = thaw_snapshot::mmap::MappedFile::open(path)?;
         let bytes = file.bytes();
         // From the page cache: every page read once first.
         let touched: u64 = bytes.iter().step_by(4096).map(|&b| u64::from(b)).sum();
+        let pageable = pageable(bytes, ordinal)?;
+        let tensors = super::plan::safetensors_tensors(bytes).unwrap_or_else(|_| {
+            vec![super::plan::TensorBytes {
+                name: "file".into(),
+                range: 0..bytes.len() as u64,
+            }]
+        });
+        let ctx = CudaContext::new(ordinal)?;
+        let mut pinned = Vec::new();
+        for (chunk_mib, slots, streams, threads) in STAGINGS {
+            let staging = super::plan::Staging {
+                chunk_bytes: chunk_mib << 20,
+                slots,
+                streams,
+            };
+            pinned.push(
+                match pinned_upload(&ctx, bytes, &tensors, staging, threads) {
+                    Ok(v) => v,
+                    Err(e) => json!({"chunk_mib": chunk_mib, "error": e.to_string()}),
+                },
+            );
+        }
+        let best = std::iter::once(&pageable)
+            .chain(&pinned)
+            .filter_map(|m| m["gb_per_s"].as_f64())
+            .fold(0.0, f64::max);
+        Ok(json!({
+            "bytes": bytes.len(),
+            "gb_per_s": best,
+            "methods": {"pageable": pageable, "pinned": pinned},
+            "checksum_of_touch": touched % 251,
+        }))
+    }
+
+    /// Staging settings the pinned method is measured with: chunk MiB,
+    /// pinned slots, streams, CPU threads.
+    const STAGINGS: [(u64, usize, usize, usize); 3] = [(8, 8, 2, 4), (32, 16, 4, 8), (64, 8, 4, 8)];
+
+    fn pageable(bytes: &[u8], ordinal: usize) -> anyhow::Result<Value> {
+        use candle_core::{Device, Tensor};
         let device = Device::new_cuda(ordinal)?;
         device.synchronize()?;
         let start = std::time::Instant::now();
@@ -118,12 +180,33 @@ mod cuda {
         device.synchronize()?;
         let seconds = start.elapsed().as_secs_f64();
         Ok(json!({
-            "bytes": bytes.len(),
             "seconds": seconds,
             "gb_per_s": bytes.len() as f64 / seconds / 1e9,
             "pieces": resident.len(),
             "path": "candle Tensor::from_slice from the mapping (pageable), 64 MiB pieces",
-            "checksum_of_touch": touched % 251,
+        }))
+    }
+
+    fn pinned_upload(
+        ctx: &std::sync::Arc<CudaContext>,
+        bytes: &[u8],
+        tensors: &[super::plan::TensorBytes],
+        staging: super::plan::Staging,
+        threads: usize,
+    ) -> anyhow::Result<Value> {
+        let (device, done) = super::pinned::upload(ctx, bytes, tensors, staging, threads)?;
+        let verified = super::pinned::verify(ctx, bytes, tensors, &device, 16);
+        Ok(json!({
+            "seconds": done.seconds,
+            "gb_per_s": done.bytes as f64 / done.seconds / 1e9,
+            "chunk_mib": staging.chunk_bytes >> 20,
+            "slots": staging.slots,
+            "streams": staging.streams,
+            "threads": threads,
+            "chunks": done.chunks,
+            "device_copies": done.copies,
+            "verified": verified.as_ref().map_or_else(|e| Value::String(e.clone()), |()| Value::Bool(true)),
+            "path": "mapping -> pinned staging (CPU threads) -> device (async, several streams, events)",
         }))
     }
 }
@@ -150,6 +233,10 @@ mod tests {
         assert_eq!(v["cuda"], false);
         assert_eq!(v["gpus"], json!([]));
         assert!(v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cuda feature")));
+        assert_eq!(v["hibernation"]["supported"], false);
+        assert!(v["hibernation"]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("cuda feature")));
     }

@@ -8,28 +8,10 @@
 //! `cuda-checkpoint` does.
 //!
 //! The entry points are looked up in the driver library at run time, so a
-//! driver without them is reported (`support`) instead of failing to load.
+//! driver without them is an error that says so (`--gpu-info` reports
+//! whether they are there: `gpu::hibernate::detect`).
 
 use serde_json::{json, Value};
-
-/// Whether this build and driver can hibernate GPU workers:
-/// `{"supported": bool, "reason": …}`.
-pub fn support() -> Value {
-    #[cfg(feature = "cuda")]
-    {
-        match cuda::Api::load() {
-            Ok(_) => json!({"supported": true}),
-            Err(reason) => json!({"supported": false, "reason": reason}),
-        }
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        json!({
-            "supported": false,
-            "reason": "this worker is built without the cuda feature",
-        })
-    }
-}
 
 /// Locks the CUDA process `pid` (waiting up to `lock_timeout_ms` for its
 /// calls in flight) and checkpoints it: its device memory goes to host
@@ -76,9 +58,9 @@ pub fn state_name(state: i32) -> &'static str {
 }
 
 #[cfg(feature = "cuda")]
-#[allow(unsafe_code)] // calls into the driver library through dlsym'd pointers
+#[allow(unsafe_code)] // calls into the driver library through looked-up pointers
 mod cuda {
-    use std::ffi::{c_int, c_uint, c_void, CStr};
+    use std::ffi::{c_int, c_uint};
     use std::time::Instant;
 
     use serde_json::{json, Value};
@@ -106,6 +88,8 @@ mod cuda {
 
     /// The checkpoint entry points of the loaded driver.
     pub(super) struct Api {
+        /// Keeps the functions below loaded.
+        _lib: libloading::Library,
         get_state: GetState,
         lock: Lock,
         checkpoint: Op,
@@ -113,62 +97,42 @@ mod cuda {
         unlock: Op,
     }
 
-    fn symbol(lib: *mut c_void, name: &CStr) -> Result<*mut c_void, String> {
-        // SAFETY: `lib` is a handle dlopen returned and never closed;
-        // `name` is NUL-terminated.
-        let f = unsafe { libc::dlsym(lib, name.as_ptr()) };
-        if f.is_null() {
-            return Err(format!(
-                "the CUDA driver has no {} (process checkpointing needs driver 570 or newer)",
-                name.to_string_lossy()
-            ));
-        }
-        Ok(f)
+    /// `name`'s address in the driver library, as the function type `T`.
+    ///
+    /// SAFETY (for callers): `T` must be the C prototype of `name` in
+    /// cuda.h.
+    unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> Result<T, String> {
+        // SAFETY: the caller vouches for the type; the pointer is copied out
+        // and used only while `lib` (kept in `Api`) is loaded.
+        unsafe { lib.get::<T>(name.as_bytes()) }
+            .map(|f| *f)
+            .map_err(|_| {
+                format!("the CUDA driver has no {name} (process checkpointing needs driver 570 or newer)")
+            })
     }
 
     impl Api {
         pub(super) fn load() -> Result<Api, String> {
-            // SAFETY: a NUL-terminated library name; the handle is kept for
-            // the process's life (the driver is never unloaded).
-            let lib = unsafe {
-                libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL)
-            };
-            if lib.is_null() {
-                return Err("no CUDA driver library (libcuda.so.1) on this machine".into());
-            }
-            let init = symbol(lib, c"cuInit")?;
-            // SAFETY: each pointer is the driver's function of that name,
-            // whose C signature the type spells (cuda.h, CUDA 12.8+).
-            let api = unsafe {
-                let init: Init = std::mem::transmute::<*mut c_void, Init>(init);
+            // SAFETY: the driver library's initialisers are safe to run
+            // (a CUDA program runs them at start); it stays loaded in `Api`.
+            let lib = unsafe { libloading::Library::new("libcuda.so.1") }
+                .map_err(|e| format!("cannot open the CUDA driver (libcuda.so.1): {e}"))?;
+            // SAFETY: every type below is cuda.h's prototype of the name.
+            unsafe {
+                let init: Init = symbol(&lib, "cuInit")?;
                 let status = init(0);
                 if status != 0 {
                     return Err(format!("cuInit failed with CUDA error {status}"));
                 }
-                Api {
-                    get_state: std::mem::transmute::<*mut c_void, GetState>(symbol(
-                        lib,
-                        c"cuCheckpointProcessGetState",
-                    )?),
-                    lock: std::mem::transmute::<*mut c_void, Lock>(symbol(
-                        lib,
-                        c"cuCheckpointProcessLock",
-                    )?),
-                    checkpoint: std::mem::transmute::<*mut c_void, Op>(symbol(
-                        lib,
-                        c"cuCheckpointProcessCheckpoint",
-                    )?),
-                    restore: std::mem::transmute::<*mut c_void, Op>(symbol(
-                        lib,
-                        c"cuCheckpointProcessRestore",
-                    )?),
-                    unlock: std::mem::transmute::<*mut c_void, Op>(symbol(
-                        lib,
-                        c"cuCheckpointProcessUnlock",
-                    )?),
-                }
-            };
-            Ok(api)
+                Ok(Api {
+                    get_state: symbol(&lib, "cuCheckpointProcessGetState")?,
+                    lock: symbol(&lib, "cuCheckpointProcessLock")?,
+                    checkpoint: symbol(&lib, "cuCheckpointProcessCheckpoint")?,
+                    restore: symbol(&lib, "cuCheckpointProcessRestore")?,
+                    unlock: symbol(&lib, "cuCheckpointProcessUnlock")?,
+                    _lib: lib,
+                })
+            }
         }
 
         fn state(&self, pid: c_int) -> Result<i32, String> {
@@ -257,11 +221,6 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_build_without_cuda_says_it_cannot_hibernate() {
-        let s = support();
-        assert_eq!(s["supported"], false);
-        assert!(s["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("cuda feature")));
         assert!(hibernate(1, 100)["error"].is_string());
         assert!(resume(1)["error"].is_string());
     }

@@ -117,9 +117,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     if args.gpu_info {
-        let mut info = thaw_worker::gpu::inventory();
-        info["hibernation"] = hibernate::support();
-        println!("{info}");
+        println!("{}", thaw_worker::gpu::inventory());
         return Ok(());
     }
     if let Some(pid) = args.hibernate {

@@ -1,0 +1,250 @@
+//! The pinned, chunked, overlapped upload (cuda builds): runs a
+//! [`plan`](super::plan) with page-locked staging buffers. CPU threads copy
+//! chunks from the mapping into the staging slots while the GPU copies
+//! earlier chunks out of theirs on several streams; an event recorded after
+//! each chunk's device copies tells the thread that owns the slot when it
+//! may fill it again.
+//!
+//! The unsafe here: the asynchronous host-to-device copy (the driver reads
+//! the staging buffer after the call returns) and the device pointer
+//! arithmetic into one allocation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DriverError,
+    PinnedHostSlice,
+};
+
+use super::plan::{self, Chunk, Staging, TensorBytes};
+
+/// What an upload did.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// Bytes copied to the device.
+    pub bytes: u64,
+    /// From the first staging copy to the last device copy's end.
+    pub seconds: f64,
+    /// Chunks in the plan.
+    pub chunks: usize,
+    /// Device copies issued (after merging contiguous pieces).
+    pub copies: usize,
+}
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The plan was refused.
+    #[error("upload plan: {0}")]
+    Plan(#[from] plan::PlanError),
+    /// A tensor lies outside the mapping.
+    #[error("tensor {0:?} ends past the mapping ({1} bytes)")]
+    OutOfRange(String, usize),
+    /// The driver failed.
+    #[error("CUDA: {0}")]
+    Driver(#[from] DriverError),
+    /// A staging thread panicked.
+    #[error("a staging thread panicked")]
+    Thread,
+}
+
+/// The device memory the tensors were uploaded into: tensor `t` starts at
+/// `bases[t]`.
+pub struct DeviceTensors {
+    /// One allocation holding every tensor, back to back.
+    pub memory: CudaSlice<u8>,
+    /// Each tensor's offset in it.
+    pub bases: Vec<u64>,
+}
+
+/// Uploads `tensors` of `bytes` (a mapping) to `ctx`'s device under
+/// `staging`, filling staging buffers on `threads` CPU threads.
+pub fn upload(
+    ctx: &Arc<CudaContext>,
+    bytes: &[u8],
+    tensors: &[TensorBytes],
+    staging: Staging,
+    threads: usize,
+) -> Result<(DeviceTensors, Uploaded), UploadError> {
+    if let Some(t) = tensors.iter().find(|t| t.range.end > bytes.len() as u64) {
+        return Err(UploadError::OutOfRange(t.name.clone(), bytes.len()));
+    }
+    let chunks = plan::plan(tensors, staging)?;
+    let mut bases = Vec::with_capacity(tensors.len());
+    let mut total = 0u64;
+    for t in tensors {
+        bases.push(total);
+        total += t.range.end - t.range.start;
+    }
+    let streams: Vec<Arc<CudaStream>> = (0..staging.streams)
+        .map(|_| ctx.new_stream())
+        .collect::<Result<_, _>>()?;
+    let setup = ctx.default_stream();
+    let memory = setup.alloc_zeros::<u8>(usize::try_from(total.max(1)).unwrap_or(usize::MAX))?;
+    setup.synchronize()?;
+    let chunk_len = usize::try_from(staging.chunk_bytes).unwrap_or(usize::MAX);
+    let slots: Vec<PinnedHostSlice<u8>> = (0..staging.slots)
+        // SAFETY: the buffers are uninitialised; every byte a device copy
+        // reads from one was written by its fill first (the plan stages a
+        // chunk's pieces back to back from offset 0 and copies only those).
+        .map(|_| unsafe { ctx.alloc_pinned::<u8>(chunk_len) })
+        .collect::<Result<_, _>>()?;
+    let base = {
+        let (ptr, _record) = memory.device_ptr(&setup);
+        ptr
+    };
+    let threads = threads.clamp(1, staging.slots);
+    // Slot s belongs to thread s % threads, with every chunk staged in it.
+    let mut owned: Vec<Vec<(usize, PinnedHostSlice<u8>)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (s, slot) in slots.into_iter().enumerate() {
+        owned[s % threads].push((s, slot));
+    }
+    let job = Job {
+        bytes,
+        chunks: &chunks,
+        bases: &bases,
+        streams: &streams,
+        base,
+        threads,
+    };
+    let start = Instant::now();
+    let copies: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = owned
+            .into_iter()
+            .enumerate()
+            .map(|(t, slots)| {
+                let job = &job;
+                scope.spawn(move || job.run(ctx, t, slots))
+            })
+            .collect();
+        let mut copies = 0;
+        for w in workers {
+            copies += w.join().map_err(|_| UploadError::Thread)??;
+        }
+        Ok::<usize, UploadError>(copies)
+    })?;
+    for s in &streams {
+        s.synchronize()?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok((
+        DeviceTensors { memory, bases },
+        Uploaded {
+            bytes: total,
+            seconds,
+            chunks: chunks.len(),
+            copies,
+        },
+    ))
+}
+
+/// What every staging thread shares.
+struct Job<'a> {
+    bytes: &'a [u8],
+    chunks: &'a [Chunk],
+    bases: &'a [u64],
+    streams: &'a [Arc<CudaStream>],
+    base: sys::CUdeviceptr,
+    threads: usize,
+}
+
+impl Job<'_> {
+    /// Stages and issues every chunk of the slots this thread owns, in
+    /// plan order; returns the device copies issued. Returns only once its
+    /// last copies have finished (so the slots may be freed).
+    fn run(
+        &self,
+        ctx: &Arc<CudaContext>,
+        thread: usize,
+        mut slots: Vec<(usize, PinnedHostSlice<u8>)>,
+    ) -> Result<usize, UploadError> {
+        ctx.bind_to_thread()?;
+        let mut last: Vec<Option<CudaEvent>> = (0..slots.len()).map(|_| None).collect();
+        let mut copies = 0;
+        for chunk in self
+            .chunks
+            .iter()
+            .filter(|c| c.slot % self.threads == thread)
+        {
+            let k = slots
+                .iter()
+                .position(|(s, _)| *s == chunk.slot)
+                .ok_or(UploadError::Thread)?;
+            // The plan's dependency: the chunk that used this slot before
+            // has been copied out of it.
+            if let Some(done) = last[k].take() {
+                done.synchronize()?;
+            }
+            let staging = slots[k].1.as_mut_slice()?;
+            for p in &chunk.pieces {
+                let (from, to) = (p.source.start as usize, p.source.end as usize);
+                let at = p.staging_offset as usize;
+                staging[at..at + (to - from)].copy_from_slice(&self.bytes[from..to]);
+            }
+            let stream = &self.streams[chunk.stream];
+            for (at, device, len) in chunk.copies(self.bases) {
+                let (at, len) = (at as usize, len as usize);
+                // SAFETY: the destination lies inside `memory` (device
+                // offsets are the tensors' bases plus offsets within them,
+                // all below the allocation's length), which outlives the
+                // copy (`upload` synchronises every stream before returning
+                // it). The source is this thread's pinned slot, which is
+                // written again only after the event recorded below has
+                // completed, and freed only after this thread waited for
+                // its last event.
+                unsafe {
+                    result::memcpy_htod_async(
+                        self.base + device,
+                        &staging[at..at + len],
+                        stream.cu_stream(),
+                    )?;
+                }
+                copies += 1;
+            }
+            let event = ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))?;
+            event.record(stream)?;
+            last[k] = Some(event);
+        }
+        for done in last.into_iter().flatten() {
+            done.synchronize()?;
+        }
+        Ok(copies)
+    }
+}
+
+/// Checks `samples` windows of the upload against the mapping (copied
+/// back to the host): `Ok(())` when every byte matches.
+pub fn verify(
+    ctx: &Arc<CudaContext>,
+    bytes: &[u8],
+    tensors: &[TensorBytes],
+    device: &DeviceTensors,
+    samples: usize,
+) -> Result<(), String> {
+    let stream = ctx.default_stream();
+    let window = 4096u64;
+    for (t, tensor) in tensors.iter().enumerate() {
+        let len = tensor.range.end - tensor.range.start;
+        if len == 0 {
+            continue;
+        }
+        for i in 0..samples as u64 {
+            // Spread over the tensor, its last bytes included.
+            let at = (len.saturating_sub(window)) * i / (samples as u64 - 1).max(1);
+            let n = window.min(len - at);
+            let base = device.bases[t] + at;
+            let view = device.memory.slice(base as usize..(base + n) as usize);
+            let back = stream.clone_dtoh(&view).map_err(|e| e.to_string())?;
+            let from = (tensor.range.start + at) as usize;
+            if back[..] != bytes[from..from + n as usize] {
+                return Err(format!(
+                    "tensor {:?} differs on the device at offset {at}",
+                    tensor.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
