@@ -16,6 +16,7 @@ use candle_core::{DType, Device};
 use thaw_snapshot::mmap::QuantizedWeights;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::bert::device::DeviceBert;
 use super::bert::{BertConfig, BertEncoder};
 use super::{read_json, ModelError};
 use crate::batcher::BatchModel;
@@ -29,9 +30,24 @@ pub enum Pooling {
     Cls,
 }
 
+/// The encoder of a device: packed on the CPU, padded tensors elsewhere.
+enum Encoder {
+    Packed(BertEncoder),
+    Tensors(DeviceBert),
+}
+
+impl Encoder {
+    fn forward(&self, sequences: &[&[u32]]) -> candle_core::Result<Vec<f32>> {
+        match self {
+            Encoder::Packed(e) => e.forward(sequences),
+            Encoder::Tensors(e) => e.forward(sequences),
+        }
+    }
+}
+
 /// A loaded embedding model; `encode` runs on the batching thread.
 pub struct EmbeddingModel {
-    bert: BertEncoder,
+    bert: Encoder,
     tokenizer: Tokenizer,
     pooling: Pooling,
     normalize: bool,
@@ -47,8 +63,17 @@ pub struct Tokens {
 }
 
 impl EmbeddingModel {
-    /// Loads the model in `dir`, weights mapped from `model.safetensors`.
+    /// Loads the model in `dir`, weights mapped from `model.safetensors`:
+    /// on the CPU into the packed encoder, on another device (a GPU) into
+    /// the tensor encoder there.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::load_with(dir, device, device.is_cpu())
+    }
+
+    /// [`load`](Self::load), choosing the encoder: `packed` (CPU only) or
+    /// the tensor encoder on `device` (the CPU included: the tests compare
+    /// the two there).
+    pub fn load_with(dir: &Path, device: &Device, packed: bool) -> Result<Self, ModelError> {
         let config: BertConfig = serde_json::from_value(read_json(&dir.join("config.json"))?)
             .map_err(|e| ModelError::Load(format!("config.json: {e}")))?;
         let max_positions = config.max_position_embeddings;
@@ -71,10 +96,14 @@ impl EmbeddingModel {
         let weights = dir.join("model.safetensors");
         // A q8_0 snapshot's dense matrices are read as blocks; the rest, and
         // every tensor of any other weights file, through the VarBuilder.
-        let quantized = QuantizedWeights::open(&weights).map_err(ModelError::load)?;
-        let vb = thaw_snapshot::map_safetensors(&[weights], DType::F32, device)
+        let vb = thaw_snapshot::map_safetensors(std::slice::from_ref(&weights), DType::F32, device)
             .map_err(ModelError::load)?;
-        let bert = BertEncoder::load(vb, &quantized, &config).map_err(ModelError::load)?;
+        let bert = if packed {
+            let quantized = QuantizedWeights::open(&weights).map_err(ModelError::load)?;
+            Encoder::Packed(BertEncoder::load(vb, &quantized, &config).map_err(ModelError::load)?)
+        } else {
+            Encoder::Tensors(DeviceBert::load(vb, &config).map_err(ModelError::load)?)
+        };
         let model = EmbeddingModel {
             bert,
             tokenizer,

@@ -15,6 +15,7 @@
 //! everything else stays f32.
 
 mod dense;
+pub mod device;
 pub mod kernels;
 
 use std::sync::Mutex;
@@ -95,6 +96,34 @@ fn layer_norm(vb: &VarBuilder, len: usize, eps: f64) -> candle_core::Result<Laye
     })
 }
 
+/// What both encoders support: GELU (erf), absolute positions, heads that
+/// divide the width.
+fn check_config(config: &BertConfig) -> candle_core::Result<()> {
+    if config.hidden_act != "gelu" {
+        return Err(msg(format!(
+            "activation {:?} is not supported",
+            config.hidden_act
+        )));
+    }
+    if let Some(kind) = config
+        .position_embedding_type
+        .as_deref()
+        .filter(|k| *k != "absolute")
+    {
+        return Err(msg(format!(
+            "position embeddings {kind:?} are not supported"
+        )));
+    }
+    let h = config.hidden_size;
+    if config.num_attention_heads == 0 || h % config.num_attention_heads != 0 {
+        return Err(msg(format!(
+            "{} heads do not divide {h}",
+            config.num_attention_heads
+        )));
+    }
+    Ok(())
+}
+
 impl BertEncoder {
     /// Reads the weights of a `BertModel` (names with or without a `bert.`
     /// prefix) for `config`, on the CPU: the dense matrices from `quantized`
@@ -107,28 +136,8 @@ impl BertEncoder {
         if !matches!(vb.device(), Device::Cpu) || vb.dtype() != DType::F32 {
             return Err(msg("the packed BERT encoder runs in f32 on the CPU".into()));
         }
-        if config.hidden_act != "gelu" {
-            return Err(msg(format!(
-                "activation {:?} is not supported",
-                config.hidden_act
-            )));
-        }
-        if let Some(kind) = config
-            .position_embedding_type
-            .as_deref()
-            .filter(|k| *k != "absolute")
-        {
-            return Err(msg(format!(
-                "position embeddings {kind:?} are not supported"
-            )));
-        }
+        check_config(config)?;
         let (h, i) = (config.hidden_size, config.intermediate_size);
-        if config.num_attention_heads == 0 || h % config.num_attention_heads != 0 {
-            return Err(msg(format!(
-                "{} heads do not divide {h}",
-                config.num_attention_heads
-            )));
-        }
         let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
             vb
         } else {
