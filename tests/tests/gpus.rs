@@ -202,7 +202,10 @@ fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
     let s = g.status();
     let instance = &model(&s, "gpu")["instances"][0];
     assert_eq!(instance["started_from"], "standby", "{s}");
-    assert_eq!(instance["pid"], standby, "the standby process itself serves");
+    assert_eq!(
+        instance["pid"], standby,
+        "the standby process itself serves"
+    );
 
     // Its replacement is started at once.
     let s = g.wait("the standby pool refilled", |s| {
