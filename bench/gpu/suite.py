@@ -126,8 +126,8 @@ def copy_ceiling():
 
 
 def synthetic_snapshot(directory, gb):
-    """A safetensors file of `gb` GB of random bytes (never zeros), read
-    once so that it sits in the page cache."""
+    """A safetensors file of `gb` GB of random bytes (never zeros: one random
+    64 MiB block, repeated), read once so that it sits in the page cache."""
     n = int(gb * 1e9) // CHUNK * CHUNK or CHUNK
     path = os.path.join(directory, f"synthetic-{gb:g}gb.safetensors")
     header = json.dumps({"weights": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
@@ -136,8 +136,9 @@ def synthetic_snapshot(directory, gb):
     with open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
+        block = os.urandom(CHUNK)
         for _ in range(n // CHUNK):
-            f.write(os.urandom(CHUNK))
+            f.write(block)
     written = time.perf_counter() - t
     with open(path, "rb") as f:
         while f.read(CHUNK):

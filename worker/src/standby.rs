@@ -75,12 +75,30 @@ fn ms(since: Instant) -> f64 {
 }
 
 /// Makes `device` ready for the first model: on a GPU this creates the
-/// context (in `parse_device`) and runs a first kernel, so that lazily
-/// loaded modules and handles exist before a request needs them.
+/// context (in `parse_device`), then runs one operation of each kind a
+/// model uses (gather, element-wise, matrix product, softmax, layer norm,
+/// GELU, copies, sums), so that the kernel modules are loaded (and, the
+/// first time on a machine, compiled from PTX by the driver: seconds) and
+/// the cuBLAS handle exists before a request needs them.
 fn prepare(device: &Device) -> anyhow::Result<()> {
     let probe = Tensor::ones(16, DType::F32, device)?.sum_all()?;
     let sum = probe.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     anyhow::ensure!(sum == 16.0, "the device computed {sum} for 16 ones");
+    let ids = Tensor::new(&[2u32, 0, 1], device)?;
+    let table = Tensor::arange(0f32, 32.0, device)?.reshape((4, 8))?;
+    let x = (table
+        .index_select(&ids, 0)?
+        .broadcast_add(&Tensor::ones(8, DType::F32, device)?)?
+        * 0.01)?;
+    let scores = x.matmul(&x.t()?.contiguous()?)?;
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    let (gamma, beta) = (
+        Tensor::ones(8, DType::F32, device)?,
+        Tensor::zeros(8, DType::F32, device)?,
+    );
+    let normed = candle_nn::ops::layer_norm(&weights.matmul(&x)?, &gamma, &beta, 1e-12)?;
+    let out = normed.gelu_erf()?.sum_all()?.to_scalar::<f32>()?;
+    anyhow::ensure!(out.is_finite(), "the device computed {out} in its warm-up");
     Ok(())
 }
 
