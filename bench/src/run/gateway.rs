@@ -29,6 +29,8 @@ pub struct ModelUnderTest {
     pub kind: String,
     /// Its source directory, resolved.
     pub source: PathBuf,
+    /// Its `device` (`cpu` when the config names none).
+    pub device: String,
 }
 
 /// The operator's config, parsed, with the model under test found in it.
@@ -66,6 +68,11 @@ impl BaseConfig {
             .get("source")
             .and_then(|s| s.as_str())
             .context("a model without a source")?
+            .to_string();
+        let device = entry
+            .get("device")
+            .and_then(|d| d.as_str())
+            .unwrap_or("cpu")
             .to_string();
         let kind_given = entry
             .get("kind")
@@ -114,7 +121,12 @@ impl BaseConfig {
         }
         Ok(BaseConfig {
             doc,
-            model: ModelUnderTest { name, kind, source },
+            model: ModelUnderTest {
+                name,
+                kind,
+                source,
+                device,
+            },
         })
     }
 

@@ -1224,6 +1224,10 @@ fn trace(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Re
     let cost_serverless = day_instance_seconds / 3600.0 * args.price_serverless;
     let cost_always_on = always_on_instance_seconds / 3600.0 * args.price_always_on;
     let break_even = args.price_always_on / args.price_serverless;
+    // A GPU model's instance holds one GPU share: its instance-seconds are
+    // the GPU-seconds billed.
+    let on_gpu = model.device.starts_with("cuda");
+    let gpu_seconds_day = if on_gpu { day_instance_seconds } else { 0.0 };
     let lat = &r["statuses"]["200"]["latency_us"];
     let markdown = format!(
         "## {scenario}: {name}, a day of {total} requests ({file}) replayed {compression:.0}× faster\n\n\
@@ -1231,7 +1235,8 @@ fn trace(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Re
          | latency of 200s p50 / p99 / max (ms) | {:.1} / {:.1} / {:.1} |\n\
          | non-200 outcomes | {} |\n| every request one outcome | {} |\n\
          | cold starts | {cold_starts:.0} |\n| peak ready instances | {peak:.0} |\n\
-         | instance-seconds (the real day) | {day_instance_seconds:.0} |\n\n\
+         | instance-seconds (the real day) | {day_instance_seconds:.0} |\n\
+         | GPU-seconds (the real day; device {device}) | {gpu_seconds_day:.0} |\n\n\
          ### cost against always-on sized for the peak\n\n\
          | | instance-hours | price per instance-hour | cost |\n|---|---|---|---|\n\
          | thaw (scale to zero) | {:.1} | {:.3} | {cost_serverless:.2} |\n\
@@ -1259,6 +1264,7 @@ fn trace(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Re
         tick = 1.0 / minute,
         total = per_minute.iter().sum::<u64>(),
         file = args.trace.display(),
+        device = model.device,
     );
     let load: Vec<(f64, f64)> = per_minute
         .iter()
@@ -1304,6 +1310,9 @@ fn trace(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Re
             "instance_seconds_day": day_instance_seconds,
             "always_on_instance_seconds_day": always_on_instance_seconds,
             "utilization": utilization,
+            "device": model.device,
+            "gpu_seconds_day": gpu_seconds_day,
+            "always_on_gpu_seconds_day": if on_gpu { always_on_instance_seconds } else { 0.0 },
             "prices": {"always_on_per_hour": args.price_always_on, "serverless_per_hour": args.price_serverless},
             "cost": {"thaw": cost_serverless, "always_on": cost_always_on},
             "break_even_utilization": break_even,
