@@ -19,6 +19,7 @@ fn credit_score() -> WorkerSpec {
         source: repo_root().join("configs/models/credit-score"),
         kind: Some(thaw_snapshot::ModelKind::Tabular),
         device: "cpu".into(),
+        memory_limit: None,
     }
 }
 

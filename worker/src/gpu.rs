@@ -446,3 +446,90 @@ mod tests {
             .is_some_and(|r| r.contains("cuda feature")));
     }
 }
+
+/// Weights mapped and registered with the driver (`cuMemHostRegister`,
+/// read-only) while a model loads onto a GPU: candle copies each tensor
+/// straight from the mapping, and from registered pages the copy runs at
+/// the host-to-device ceiling (on an H200 55 GB/s, against 7.4 from plain
+/// pageable memory; registration itself runs at 33–48 GB/s). Dropping it
+/// unregisters the pages; the tensors already on the device stay.
+#[cfg(feature = "cuda")]
+pub struct Registered {
+    /// Keeps the mapping alive until the pages are unregistered.
+    _vb: candle_nn::VarBuilder<'static>,
+    start: usize,
+    /// Time the registration took.
+    pub register_ms: f64,
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // the registration of the mapping's pages
+impl Drop for Registered {
+    fn drop(&mut self) {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        // SAFETY: `start` was registered by `map_registered` and the mapping
+        // (held by `_vb`, dropped after this) is still there.
+        let status = unsafe { sys::cuMemHostUnregister(self.start as *mut std::ffi::c_void) };
+        if status != sys::cudaError_enum::CUDA_SUCCESS {
+            tracing::warn!("unregistering a model's mapping: {status:?}");
+        }
+    }
+}
+
+/// A `VarBuilder` over the safetensors file at `path` whose mapping is
+/// registered with `device`'s driver; the guard unregisters it.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // the mapping, and the registration of its pages
+pub fn map_registered(
+    path: &std::path::Path,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<(candle_nn::VarBuilder<'static>, Registered), String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::safetensors::MmapedSafetensors;
+    let cuda = device.as_cuda_device().map_err(|e| e.to_string())?;
+    cuda.cuda_stream()
+        .context()
+        .bind_to_thread()
+        .map_err(|e| e.to_string())?;
+    // SAFETY: a read-only mapping of a model file, which thaw never
+    // modifies in place while mapped (see `thaw_snapshot::mmap`).
+    let mapped = unsafe { MmapedSafetensors::new(path) }.map_err(|e| e.to_string())?;
+    let (start, end) = mapped
+        .tensors()
+        .iter()
+        .map(|(_, view)| {
+            let data = view.data();
+            (data.as_ptr() as usize, data.as_ptr() as usize + data.len())
+        })
+        .fold((usize::MAX, 0), |(a, b), (c, d)| (a.min(c), b.max(d)));
+    if start >= end {
+        return Err(format!("{}: no tensor data to register", path.display()));
+    }
+    let start = start & !4095;
+    let began = std::time::Instant::now();
+    // SAFETY: [start, end) lies inside the live mapping (page-rounded down
+    // to its first page, which the mapping covers); it is registered
+    // read-only and unregistered by `Registered`'s drop, before the mapping
+    // (kept alive by the guard's VarBuilder) goes away.
+    let status = unsafe {
+        sys::cuMemHostRegister_v2(
+            start as *mut std::ffi::c_void,
+            end - start,
+            sys::CU_MEMHOSTREGISTER_READ_ONLY,
+        )
+    };
+    if status != sys::cudaError_enum::CUDA_SUCCESS {
+        return Err(format!("registering {}: {status:?}", path.display()));
+    }
+    let register_ms = began.elapsed().as_secs_f64() * 1e3;
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(mapped), dtype, device.clone());
+    Ok((
+        vb.clone(),
+        Registered {
+            _vb: vb,
+            start,
+            register_ms,
+        },
+    ))
+}

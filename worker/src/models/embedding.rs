@@ -96,8 +96,31 @@ impl EmbeddingModel {
         let weights = dir.join("model.safetensors");
         // A q8_0 snapshot's dense matrices are read as blocks; the rest, and
         // every tensor of any other weights file, through the VarBuilder.
-        let vb = thaw_snapshot::map_safetensors(std::slice::from_ref(&weights), DType::F32, device)
-            .map_err(ModelError::load)?;
+        // On a GPU the mapping is registered with the driver while the
+        // weights are copied (they then copy at the PCIe ceiling); anywhere
+        // else, or if the driver refuses, candle copies from plain pages.
+        #[cfg(feature = "cuda")]
+        let registered = if device.is_cuda() && !packed {
+            match crate::gpu::map_registered(&weights, DType::F32, device) {
+                Ok(pair) => Some(pair),
+                Err(e) => {
+                    tracing::warn!("loading without registered pages: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        #[cfg(not(feature = "cuda"))]
+        let registered: Option<(candle_nn::VarBuilder<'static>, ())> = None;
+        let (vb, _registration) = match registered {
+            Some((vb, guard)) => (vb, Some(guard)),
+            None => (
+                thaw_snapshot::map_safetensors(std::slice::from_ref(&weights), DType::F32, device)
+                    .map_err(ModelError::load)?,
+                None,
+            ),
+        };
         let bert = if packed {
             let quantized = QuantizedWeights::open(&weights).map_err(ModelError::load)?;
             Encoder::Packed(BertEncoder::load(vb, &quantized, &config).map_err(ModelError::load)?)
