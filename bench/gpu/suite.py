@@ -187,12 +187,12 @@ class Worker:
         self.p.wait()
 
 
-def embed(sock, text="the quick brown fox"):
-    """One /v1/embeddings request over a unix socket; the time it took."""
+def post_embeddings(sock, text):
+    """One /v1/embeddings request over a unix socket: the vector, after
+    checking the status (the body de-chunked if it came chunked)."""
     body = json.dumps({"model": "synthetic", "input": [text]}).encode()
     head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    t = time.perf_counter()
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(60)
     s.connect(sock)
@@ -207,6 +207,23 @@ def embed(sock, text="the quick brown fox"):
     status = int(data.split(b" ", 2)[1])
     if status != 200:
         raise RuntimeError(f"the embedding request answered {status}: {data[-300:]!r}")
+    headers, payload = data.split(b"\r\n\r\n", 1)
+    if b"transfer-encoding: chunked" in headers.lower():
+        out, rest = b"", payload
+        while rest:
+            size, rest = rest.split(b"\r\n", 1)
+            n = int(size, 16)
+            if n == 0:
+                break
+            out, rest = out + rest[:n], rest[n + 2:]
+        payload = out
+    return json.loads(payload)["data"][0]["embedding"]
+
+
+def embed(sock, text="the quick brown fox"):
+    """One /v1/embeddings request over a unix socket; the time it took."""
+    t = time.perf_counter()
+    post_embeddings(sock, text)
     return time.perf_counter() - t
 
 
@@ -271,31 +288,7 @@ def gpu0_free_bytes(worker):
 
 def embedding_of(sock):
     """The vector for a fixed text, to compare across a hibernation."""
-    body = json.dumps({"model": "synthetic", "input": ["the same words"]}).encode()
-    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(60)
-    s.connect(sock)
-    s.sendall(head + body)
-    data = b""
-    while True:
-        chunk = s.recv(1 << 16)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    payload = data.split(b"\r\n\r\n", 1)[1]
-    if b"transfer-encoding: chunked" in data.split(b"\r\n\r\n", 1)[0].lower():
-        out, rest = b"", payload
-        while rest:
-            size, rest = rest.split(b"\r\n", 1)
-            n = int(size, 16)
-            if n == 0:
-                break
-            out, rest = out + rest[:n], rest[n + 2:]
-        payload = out
-    return json.loads(payload)["data"][0]["embedding"]
+    return post_embeddings(sock, "the same words")
 
 
 def hibernate_resume(worker, shape):

@@ -211,6 +211,29 @@ mod cuda {
             .unwrap_or_else(|| STAGINGS.to_vec())
     }
 
+    /// A device buffer of `len` bytes (its address) and `streams` streams
+    /// to copy into it on, with `ctx` bound to this thread.
+    fn destination(
+        ctx: &std::sync::Arc<CudaContext>,
+        len: usize,
+        streams: usize,
+    ) -> anyhow::Result<(
+        candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>,
+        sys::CUdeviceptr,
+        Vec<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>>,
+    )> {
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        ctx.bind_to_thread()?;
+        let setup = ctx.default_stream();
+        let memory = setup.alloc_zeros::<u8>(len.max(1))?;
+        setup.synchronize()?;
+        let base = memory.device_ptr(&setup).0;
+        let queues = (0..streams)
+            .map(|_| ctx.new_stream())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((memory, base, queues))
+    }
+
     /// The mapping registered piece by piece while earlier pieces copy:
     /// `threads` threads, each registering its pieces (`piece` bytes, every
     /// `threads`-th) and issuing each one's copy on its own stream at once;
@@ -222,15 +245,8 @@ mod cuda {
         threads: usize,
         piece: usize,
     ) -> anyhow::Result<Value> {
-        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-        ctx.bind_to_thread()?;
-        let setup = ctx.default_stream();
-        let memory = setup.alloc_zeros::<u8>(bytes.len().max(1))?;
-        setup.synchronize()?;
-        let (base, _record) = memory.device_ptr(&setup);
-        let queues = (0..threads)
-            .map(|_| ctx.new_stream())
-            .collect::<Result<Vec<_>, _>>()?;
+        // The buffer lives to the end: the copies write into it.
+        let (_memory, base, queues) = destination(ctx, bytes.len(), threads)?;
         let pieces: Vec<&[u8]> = bytes.chunks(piece).collect();
         let start = std::time::Instant::now();
         std::thread::scope(|scope| {
@@ -314,15 +330,8 @@ mod cuda {
         bytes: &[u8],
         streams: usize,
     ) -> anyhow::Result<Value> {
-        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-        ctx.bind_to_thread()?;
-        let setup = ctx.default_stream();
-        let memory = setup.alloc_zeros::<u8>(bytes.len().max(1))?;
-        setup.synchronize()?;
-        let (base, _record) = memory.device_ptr(&setup);
-        let queues = (0..streams)
-            .map(|_| ctx.new_stream())
-            .collect::<Result<Vec<_>, _>>()?;
+        // The buffer lives to the end: the copies write into it.
+        let (_memory, base, queues) = destination(ctx, bytes.len(), streams)?;
         let pointer = bytes.as_ptr() as *mut std::ffi::c_void;
         let start = std::time::Instant::now();
         // SAFETY: the range is this process's live, read-only mapping of

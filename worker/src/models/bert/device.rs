@@ -104,18 +104,7 @@ impl DeviceBert {
         let (h, heads) = (self.hidden, self.heads);
         let batch = sequences.len();
         let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-        for seq in sequences {
-            if seq.is_empty() || seq.len() > self.max_positions {
-                return Err(msg(format!(
-                    "a sequence of {} tokens (1 to {} are supported)",
-                    seq.len(),
-                    self.max_positions
-                )));
-            }
-            if let Some(id) = seq.iter().find(|&&id| id as usize >= self.vocab) {
-                return Err(msg(format!("token id {id} is outside the vocabulary")));
-            }
-        }
+        super::check_sequences(sequences, self.max_positions, self.vocab)?;
         if batch == 0 {
             return Ok(Vec::new());
         }

@@ -124,6 +124,27 @@ fn check_config(config: &BertConfig) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// What both encoders accept: 1 to `max_positions` tokens a sequence,
+/// every id inside the vocabulary.
+fn check_sequences(
+    sequences: &[&[u32]],
+    max_positions: usize,
+    vocab: usize,
+) -> candle_core::Result<()> {
+    for seq in sequences {
+        if seq.is_empty() || seq.len() > max_positions {
+            return Err(msg(format!(
+                "a sequence of {} tokens (1 to {max_positions} are supported)",
+                seq.len()
+            )));
+        }
+        if let Some(id) = seq.iter().find(|&&id| id as usize >= vocab) {
+            return Err(msg(format!("token id {id} is outside the vocabulary")));
+        }
+    }
+    Ok(())
+}
+
 impl BertEncoder {
     /// Reads the weights of a `BertModel` (names with or without a `bert.`
     /// prefix) for `config`, on the CPU: the dense matrices from `quantized`
@@ -202,17 +223,8 @@ impl BertEncoder {
         let h = self.hidden;
         let mut bounds = Vec::with_capacity(sequences.len() + 1);
         bounds.push(0);
+        check_sequences(sequences, self.max_positions, self.vocab)?;
         for seq in sequences {
-            if seq.is_empty() || seq.len() > self.max_positions {
-                return Err(msg(format!(
-                    "a sequence of {} tokens (1 to {} are supported)",
-                    seq.len(),
-                    self.max_positions
-                )));
-            }
-            if let Some(id) = seq.iter().find(|&&id| id as usize >= self.vocab) {
-                return Err(msg(format!("token id {id} is outside the vocabulary")));
-            }
             bounds.push(bounds[bounds.len() - 1] + seq.len());
         }
         let tokens = bounds[bounds.len() - 1];
