@@ -425,37 +425,6 @@ mod cuda {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[cfg(not(feature = "cuda"))]
-    use serde_json::json;
-
-    #[test]
-    fn uuids_are_written_as_nvidia_smi_does() {
-        let bytes: [u8; 16] = std::array::from_fn(|i| (i * 17) as u8);
-        assert_eq!(
-            format_uuid(&bytes),
-            "GPU-00112233-4455-6677-8899-aabbccddeeff"
-        );
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    #[test]
-    fn a_build_without_cuda_says_so() {
-        let v = inventory();
-        assert_eq!(v["cuda"], false);
-        assert_eq!(v["gpus"], json!([]));
-        assert!(v["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("cuda feature")));
-        assert_eq!(v["hibernation"]["supported"], false);
-        assert!(v["hibernation"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("cuda feature")));
-    }
-}
-
 /// Weights mapped and registered with the driver (`cuMemHostRegister`,
 /// read-only) while a model loads onto a GPU: candle copies each tensor
 /// straight from the mapping, and from registered pages the copy runs at
@@ -541,4 +510,35 @@ pub fn map_registered(
             register_ms,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(not(feature = "cuda"))]
+    use serde_json::json;
+
+    #[test]
+    fn uuids_are_written_as_nvidia_smi_does() {
+        let bytes: [u8; 16] = std::array::from_fn(|i| (i * 17) as u8);
+        assert_eq!(
+            format_uuid(&bytes),
+            "GPU-00112233-4455-6677-8899-aabbccddeeff"
+        );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_build_without_cuda_says_so() {
+        let v = inventory();
+        assert_eq!(v["cuda"], false);
+        assert_eq!(v["gpus"], json!([]));
+        assert!(v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cuda feature")));
+        assert_eq!(v["hibernation"]["supported"], false);
+        assert!(v["hibernation"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cuda feature")));
+    }
 }
