@@ -105,15 +105,18 @@ pub enum NoPlace {
 /// KV cache for its sequences) and the CUDA context.
 pub fn memory_need(weights_bytes: u64, kind: ModelKind) -> u64 {
     const MIB: u64 = 1 << 20;
-    const CONTEXT: u64 = 512 * MIB;
     let margin = match kind {
         ModelKind::Tabular => 64 * MIB,
         ModelKind::Embedding => 256 * MIB + weights_bytes / 10,
         // 8 sequences of an 8k context of a small model, and the rest.
         ModelKind::Chat => 1024 * MIB + weights_bytes / 5,
     };
-    weights_bytes + margin + CONTEXT
+    weights_bytes + margin + CUDA_CONTEXT_BYTES
 }
+
+/// What a CUDA context with cuBLAS holds on its GPU: part of every GPU
+/// instance's need, and all that a standby process holds while it waits.
+pub const CUDA_CONTEXT_BYTES: u64 = 512 << 20;
 
 /// Chooses a GPU for an instance needing `need` bytes. `promised` is the
 /// memory of thaw's instances placed since the inventory was read, per GPU

@@ -66,7 +66,12 @@ fn instances_spread_across_fake_gpus_and_a_model_without_room_gets_503() {
         credit_score("big", None, "device = \"cuda\"\nmemory_limit = \"8GiB\""),
     ]
     .concat();
-    let text = config(dir.path(), "gpu_placement = \"spread\"", &models);
+    // No standby processes here: their contexts' leases have their own test.
+    let text = config(
+        dir.path(),
+        "gpu_placement = \"spread\"\ngpu_standby = 0",
+        &models,
+    );
     let g = start(dir.path(), &text);
 
     // Two instances, one on each GPU, their memory promised there.
@@ -190,6 +195,9 @@ fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
     });
     assert_eq!(s["gpus"]["standby"]["per_device"], 1, "{s}");
     let standby = standby_pids(&s, "cpu")[0];
+    // A waiting standby process's context is promised on its GPU.
+    let context = 512 * (1 << 20);
+    assert_eq!(promised(&s, 0) + promised(&s, 1), context, "{s}");
     assert!(model(&s, "gpu")["instances"]
         .as_array()
         .is_some_and(Vec::is_empty));
@@ -212,6 +220,12 @@ fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
         standby_pids(s, "cpu").len() == 1
     });
     assert_ne!(standby_pids(&s, "cpu")[0], standby);
+    // The instance's lease covers its own context; the new standby process
+    // holds one more.
+    let instance = model(&s, "gpu")["instances"][0]["gpu_memory_bytes"]
+        .as_u64()
+        .expect("the instance's promised memory");
+    assert_eq!(promised(&s, 0) + promised(&s, 1), instance + context, "{s}");
 
     // A reload to no standby stops the one waiting.
     g.rewrite(&config(dir.path(), "gpu_standby = 0", &models));

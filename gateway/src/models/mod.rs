@@ -103,7 +103,7 @@ impl Runtime {
             return;
         }
         for gpu in &inventory.gpus {
-            self.standby.fill(&self.gpus.worker_device(gpu.index));
+            self.standby.fill_gpu(&self.gpus, gpu.index);
         }
     }
 }

@@ -21,6 +21,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{watch, Notify};
 
 use super::process::{self, ProcessHandle, SpawnError, WorkerProcess, WorkerSpec};
+use crate::gpus::{Gpus, Lease};
+use crate::placement::{DeviceRequest, CUDA_CONTEXT_BYTES};
 
 /// How many standby processes to start for a device that wants `target`,
 /// holds `ready` and is already starting `starting`.
@@ -41,6 +43,9 @@ pub struct StandbyProcess {
     /// The process's own time to make the device ready.
     pub context_ms: f64,
     ready_at: Instant,
+    /// Its context's memory, promised on its GPU while it waits (dropped
+    /// when activated: the instance's own lease covers the context then).
+    lease: Option<Lease>,
     child: Child,
     stdin: ChildStdin,
     lines: tokio::io::Lines<BufReader<ChildStdout>>,
@@ -103,6 +108,7 @@ impl StandbyProcess {
             startup: start.elapsed(),
             context_ms: message["context_ms"].as_f64().unwrap_or_default(),
             ready_at: Instant::now(),
+            lease: None,
             child,
             stdin,
             lines,
@@ -172,8 +178,11 @@ impl StandbyProcess {
             child,
             stdin,
             lines,
+            lease,
             ..
         } = self;
+        // The instance's own lease covers the context from here on.
+        drop(lease);
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
             // The write end of its lifeline lives as long as it does.
@@ -206,6 +215,9 @@ pub struct StandbyPool {
 struct Slots {
     ready: Vec<StandbyProcess>,
     starting: usize,
+    /// The GPU the device is, when filled through `fill_gpu`: each process
+    /// started for it holds a lease on its context's memory there.
+    gpu: Option<(Arc<Gpus>, u32)>,
     /// The last start's failure, so a device that cannot start one is not
     /// retried in a tight loop (cleared by a success).
     failed_at: Option<Instant>,
@@ -319,9 +331,18 @@ impl StandbyPool {
         }
     }
 
+    /// Starts what GPU `index` of `gpus` lacks, each new process promised
+    /// its context's memory there first (none starts on a GPU without room
+    /// for it); refills of its device (after a `take`) do the same.
+    pub fn fill_gpu(self: &Arc<Self>, gpus: &Arc<Gpus>, index: u32) {
+        let device = gpus.worker_device(index);
+        self.lock().entry(device.clone()).or_default().gpu = Some((gpus.clone(), index));
+        self.fill(&device);
+    }
+
     /// Starts what `device` lacks, in the background.
     pub fn fill(self: &Arc<Self>, device: &str) {
-        let n = {
+        let (n, gpu) = {
             let mut devices = self.lock();
             let slots = devices.entry(device.to_string()).or_default();
             if slots
@@ -333,13 +354,34 @@ impl StandbyPool {
             let target = self.per_device.load(Ordering::Relaxed);
             let n = to_start(target, slots.ready.len(), slots.starting);
             slots.starting += n;
-            n
+            (n, slots.gpu.clone())
         };
+        let mut leases = Vec::with_capacity(n);
         for _ in 0..n {
+            let Some((gpus, index)) = &gpu else {
+                leases.push(None);
+                continue;
+            };
+            match gpus.place(DeviceRequest::Gpu(*index), CUDA_CONTEXT_BYTES) {
+                Ok(lease) => leases.push(Some(lease)),
+                Err(e) => {
+                    tracing::warn!(device, "no room for a standby process: {e}");
+                    break;
+                }
+            }
+        }
+        if leases.len() < n {
+            let mut devices = self.lock();
+            let slots = devices.entry(device.to_string()).or_default();
+            slots.starting -= n - leases.len();
+        }
+        for lease in leases {
             let pool = self.clone();
             let device = device.to_string();
             tokio::spawn(async move {
-                let started = StandbyProcess::start(&pool.bin, &device, pool.timeout).await;
+                let started = StandbyProcess::start(&pool.bin, &device, pool.timeout)
+                    .await
+                    .map(|p| StandbyProcess { lease, ..p });
                 let mut devices = pool.lock();
                 let slots = devices.entry(device.clone()).or_default();
                 slots.starting -= 1;
@@ -362,6 +404,9 @@ impl StandbyPool {
                 drop(devices);
                 pool.changed.notify_waiters();
             });
+        }
+        if n > 0 {
+            self.changed.notify_waiters();
         }
     }
 }
