@@ -81,6 +81,8 @@ fn instances_spread_across_fake_gpus_and_a_model_without_room_gets_503() {
     assert_eq!(gpus_of(&s, "spread"), [0, 1], "{s}");
     assert_eq!(s["gpus"]["fake"], true);
     assert_eq!(s["gpus"]["policy"], "spread");
+    // The fake inventory says nothing of hibernation: reported unsupported.
+    assert_eq!(s["gpus"]["hibernation"]["supported"], false, "{s}");
     let each = promised(&s, 0);
     assert!(each > 0 && each < GIB, "a tabular instance's need: {each}");
     assert_eq!(promised(&s, 1), each);

@@ -141,6 +141,7 @@ mod tests {
             driver_version: None,
             reason: None,
             fake: true,
+            hibernation: serde_json::Value::Null,
         }
     }
 

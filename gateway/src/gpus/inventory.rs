@@ -35,6 +35,9 @@ pub struct Inventory {
     pub reason: Option<String>,
     /// From [`FAKE_GPUS_ENV`]: placement is real, workers run on the CPU.
     pub fake: bool,
+    /// Whether the driver can hibernate GPU workers (its checkpoint API),
+    /// and why not: `{"supported": …, "reason": …}` as the worker reports it.
+    pub hibernation: Value,
 }
 
 impl Inventory {
@@ -44,6 +47,7 @@ impl Inventory {
             gpus: Vec::new(),
             names: Vec::new(),
             driver_version: None,
+            hibernation: serde_json::json!({"supported": false, "reason": reason}),
             reason: Some(reason),
             fake: false,
         }
@@ -69,6 +73,13 @@ pub fn parse(json: &Value, fake: bool) -> Result<Inventory, String> {
         driver_version: json["driver_version"].as_str().map(String::from),
         reason: json["reason"].as_str().map(String::from),
         fake,
+        hibernation: match &json["hibernation"] {
+            Value::Null => serde_json::json!({
+                "supported": false,
+                "reason": "the inventory does not say (a worker from before hibernation)",
+            }),
+            h => h.clone(),
+        },
     };
     let mut skipped = Vec::new();
     for e in entries {
@@ -161,8 +172,9 @@ mod tests {
              "compute_capability": [9, 0]},
             {"index": 1, "error": "CUDA_ERROR_ECC_UNCORRECTABLE"},
             {"index": 2, "name": "H200", "uuid": "GPU-c", "total_bytes": 100, "free_bytes": 10},
-        ]});
+        ], "hibernation": {"supported": true}});
         let inv = parse(&json, false).expect("parses");
+        assert_eq!(inv.hibernation["supported"], true);
         assert_eq!(
             inv.gpus
                 .iter()
@@ -185,6 +197,9 @@ mod tests {
         let inv = parse(&json, false).expect("parses");
         assert!(inv.gpus.is_empty());
         assert_eq!(inv.why_none(), "built without the cuda feature");
+        // A worker that says nothing of hibernation: not supported, and why.
+        assert_eq!(inv.hibernation["supported"], false);
+        assert!(inv.hibernation["reason"].is_string());
     }
 
     #[test]

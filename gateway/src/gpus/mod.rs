@@ -211,6 +211,7 @@ impl Gpus {
             "driver_version": inventory.driver_version,
             "reason": inventory.reason,
             "policy": self.ledger().policy.as_str(),
+            "hibernation": inventory.hibernation,
             "gpus": gpus,
         })
     }
@@ -237,6 +238,7 @@ mod tests {
             driver_version: None,
             reason: None,
             fake,
+            hibernation: serde_json::Value::Null,
         }
     }
 
