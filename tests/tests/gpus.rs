@@ -235,3 +235,99 @@ fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
     let s = g.wait("no standby process", |s| standby_pids(s, "cpu").is_empty());
     assert_eq!(s["gpus"]["standby"]["per_device"], 0, "{s}");
 }
+
+/// Whether process `pid` is stopped (state `T`), as the fake hibernation
+/// leaves it.
+fn stopped(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = credit_score(
+        "gpu",
+        None,
+        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1\nkeep_template = \"1h\"",
+    );
+    let path = dir.path().join("thaw.toml");
+    std::fs::write(&path, config(dir.path(), "gpu_standby = 0", &models)).expect("config");
+    let mut cmd = serve_command(&path, &[]);
+    // GPUs whose driver can hibernate, and the worker's test hook that
+    // stands in for it (SIGSTOP / SIGCONT).
+    let mut inventory: Value = serde_json::from_str(&two_fake_gpus()).expect("json");
+    inventory["hibernation"] = json!({"supported": true});
+    cmd.env("THAW_FAKE_GPUS", inventory.to_string());
+    cmd.env("THAW_FAKE_HIBERNATE", "1");
+    let g = Served::spawn(cmd, path);
+
+    let s = g.status();
+    assert_eq!(s["gpus"]["hibernation"]["supported"], true, "{s}");
+    assert_eq!(g.score("gpu").status, 200);
+    let s = g.status();
+    let pid = model(&s, "gpu")["instances"][0]["pid"]
+        .as_u64()
+        .expect("a pid");
+    let hot = promised(&s, 0) + promised(&s, 1);
+    assert!(hot > 0, "{s}");
+
+    // Idle: the autoscaler scales to zero, and the worker hibernates
+    // instead of stopping; its GPU memory is no longer promised.
+    let s = g.wait("the worker hibernated", |s| {
+        model(s, "gpu")["instances"][0]["state"] == "hibernated"
+    });
+    assert_eq!(model(&s, "gpu")["instances"][0]["pid"], pid);
+    assert_eq!(model(&s, "gpu")["tier"], "hibernated", "{s}");
+    assert_eq!(promised(&s, 0) + promised(&s, 1), 0, "{s}");
+    assert!(stopped(pid), "the fake hibernation stops the process");
+
+    // A request: the same process is resumed and answers.
+    let r = g.score("gpu");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("x-thaw-cold-start-ms").is_some());
+    let s = g.status();
+    let instance = &model(&s, "gpu")["instances"][0];
+    assert_eq!(instance["pid"], pid, "{s}");
+    assert_eq!(instance["started_from"], "hibernated");
+    assert_eq!(instance["state"], "ready");
+    assert!(!stopped(pid));
+    assert_eq!(promised(&s, 0) + promised(&s, 1), hot, "{s}");
+}
+
+#[test]
+fn a_hibernated_worker_goes_after_keep_template() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = credit_score(
+        "gpu",
+        None,
+        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1\nkeep_template = \"1s\"",
+    );
+    let path = dir.path().join("thaw.toml");
+    std::fs::write(&path, config(dir.path(), "gpu_standby = 0", &models)).expect("config");
+    let mut cmd = serve_command(&path, &[]);
+    let mut inventory: Value = serde_json::from_str(&two_fake_gpus()).expect("json");
+    inventory["hibernation"] = json!({"supported": true});
+    cmd.env("THAW_FAKE_GPUS", inventory.to_string());
+    cmd.env("THAW_FAKE_HIBERNATE", "1");
+    let g = Served::spawn(cmd, path);
+    assert_eq!(g.score("gpu").status, 200);
+    let s = g.wait("the worker hibernated", |s| {
+        model(s, "gpu")["instances"][0]["state"] == "hibernated"
+    });
+    let pid = model(&s, "gpu")["instances"][0]["pid"]
+        .as_u64()
+        .expect("a pid");
+    g.wait("the hibernated worker gone", |s| {
+        model(s, "gpu")["instances"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    // Killed (SIGKILL reaches a stopped process): gone, or a zombie.
+    assert!(!stopped(pid), "the hibernated process {pid} is still there");
+}

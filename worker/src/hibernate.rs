@@ -10,13 +10,46 @@
 //! The entry points are looked up in the driver library at run time, so a
 //! driver without them is an error that says so (`--gpu-info` reports
 //! whether they are there: `gpu::hibernate::detect`).
+//!
+//! Test hook: with `THAW_FAKE_HIBERNATE` set, hibernating stops the
+//! process (SIGSTOP) and resuming continues it (SIGCONT), so that the
+//! gateway's hibernation tier is tested on machines without a GPU (with
+//! `THAW_FAKE_GPUS`); the reports then say `"fake": true`.
 
 use serde_json::{json, Value};
+
+/// The test hook's variable (see the module's documentation).
+pub const FAKE_HIBERNATE_ENV: &str = "THAW_FAKE_HIBERNATE";
+
+/// The test hook: SIGSTOP or SIGCONT instead of the driver.
+fn fake(pid: u32, stop: bool) -> Option<Value> {
+    std::env::var_os(FAKE_HIBERNATE_ENV)?;
+    let signal = if stop {
+        nix::sys::signal::Signal::SIGSTOP
+    } else {
+        nix::sys::signal::Signal::SIGCONT
+    };
+    let Ok(raw) = i32::try_from(pid) else {
+        return Some(json!({"error": format!("{pid} is not a pid")}));
+    };
+    Some(
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal) {
+            Ok(()) => json!({
+                "fake": true,
+                "state": if stop { "checkpointed" } else { "running" },
+            }),
+            Err(e) => json!({"error": format!("signalling {pid}: {e}")}),
+        },
+    )
+}
 
 /// Locks the CUDA process `pid` (waiting up to `lock_timeout_ms` for its
 /// calls in flight) and checkpoints it: its device memory goes to host
 /// memory. Timings (ms) and the state it is left in, or the error.
 pub fn hibernate(pid: u32, lock_timeout_ms: u32) -> Value {
+    if let Some(faked) = fake(pid, true) {
+        return faked;
+    }
     #[cfg(feature = "cuda")]
     {
         cuda::hibernate(pid, lock_timeout_ms).unwrap_or_else(|e| json!({"error": e}))
@@ -30,6 +63,9 @@ pub fn hibernate(pid: u32, lock_timeout_ms: u32) -> Value {
 
 /// Restores a hibernated process `pid` and unlocks it.
 pub fn resume(pid: u32) -> Value {
+    if let Some(faked) = fake(pid, false) {
+        return faked;
+    }
     #[cfg(feature = "cuda")]
     {
         cuda::resume(pid).unwrap_or_else(|e| json!({"error": e}))

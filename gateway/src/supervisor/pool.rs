@@ -56,6 +56,10 @@ pub trait PoolEvents: Send + Sync {
 /// How soon to look again at a template slot that was held for a moment.
 const TEMPLATE_BUSY_RETRY: Duration = Duration::from_millis(50);
 
+/// The longest a `thaw-worker --hibernate` or `--resume` may take (the
+/// driver moves the worker's device memory: seconds for tens of GB).
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Where a pool's workers come from and put their files.
 #[derive(Debug, Clone)]
 pub struct PoolPaths {
@@ -112,6 +116,17 @@ struct Instance {
     gpu: Option<Lease>,
 }
 
+/// A hibernated GPU worker: out of the admission, its GPU memory no longer
+/// promised; its process keeps its id, socket and model.
+struct Hibernated {
+    id: InstanceId,
+    process: WorkerProcess,
+    /// The GPU it was on (a resume goes back there) and what it needs.
+    gpu: u32,
+    need: u64,
+    since: Instant,
+}
+
 /// A model's template as `/admin/status` shows it.
 #[derive(Debug, Clone)]
 pub struct TemplateInfo {
@@ -142,6 +157,9 @@ pub struct Pool {
     prepared: tokio::sync::OnceCell<PathBuf>,
     gpus: Arc<Gpus>,
     standby: Arc<StandbyPool>,
+    /// GPU workers hibernated by a scale-down (device memory moved to host
+    /// memory, GPU memory released), resumed before anything new starts.
+    hibernated: Mutex<Vec<Hibernated>>,
     /// A GPU instance's memory need, from the prepared snapshot.
     gpu_need: tokio::sync::OnceCell<u64>,
     template: tokio::sync::Mutex<Option<Arc<TemplateProcess>>>,
@@ -185,6 +203,7 @@ impl Pool {
             prepared: tokio::sync::OnceCell::new(),
             gpus,
             standby,
+            hibernated: Mutex::new(Vec::new()),
             gpu_need: tokio::sync::OnceCell::new(),
             template: tokio::sync::Mutex::new(None),
             restart_template: std::sync::atomic::AtomicBool::new(false),
@@ -260,8 +279,21 @@ impl Pool {
                 gpu: i.gpu.as_ref().map(|l| (l.gpu, l.bytes)),
             })
             .collect();
+        list.extend(self.hibernated_list().iter().map(|h| InstanceInfo {
+            id: h.id,
+            pid: h.process.pid,
+            state: "hibernated",
+            started_from: "hibernated",
+            startup_ms: h.process.startup.as_secs_f64() * 1e3,
+            age_s: now.duration_since(h.since).as_secs_f64(),
+            gpu: None,
+        }));
         list.sort_by_key(|i| i.id);
         list
+    }
+
+    fn hibernated_list(&self) -> std::sync::MutexGuard<'_, Vec<Hibernated>> {
+        self.hibernated.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The model's template, while one runs.
@@ -280,6 +312,8 @@ impl Pool {
     pub fn tier(&self) -> &'static str {
         if self.serving() > 0 {
             "hot"
+        } else if !self.hibernated_list().is_empty() {
+            "hibernated"
         } else if self.template_info().is_some() {
             "template"
         } else if self.prepared.initialized() {
@@ -316,12 +350,20 @@ impl Pool {
                     None => std::future::pending().await,
                 }
             };
+            let expiry = self.hibernated_due();
+            let expiring = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let mut demote = false;
             tokio::select! {
                 r = decisions.changed() => if r.is_err() { break },
                 () = self.changed.notified() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
                 () = demotion => demote = true,
+                () = expiring => self.expire_hibernated(),
             }
             if demote {
                 self.demote().await;
@@ -472,7 +514,7 @@ impl Pool {
         } else if self.starting() == 0 && live > want {
             let extra = self.pick_extra(live - want);
             for id in extra {
-                tokio::spawn(self.clone().drain_and_stop(id));
+                tokio::spawn(self.clone().drain_and_retire(id));
             }
         }
     }
@@ -566,6 +608,11 @@ impl Pool {
     }
 
     async fn start_one(self: Arc<Self>) {
+        if self.resume_one().await {
+            self.starting.fetch_sub(1, Ordering::AcqRel);
+            self.changed.notify_one();
+            return;
+        }
         let id = InstanceId(self.ids.fetch_add(1, Ordering::AcqRel));
         let socket = self
             .sockets
@@ -735,15 +782,152 @@ impl Pool {
         }
     }
 
-    /// Stops routing to `id`, waits (up to the grace period) for its
-    /// requests to finish, then stops the process.
-    async fn drain_and_stop(self: Arc<Self>, id: InstanceId) {
+    /// Whether a GPU instance leaving on a scale-down hibernates instead of
+    /// stopping: the driver can (the inventory says so) and the model keeps
+    /// a warm tier (`keep_template` above zero).
+    fn hibernates(&self, instance: &Instance) -> bool {
+        instance.gpu.is_some()
+            && !self.keep_template().is_zero()
+            && self
+                .gpus
+                .inventory()
+                .is_some_and(|i| i.hibernation["supported"] == true)
+    }
+
+    /// A scale-down: drains `id`, then hibernates it where it can
+    /// (`hibernates`), else stops it.
+    async fn drain_and_retire(self: Arc<Self>, id: InstanceId) {
+        let eligible = self.lock().get(&id).is_some_and(|i| self.hibernates(i));
+        if !eligible {
+            return self.drain_and_stop(id).await;
+        }
         self.admission.remove_instance(id);
+        self.wait_drained(id).await;
+        let Some(instance) = self.lock().remove(&id) else {
+            return;
+        };
+        let pid = instance.process.pid;
+        match self.checkpoint("--hibernate", pid).await {
+            Ok(report) => {
+                tracing::info!(model = %self.spec.model, instance = %id, pid, %report, "worker hibernated");
+                let Instance { process, gpu, .. } = instance;
+                let (gpu, need) = gpu.as_ref().map_or((0, 0), |l| (l.gpu, l.bytes));
+                self.hibernated_list().push(Hibernated {
+                    id,
+                    process,
+                    gpu,
+                    need,
+                    since: Instant::now(),
+                });
+                // The lease went with `instance`: the GPU's memory is free.
+            }
+            Err(e) => {
+                tracing::warn!(model = %self.spec.model, instance = %id, pid, "cannot hibernate ({e}): stopping it");
+                instance.process.handle().stop(self.grace).await;
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Resumes the most recently hibernated worker, if any: its memory
+    /// promised on its GPU again, the driver's restore, then routed to.
+    /// False when there is none, or it could not resume (it is killed).
+    async fn resume_one(self: &Arc<Self>) -> bool {
+        let Some(h) = self.hibernated_list().pop() else {
+            return false;
+        };
+        let started = Instant::now();
+        let lease = match self.gpus.place(DeviceRequest::Gpu(h.gpu), h.need) {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(model = %self.spec.model, instance = %h.id, "no room to resume on cuda:{}: {e}", h.gpu);
+                h.process.handle().kill();
+                return false;
+            }
+        };
+        if let Err(e) = self.checkpoint("--resume", h.process.pid).await {
+            tracing::warn!(model = %self.spec.model, instance = %h.id, "cannot resume ({e}): killing it");
+            h.process.handle().kill();
+            return false;
+        }
+        tracing::info!(model = %self.spec.model, instance = %h.id, pid = h.process.pid,
+            resume_ms = started.elapsed().as_secs_f64() * 1e3, "worker resumed");
+        self.events
+            .started(&self.spec.model, "hibernated", started.elapsed());
+        self.admission
+            .add_instance(h.id, h.process.socket.to_string_lossy());
+        self.lock().insert(
+            h.id,
+            Instance {
+                process: h.process,
+                ready_at: Instant::now(),
+                draining: false,
+                started_from: "hibernated",
+                gpu: Some(lease),
+            },
+        );
+        tokio::spawn(self.clone().watch_health(h.id));
+        true
+    }
+
+    /// Runs `thaw-worker FLAG PID` (`--hibernate`, `--resume`): its JSON
+    /// report, or why it failed.
+    async fn checkpoint(&self, flag: &str, pid: u32) -> Result<String, String> {
+        let run = tokio::process::Command::new(&self.bin)
+            .arg(flag)
+            .arg(pid.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(CHECKPOINT_TIMEOUT, run)
+            .await
+            .map_err(|_| format!("{flag} took longer than {CHECKPOINT_TIMEOUT:?}"))?
+            .map_err(|e| format!("running {flag}: {e}"))?;
+        let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let parsed: serde_json::Value = serde_json::from_str(&report).unwrap_or_default();
+        match parsed["error"].as_str() {
+            Some(e) => Err(e.to_string()),
+            None if out.status.success() => Ok(report),
+            None => Err(format!("{flag} exited with {}", out.status)),
+        }
+    }
+
+    /// When the oldest hibernated worker is due to go (`keep_template`
+    /// after it hibernated).
+    fn hibernated_due(&self) -> Option<Instant> {
+        let oldest = self.hibernated_list().iter().map(|h| h.since).min()?;
+        Some(oldest + self.keep_template())
+    }
+
+    /// Stops the hibernated workers past `keep_template` (SIGKILL: a
+    /// stopped or checkpointed process has nothing in flight to finish).
+    fn expire_hibernated(&self) {
+        let keep = self.keep_template();
+        let mut list = self.hibernated_list();
+        list.retain(|h| {
+            let due = h.since.elapsed() >= keep;
+            if due {
+                tracing::info!(model = %self.spec.model, instance = %h.id, "hibernated worker expired");
+                h.process.handle().kill();
+            }
+            !due
+        });
+    }
+
+    /// Waits (up to the grace period) for `id`'s requests to finish.
+    async fn wait_drained(&self, id: InstanceId) {
         let deadline = Instant::now() + self.grace;
         while Instant::now() < deadline && self.in_flight(id) > 0 {
             // In-flight counts have no change notification of their own.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops routing to `id`, waits (up to the grace period) for its
+    /// requests to finish, then stops the process.
+    async fn drain_and_stop(self: Arc<Self>, id: InstanceId) {
+        self.admission.remove_instance(id);
+        self.wait_drained(id).await;
         let process = self.lock().get(&id).map(|i| i.process.handle());
         if let Some(handle) = process {
             handle.stop(self.grace).await;
@@ -760,6 +944,9 @@ impl Pool {
     }
 
     async fn stop_all(self: &Arc<Self>) {
+        for h in self.hibernated_list().drain(..) {
+            h.process.handle().kill();
+        }
         let ids: Vec<InstanceId> = {
             let mut map = self.lock();
             map.values_mut().for_each(|i| i.draining = true);
