@@ -205,6 +205,23 @@ fn a_hibernated_gpu_worker_answers_as_before() {
 }
 
 #[test]
+fn a_chat_model_is_refused_on_the_gpu() {
+    let Some(device) = gpu("a_chat_model_is_refused_on_the_gpu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = thaw_worker::LoadOptions {
+        dir: dir.path().to_path_buf(),
+        kind: Some(thaw_snapshot::ModelKind::Chat),
+        device,
+    };
+    let e = thaw_worker::LoadedModel::load(&options)
+        .err()
+        .expect("refused on a GPU");
+    assert!(e.to_string().contains("CPU only"), "{e}");
+}
+
+#[test]
 fn every_upload_method_verifies_what_it_copied() {
     if gpu("every_upload_method_verifies_what_it_copied").is_none() {
         return;

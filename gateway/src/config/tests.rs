@@ -71,6 +71,16 @@ fn gpu_devices_and_the_placement_policy_parse() {
     assert_eq!(c.models[1].device_request(), DeviceRequest::Gpu(1));
 }
 
+#[test]
+fn a_chat_model_on_a_gpu_is_refused() {
+    let e = refused(
+        "[[models]]\nname = \"c\"\nsource = \"SRC\"\nkind = \"chat\"\ndevice = \"cuda\"\n",
+        5,
+        "models[0].device",
+    );
+    assert!(e.message.contains("CPU only"), "{e}");
+}
+
 /// Parses `body` and returns its error, which must name `line` and `field`.
 fn refused(body: &str, line: usize, field: &str) -> ConfigError {
     let (_d, text) = with_source(body);
