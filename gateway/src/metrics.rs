@@ -38,6 +38,8 @@ pub struct Metrics {
     pub template_events: IntCounterVec,
     /// Config reloads by result (`ok`, `unchanged`, `refused`, `failed`).
     pub config_reloads: IntCounterVec,
+    /// Standby processes per device, ready or starting.
+    pub standby_processes: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -95,7 +97,7 @@ impl Metrics {
             )?,
             instances: gauge(
                 "thaw_instances",
-                "Worker instances by state",
+                "Worker instances by state (ready, draining, hibernated, starting; template: 1 while the model has one)",
                 &["model", "state"],
             )?,
             cold_starts: counter(
@@ -127,6 +129,11 @@ impl Metrics {
                 "thaw_config_reloads_total",
                 "Config reloads, by result (ok, unchanged, refused, failed)",
                 &["result"],
+            )?,
+            standby_processes: gauge(
+                "thaw_standby_processes",
+                "Standby processes (device ready, no model yet) by device and state",
+                &["device", "state"],
             )?,
             registry,
         })

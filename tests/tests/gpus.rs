@@ -197,6 +197,9 @@ fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
     });
     assert_eq!(s["gpus"]["standby"]["per_device"], 1, "{s}");
     let standby = standby_pids(&s, "cpu")[0];
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).to_string();
+    let line = "thaw_standby_processes{device=\"cpu\",state=\"ready\"} 1";
+    assert!(metrics.contains(line), "no {line:?} in /metrics");
     // A waiting standby process's context is promised on its GPU.
     let context = 512 * (1 << 20);
     assert_eq!(promised(&s, 0) + promised(&s, 1), context, "{s}");
@@ -254,7 +257,7 @@ fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
     let models = credit_score(
         "gpu",
         None,
-        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1\nkeep_template = \"1h\"",
+        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1\nkeep_template = \"1h\"\nscale_to_zero_after = \"3s\"",
     );
     let path = dir.path().join("thaw.toml");
     std::fs::write(&path, config(dir.path(), "gpu_standby = 0", &models)).expect("config");
@@ -269,35 +272,50 @@ fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
 
     let s = g.status();
     assert_eq!(s["gpus"]["hibernation"]["supported"], true, "{s}");
-    assert_eq!(g.score("gpu").status, 200);
-    let s = g.status();
-    let pid = model(&s, "gpu")["instances"][0]["pid"]
-        .as_u64()
-        .expect("a pid");
-    let hot = promised(&s, 0) + promised(&s, 1);
-    assert!(hot > 0, "{s}");
+    let r = g.score("gpu");
+    assert_eq!(r.status, 200);
+    let first = r
+        .header("x-thaw-worker")
+        .expect("x-thaw-worker")
+        .to_string();
 
     // Idle: the autoscaler scales to zero, and the worker hibernates
     // instead of stopping; its GPU memory is no longer promised.
     let s = g.wait("the worker hibernated", |s| {
         model(s, "gpu")["instances"][0]["state"] == "hibernated"
     });
-    assert_eq!(model(&s, "gpu")["instances"][0]["pid"], pid);
+    let pid = model(&s, "gpu")["instances"][0]["pid"]
+        .as_u64()
+        .expect("a pid");
     assert_eq!(model(&s, "gpu")["tier"], "hibernated", "{s}");
     assert_eq!(promised(&s, 0) + promised(&s, 1), 0, "{s}");
     assert!(stopped(pid), "the fake hibernation stops the process");
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).to_string();
+    for line in [
+        "thaw_instances{model=\"gpu\",state=\"hibernated\"} 1",
+        "thaw_instances{model=\"gpu\",state=\"ready\"} 0",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in /metrics");
+    }
 
     // A request: the same process is resumed and answers.
     let r = g.score("gpu");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.header("x-thaw-cold-start-ms").is_some());
+    assert_eq!(
+        r.header("x-thaw-worker"),
+        Some(first.as_str()),
+        "the same instance"
+    );
     let s = g.status();
     let instance = &model(&s, "gpu")["instances"][0];
     assert_eq!(instance["pid"], pid, "{s}");
     assert_eq!(instance["started_from"], "hibernated");
     assert_eq!(instance["state"], "ready");
     assert!(!stopped(pid));
-    assert_eq!(promised(&s, 0) + promised(&s, 1), hot, "{s}");
+    // Its memory is promised on its GPU again.
+    let bytes = instance["gpu_memory_bytes"].as_u64().expect("promised");
+    assert_eq!(promised(&s, 0) + promised(&s, 1), bytes, "{s}");
 }
 
 #[test]

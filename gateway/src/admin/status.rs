@@ -20,10 +20,11 @@ impl Admin {
                 .with_label_values(&[name])
                 .set(stats.queue_depth as i64);
             let instances = m.pool.instances();
-            let draining = instances.iter().filter(|i| i.state == "draining").count();
+            let count = |state: &str| instances.iter().filter(|i| i.state == state).count();
             let gauges = [
-                ("ready", instances.len() - draining),
-                ("draining", draining),
+                ("ready", count("ready")),
+                ("draining", count("draining")),
+                ("hibernated", count("hibernated")),
                 ("starting", m.pool.starting()),
                 ("template", usize::from(m.pool.template_info().is_some())),
             ];
@@ -32,6 +33,20 @@ impl Admin {
                     .instances
                     .with_label_values(&[name, state])
                     .set(n as i64);
+            }
+        }
+        let standby = self.models.runtime().standby.status();
+        if let Some(devices) = standby["devices"].as_object() {
+            for (device, d) in devices {
+                let ready = d["ready"].as_array().map_or(0, Vec::len);
+                let starting = d["starting"].as_u64().unwrap_or(0);
+                let gauge = &self.metrics.standby_processes;
+                gauge
+                    .with_label_values(&[device.as_str(), "ready"])
+                    .set(ready as i64);
+                gauge
+                    .with_label_values(&[device.as_str(), "starting"])
+                    .set(starting as i64);
             }
         }
     }

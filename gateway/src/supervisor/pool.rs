@@ -803,27 +803,36 @@ impl Pool {
         }
         self.admission.remove_instance(id);
         self.wait_drained(id).await;
-        let Some(instance) = self.lock().remove(&id) else {
+        // It stays in the map (draining) while the driver works, so that
+        // the status shows it throughout.
+        let Some(pid) = self.lock().get(&id).map(|i| i.process.pid) else {
             return;
         };
-        let pid = instance.process.pid;
         match self.checkpoint("--hibernate", pid).await {
             Ok(report) => {
                 tracing::info!(model = %self.spec.model, instance = %id, pid, %report, "worker hibernated");
-                let Instance { process, gpu, .. } = instance;
-                let (gpu, need) = gpu.as_ref().map_or((0, 0), |l| (l.gpu, l.bytes));
-                self.hibernated_list().push(Hibernated {
-                    id,
-                    process,
-                    gpu,
-                    need,
-                    since: Instant::now(),
-                });
-                // The lease went with `instance`: the GPU's memory is free.
+                // Moved in one step under the map's lock (which the status
+                // takes first too): never in neither list.
+                let mut map = self.lock();
+                if let Some(instance) = map.remove(&id) {
+                    let Instance { process, gpu, .. } = instance;
+                    let (gpu, need) = gpu.as_ref().map_or((0, 0), |l| (l.gpu, l.bytes));
+                    self.hibernated_list().push(Hibernated {
+                        id,
+                        process,
+                        gpu,
+                        need,
+                        since: Instant::now(),
+                    });
+                    // The lease went with `instance`: the GPU's memory is free.
+                }
             }
             Err(e) => {
                 tracing::warn!(model = %self.spec.model, instance = %id, pid, "cannot hibernate ({e}): stopping it");
-                instance.process.handle().stop(self.grace).await;
+                let handle = self.lock().get(&id).map(|i| i.process.handle());
+                if let Some(handle) = handle {
+                    handle.stop(self.grace).await;
+                }
             }
         }
         self.changed.notify_one();
