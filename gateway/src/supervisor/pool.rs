@@ -662,8 +662,9 @@ impl Pool {
                     phase("fork", &process.ready["fork_ms"]);
                     phase("child_init", &process.ready["load_ms"]);
                 }
-                self.admission
-                    .add_instance(id, process.socket.to_string_lossy());
+                // Listed before it is routed to, so a status read after
+                // its first answer finds it.
+                let socket = process.socket.to_string_lossy().into_owned();
                 self.lock().insert(
                     id,
                     Instance {
@@ -674,6 +675,7 @@ impl Pool {
                         gpu,
                     },
                 );
+                self.admission.add_instance(id, socket);
                 self.starting.fetch_sub(1, Ordering::AcqRel);
                 tokio::spawn(self.clone().watch_exit(id));
                 tokio::spawn(self.clone().watch_health(id));
@@ -863,8 +865,9 @@ impl Pool {
             resume_ms = started.elapsed().as_secs_f64() * 1e3, "worker resumed");
         self.events
             .started(&self.spec.model, "hibernated", started.elapsed());
-        self.admission
-            .add_instance(h.id, h.process.socket.to_string_lossy());
+        // Listed before it is routed to, so a status read after its first
+        // answer finds it.
+        let socket = h.process.socket.to_string_lossy().into_owned();
         self.lock().insert(
             h.id,
             Instance {
@@ -875,6 +878,7 @@ impl Pool {
                 gpu: Some(lease),
             },
         );
+        self.admission.add_instance(h.id, socket);
         tokio::spawn(self.clone().watch_health(h.id));
         true
     }
