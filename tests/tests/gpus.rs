@@ -251,24 +251,35 @@ fn stopped(pid: u64) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// A gateway serving the credit-score model as `gpu` (`device = "cuda"`,
+/// zero to one instance, `scaling` added to its scaling table) on two fake
+/// GPUs whose driver can hibernate, with the worker's test hook standing in
+/// for the driver (SIGSTOP / SIGCONT); no standby processes.
+fn hibernating(dir: &std::path::Path, scaling: &str) -> Served {
     let models = credit_score(
         "gpu",
         None,
-        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1\nkeep_template = \"1h\"\nscale_to_zero_after = \"3s\"",
+        &format!(
+            "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1\n{scaling}"
+        ),
     );
-    let path = dir.path().join("thaw.toml");
-    std::fs::write(&path, config(dir.path(), "gpu_standby = 0", &models)).expect("config");
+    let path = dir.join("thaw.toml");
+    std::fs::write(&path, config(dir, "gpu_standby = 0", &models)).expect("config");
     let mut cmd = serve_command(&path, &[]);
-    // GPUs whose driver can hibernate, and the worker's test hook that
-    // stands in for it (SIGSTOP / SIGCONT).
     let mut inventory: Value = serde_json::from_str(&two_fake_gpus()).expect("json");
     inventory["hibernation"] = json!({"supported": true});
     cmd.env("THAW_FAKE_GPUS", inventory.to_string());
     cmd.env("THAW_FAKE_HIBERNATE", "1");
-    let g = Served::spawn(cmd, path);
+    Served::spawn(cmd, path)
+}
+
+#[test]
+fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let g = hibernating(
+        dir.path(),
+        "keep_template = \"1h\"\nscale_to_zero_after = \"3s\"",
+    );
 
     let s = g.status();
     assert_eq!(s["gpus"]["hibernation"]["supported"], true, "{s}");
@@ -321,19 +332,7 @@ fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
 #[test]
 fn a_hibernated_worker_goes_after_keep_template() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let models = credit_score(
-        "gpu",
-        None,
-        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1\nkeep_template = \"1s\"",
-    );
-    let path = dir.path().join("thaw.toml");
-    std::fs::write(&path, config(dir.path(), "gpu_standby = 0", &models)).expect("config");
-    let mut cmd = serve_command(&path, &[]);
-    let mut inventory: Value = serde_json::from_str(&two_fake_gpus()).expect("json");
-    inventory["hibernation"] = json!({"supported": true});
-    cmd.env("THAW_FAKE_GPUS", inventory.to_string());
-    cmd.env("THAW_FAKE_HIBERNATE", "1");
-    let g = Served::spawn(cmd, path);
+    let g = hibernating(dir.path(), "keep_template = \"1s\"");
     assert_eq!(g.score("gpu").status, 200);
     let s = g.wait("the worker hibernated", |s| {
         model(s, "gpu")["instances"][0]["state"] == "hibernated"

@@ -6,9 +6,6 @@
 use serde_json::Value;
 
 #[cfg(feature = "cuda")]
-#[allow(unsafe_code)] // looking up the driver's checkpoint API
-pub mod hibernate;
-#[cfg(feature = "cuda")]
 #[allow(unsafe_code)] // pinned memory and asynchronous copies
 pub mod pinned;
 pub mod plan;
@@ -111,7 +108,7 @@ mod cuda {
             .collect();
         // After the contexts above: the driver is asked about this process.
         let hibernation = if !contexts.is_empty() {
-            super::hibernate::detect()
+            crate::hibernate::detect()
         } else {
             json!({"supported": false, "reason": "no GPU could be opened"})
         };

@@ -9,7 +9,7 @@
 //!
 //! The entry points are looked up in the driver library at run time, so a
 //! driver without them is an error that says so (`--gpu-info` reports
-//! whether they are there: `gpu::hibernate::detect`).
+//! whether they are there: [`detect`]).
 //!
 //! Test hook: with `THAW_FAKE_HIBERNATE` set, hibernating stops the
 //! process (SIGSTOP) and resuming continues it (SIGCONT), so that the
@@ -58,6 +58,19 @@ pub fn hibernate(pid: u32, lock_timeout_ms: u32) -> Value {
     {
         let _ = (pid, lock_timeout_ms);
         unsupported()
+    }
+}
+
+/// Whether this machine's driver can hibernate a GPU process:
+/// `{"supported": true, "state_of_this_process": …}`, or `{"supported":
+/// false, "reason": …}`. The entry points are looked up and the driver is
+/// asked for this process's state, which fails where it refuses the API;
+/// call it once this process has a CUDA context.
+#[cfg(feature = "cuda")]
+pub fn detect() -> Value {
+    match cuda::state_of_this_process() {
+        Ok(state) => json!({"supported": true, "state_of_this_process": state}),
+        Err(reason) => json!({"supported": false, "reason": reason}),
     }
 }
 
@@ -199,6 +212,12 @@ mod cuda {
 
     fn pid_of(pid: u32) -> Result<c_int, String> {
         c_int::try_from(pid).map_err(|_| format!("{pid} is not a pid"))
+    }
+
+    pub(super) fn state_of_this_process() -> Result<&'static str, String> {
+        let api = Api::load()?;
+        let state = api.state(pid_of(std::process::id())?)?;
+        Ok(super::state_name(state))
     }
 
     pub(super) fn hibernate(pid: u32, lock_timeout_ms: u32) -> Result<Value, String> {

@@ -29,6 +29,37 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// Ready instances over time and a load curve on the same axes, the load
+/// scaled so that its peak (at least 1) reaches `top` instances; its legend
+/// says the divisor.
+pub fn instances_and_load(
+    path: &Path,
+    title: &str,
+    instances: &[(f64, f64)],
+    load_name: &str,
+    load: &[(f64, f64)],
+    top: f64,
+) -> Result<()> {
+    let peak = load.iter().map(|p| p.1).fold(1.0f64, f64::max);
+    lines(
+        path,
+        title,
+        "seconds",
+        "instances (load scaled to the peak)",
+        &[
+            Series {
+                name: "ready instances".into(),
+                points: instances.to_vec(),
+            },
+            Series {
+                name: format!("{load_name} ÷ {:.0}", peak / top),
+                points: load.iter().map(|p| (p.0, p.1 / peak * top)).collect(),
+            },
+        ],
+        false,
+    )
+}
+
 /// A line chart of `series` on shared axes; `log_x` for latencies.
 pub fn lines(
     path: &Path,

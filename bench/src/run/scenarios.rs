@@ -693,26 +693,13 @@ fn scale_out(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Resul
         .flatten()
         .filter_map(|p| Some((p["t"].as_f64()?, p["ok"].as_f64()?)))
         .collect();
-    let peak = load.iter().map(|p| p.1).fold(1.0f64, f64::max);
-    plot::lines(
+    plot::instances_and_load(
         &args.out.join("scale-out-instances.svg"),
         "scale-out: instances and load over time",
-        "seconds",
-        "instances (load scaled to the peak)",
-        &[
-            Series {
-                name: "ready instances".into(),
-                points: timeline.clone(),
-            },
-            Series {
-                name: format!("200s per second ÷ {:.0}", peak / target_instances as f64),
-                points: load
-                    .iter()
-                    .map(|p| (p.0, p.1 / peak * target_instances as f64))
-                    .collect(),
-            },
-        ],
-        false,
+        &timeline,
+        "200s per second",
+        &load,
+        target_instances as f64,
     )?;
     Ok(Report {
         figures: json!({
@@ -1271,23 +1258,13 @@ fn trace(args: &RunArgs, base: &BaseConfig, progress: &ProgressBar) -> Result<Re
         .enumerate()
         .map(|(i, &n)| (i as f64 * minute, n as f64 / minute))
         .collect();
-    let peak_load = load.iter().map(|p| p.1).fold(1.0f64, f64::max);
-    plot::lines(
+    plot::instances_and_load(
         &args.out.join("trace-instances.svg"),
         "trace: ready instances and offered load over the compressed day",
-        "seconds",
-        "instances (load scaled to the peak)",
-        &[
-            Series {
-                name: "ready instances".into(),
-                points: timeline.clone(),
-            },
-            Series {
-                name: format!("offered req/s ÷ {:.0}", peak_load / peak),
-                points: load.iter().map(|p| (p.0, p.1 / peak_load * peak)).collect(),
-            },
-        ],
-        false,
+        &timeline,
+        "offered req/s",
+        &load,
+        peak,
     )?;
     plot::lines(
         &args.out.join("trace-latency-cdf.svg"),
