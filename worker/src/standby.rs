@@ -77,7 +77,8 @@ fn ms(since: Instant) -> f64 {
 /// Makes `device` ready for the first model: on a GPU this creates the
 /// context (in `parse_device`), then runs one operation of each kind a
 /// model uses (gather, element-wise, matrix product, softmax, layer norm,
-/// GELU, copies, sums), so that the kernel modules are loaded (and, the
+/// GELU, copies, sums; for chat models quantized products, RMSNorm, RoPE,
+/// SiLU), so that the kernel modules are loaded (and, the
 /// first time on a machine, compiled from PTX by the driver: seconds) and
 /// the cuBLAS handle exists before a request needs them.
 fn prepare(device: &Device) -> anyhow::Result<()> {
@@ -99,6 +100,12 @@ fn prepare(device: &Device) -> anyhow::Result<()> {
     let normed = candle_nn::ops::layer_norm(&weights.matmul(&x)?, &gamma, &beta, 1e-12)?;
     let out = normed.gelu_erf()?.sum_all()?.to_scalar::<f32>()?;
     anyhow::ensure!(out.is_finite(), "the device computed {out} in its warm-up");
+    // And what the chat decoder uses beyond those.
+    let out = crate::models::chat::device::warm_kernels(device)?;
+    anyhow::ensure!(
+        out.is_finite(),
+        "the device computed {out} in its chat warm-up"
+    );
     Ok(())
 }
 

@@ -1,17 +1,31 @@
-//! SmolLM2's forward pass (thaw's llama on the mapped GGUF) against llama.cpp
-//! on the same file: logits and greedy continuations computed once by
-//! llama-cpp-python (tests/fixtures/make_smollm2_greedy.py). Needs the GGUF:
-//! `scripts/fetch-models.sh` (the test command runs it).
+//! SmolLM2's forward pass against llama.cpp on the same file: logits and
+//! greedy continuations computed once by llama-cpp-python
+//! (tests/fixtures/make_smollm2_greedy.py). Both decoders are checked:
+//! thaw's own on the mapped GGUF, and the tensor decoder a GPU runs (here
+//! on candle's CPU backend). Needs the GGUF: `scripts/fetch-models.sh` (the
+//! test command runs it).
 //!
-//! Tolerances: each of llama.cpp's ten highest logits after the prompt within
-//! 0.5 of ours (logits reach ~28; both quantize activations to 8 bits, in
-//! different orders); teacher-forced on llama.cpp's greedy tokens, each of
-//! them is our top token or within 0.5 of it (two tokens can tie).
+//! Tolerances (logits reach ~28): for thaw's decoder, each of llama.cpp's
+//! ten highest logits after the prompt within 0.5 of ours (both quantize
+//! activations to 8 bits in blocks of 32, in different orders); teacher-
+//! forced on llama.cpp's greedy tokens, each of them is our top token or
+//! within 0.5 of it (two tokens can tie). The tensor decoder runs the same
+//! products through candle's kernels, whose rounding of activations meets
+//! llama.cpp's less closely: one 8-bit rounding flipped by a different
+//! summation order early on moves the logits by up to ~1.2 (measured:
+//! a prompt run whole against token by token). Its tolerance is 1.5, both
+//! with the quantized products a GPU runs and with the weights dequantized
+//! to f32 (exact arithmetic, which llama.cpp's rounding itself is up to
+//! ~1 away from); with f32 products, batching must not change the logits
+//! beyond 1e-3.
 
 use std::path::PathBuf;
 
+use candle_core::Device;
 use serde::Deserialize;
-use thaw_worker::models::chat::llama::{KvCache, Llama, Step};
+use thaw_worker::models::chat::device::Products;
+use thaw_worker::models::chat::llama::{Llama, Step};
+use thaw_worker::models::chat::{Cache, ChatModel, Decoder};
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -26,14 +40,59 @@ struct Case {
     greedy: Vec<u32>,
 }
 
-fn model() -> Llama {
+fn gguf() -> PathBuf {
     let path = thaw_tests::registry_model("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.is_file(),
         "{} is missing: run scripts/fetch-models.sh (the test command does)",
         path.display()
     );
-    Llama::load(&path).expect("the GGUF loads").0
+    path
+}
+
+/// thaw's own decoder.
+fn model() -> Decoder {
+    Decoder::Cpu(Llama::load(&gguf()).expect("the GGUF loads").0)
+}
+
+/// The tensor decoder, on candle's CPU backend.
+fn tensor_model(products: Products) -> Decoder {
+    ChatModel::load_on_device(&gguf(), &Device::Cpu, products)
+        .expect("the GGUF loads")
+        .decoder
+}
+
+/// A decoder under test and how close it must come.
+struct Under {
+    name: &'static str,
+    decoder: Decoder,
+    /// To llama.cpp's logits.
+    tolerance: f32,
+    /// Between a sequence run alone and in a batch.
+    batching: f32,
+}
+
+fn decoders() -> [Under; 3] {
+    [
+        Under {
+            name: "thaw",
+            decoder: model(),
+            tolerance: 0.5,
+            batching: 0.0,
+        },
+        Under {
+            name: "tensor, quantized products",
+            decoder: tensor_model(Products::Quantized),
+            tolerance: 1.5,
+            batching: 1.5,
+        },
+        Under {
+            name: "tensor, f32 products",
+            decoder: tensor_model(Products::Dequantized),
+            tolerance: 1.5,
+            batching: 1e-3,
+        },
+    ]
 }
 
 fn fixture() -> Fixture {
@@ -41,7 +100,7 @@ fn fixture() -> Fixture {
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture parses")
 }
 
-fn run(model: &Llama, cache: &mut KvCache, tokens: &[u32]) -> Vec<f32> {
+fn run(model: &Decoder, cache: &mut Cache, tokens: &[u32]) -> Vec<f32> {
     let mut steps = [Step {
         cache,
         tokens,
@@ -61,15 +120,23 @@ fn argmax(logits: &[f32]) -> (u32, f32) {
 
 #[test]
 fn logits_and_greedy_tokens_match_llama_cpp() {
-    let model = model();
+    for under in decoders() {
+        matches_llama_cpp(&under);
+    }
+}
+
+fn matches_llama_cpp(under: &Under) {
+    let (name, model, tolerance) = (under.name, &under.decoder, under.tolerance);
+    let mut worst = 0.0f32;
     for case in fixture().cases {
-        let mut cache = KvCache::new(&model);
-        let mut logits = run(&model, &mut cache, &case.ids);
+        let mut cache = model.new_cache();
+        let mut logits = run(model, &mut cache, &case.ids);
         for &(id, want) in &case.top_logits {
             let got = logits[id as usize];
+            worst = worst.max((got - want).abs());
             assert!(
-                (got - want).abs() <= 0.5,
-                "{:?}: logit of {id} is {got}, llama.cpp {want}",
+                (got - want).abs() <= tolerance,
+                "{name}: {:?}: logit of {id} is {got}, llama.cpp {want}",
                 case.prompt
             );
         }
@@ -77,29 +144,36 @@ fn logits_and_greedy_tokens_match_llama_cpp() {
             let (top, max) = argmax(&logits);
             let got = logits[want as usize];
             assert!(
-                top == want || max - got <= 0.5,
-                "{:?}: step {i}: llama.cpp's token {want} has {got}, our top {top} has {max}",
+                top == want || max - got <= tolerance,
+                "{name}: {:?}: step {i}: llama.cpp's token {want} has {got}, our top {top} has {max}",
                 case.prompt
             );
-            logits = run(&model, &mut cache, &[want]);
+            logits = run(model, &mut cache, &[want]);
         }
     }
+    println!("{name}: prompt logits within {worst:.3} of llama.cpp's");
 }
 
 #[test]
 fn sequences_decoded_together_get_what_each_gets_alone() {
-    let model = model();
+    for under in decoders() {
+        together_as_alone(&under);
+    }
+}
+
+fn together_as_alone(under: &Under) {
+    let (name, model) = (under.name, &under.decoder);
     let cases = fixture().cases;
     // Alone: each prompt, then three forced tokens one by one.
     let alone: Vec<Vec<f32>> = cases
         .iter()
         .map(|case| {
-            let mut cache = KvCache::new(&model);
-            run(&model, &mut cache, &case.ids);
+            let mut cache = model.new_cache();
+            run(model, &mut cache, &case.ids);
             for &t in &case.greedy[..2] {
-                run(&model, &mut cache, &[t]);
+                run(model, &mut cache, &[t]);
             }
-            run(&model, &mut cache, &case.greedy[2..3])
+            run(model, &mut cache, &case.greedy[2..3])
         })
         .collect();
     // Together: the prompts in one pass, then each step for all at once,
@@ -108,7 +182,7 @@ fn sequences_decoded_together_get_what_each_gets_alone() {
         .num_threads(2)
         .build()
         .expect("pool");
-    let mut caches: Vec<KvCache> = cases.iter().map(|_| KvCache::new(&model)).collect();
+    let mut caches: Vec<Cache> = cases.iter().map(|_| model.new_cache()).collect();
     let mut together = Vec::new();
     for step in 0..4 {
         let tokens: Vec<&[u32]> = cases
@@ -121,7 +195,7 @@ fn sequences_decoded_together_get_what_each_gets_alone() {
                 }
             })
             .collect();
-        let mut steps: Vec<Step> = caches
+        let mut steps: Vec<Step<Cache>> = caches
             .iter_mut()
             .zip(&tokens)
             .map(|(cache, tokens)| Step {
@@ -135,23 +209,36 @@ fn sequences_decoded_together_get_what_each_gets_alone() {
             .expect("forward");
     }
     for (a, b) in alone.iter().zip(&together) {
-        // Each row's sums do not depend on the other rows: equal bit for bit.
-        assert_eq!(a, b);
+        // thaw's decoder: each row's sums do not depend on the other rows,
+        // equal bit for bit. candle's attention products are blocked by
+        // their size, which rounds differently.
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        println!("{name}: batched within {diff} of alone");
+        assert!(diff <= under.batching, "{name}: {diff}");
     }
-    assert_eq!(caches[0].len(), cases[0].ids.len() + 3);
+    assert_eq!(caches[0].len(), cases[0].ids.len() + 3, "{name}");
 }
 
 #[test]
 fn a_sequence_beyond_the_context_is_refused() {
-    let model = model();
-    let mut cache = KvCache::new(&model);
+    for under in decoders() {
+        refuses_beyond_context(under.name, &under.decoder);
+    }
+}
+
+fn refuses_beyond_context(name: &str, model: &Decoder) {
+    let mut cache = model.new_cache();
     let too_long = vec![28u32; model.config().context + 1];
     let mut steps = [Step {
         cache: &mut cache,
         tokens: &too_long,
         logits: true,
     }];
-    assert!(model.forward(&mut steps, false).is_err());
+    assert!(model.forward(&mut steps, false).is_err(), "{name}");
     let mut steps = [Step {
         cache: &mut cache,
         tokens: &[60_000],
@@ -159,6 +246,13 @@ fn a_sequence_beyond_the_context_is_refused() {
     }];
     assert!(
         model.forward(&mut steps, false).is_err(),
-        "a token id beyond the vocabulary"
+        "{name}: a token id beyond the vocabulary"
     );
+    // A refused pass leaves the cache as it was: still usable.
+    assert!(cache.is_empty(), "{name}");
+    assert_eq!(
+        run(model, &mut cache, &[28, 29]).len(),
+        model.config().vocab
+    );
+    assert_eq!(cache.len(), 2, "{name}");
 }

@@ -13,7 +13,10 @@
 //! - a standby process on the GPU, activated with MiniLM, serves it;
 //! - a GPU worker hibernated and resumed answers as before, and its GPU
 //!   memory was released meanwhile;
-//! - every upload method of `--upload-bench` verifies what it copied.
+//! - every upload method of `--upload-bench` verifies what it copied;
+//! - SmolLM2 on the GPU (the tensor decoder) gives llama.cpp's logits and
+//!   greedy tokens within the tolerance of its CPU test (`THAW_GPU_TEST_CHAT`
+//!   names the GGUF's directory there; else the fetch step's).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -204,21 +207,106 @@ fn a_hibernated_gpu_worker_answers_as_before() {
     assert!(d < 1e-6, "the output changed across hibernation by {d}");
 }
 
+/// SmolLM2's directory: `THAW_GPU_TEST_CHAT`, else the fetch step's.
+fn chat_dir() -> PathBuf {
+    std::env::var_os("THAW_GPU_TEST_CHAT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| registry_model("smollm2"))
+}
+
+#[derive(serde::Deserialize)]
+struct ChatCase {
+    ids: Vec<u32>,
+    top_logits: Vec<(u32, f32)>,
+    greedy: Vec<u32>,
+}
+
 #[test]
-fn a_chat_model_is_refused_on_the_gpu() {
-    let Some(device) = gpu("a_chat_model_is_refused_on_the_gpu") else {
+fn smollm2_on_the_gpu_matches_llama_cpp() {
+    use thaw_worker::models::chat::llama::Step;
+    use thaw_worker::models::chat::{ChatModel, Decoder};
+
+    let Some(device) = gpu("smollm2_on_the_gpu_matches_llama_cpp") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = thaw_worker::LoadOptions {
-        dir: dir.path().to_path_buf(),
-        kind: Some(thaw_snapshot::ModelKind::Chat),
-        device,
+    let dir = chat_dir();
+    if !dir.is_dir() {
+        eprintln!(
+            "smollm2_on_the_gpu_matches_llama_cpp: skipped: no {} (THAW_GPU_TEST_CHAT)",
+            dir.display()
+        );
+        return;
+    }
+    let model = ChatModel::load(&dir, &device).expect("SmolLM2 loads on the GPU");
+    assert!(matches!(model.decoder, Decoder::Device(_)));
+    // The same fixture and tolerance as the tensor decoder's CPU test
+    // (tests/chat_model.rs): compiled in, as the GPU machine runs this
+    // binary away from the source tree.
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        cases: Vec<ChatCase>,
+    }
+    let fixture: Fixture =
+        serde_json::from_str(include_str!("fixtures/smollm2_greedy.json")).expect("fixture");
+    let run = |cache: &mut _, tokens: &[u32]| {
+        let mut steps = [Step {
+            cache,
+            tokens,
+            logits: true,
+        }];
+        model
+            .decoder
+            .forward(&mut steps, false)
+            .expect("forward")
+            .remove(0)
     };
-    let e = thaw_worker::LoadedModel::load(&options)
-        .err()
-        .expect("refused on a GPU");
-    assert!(e.to_string().contains("CPU only"), "{e}");
+    for case in &fixture.cases {
+        let mut cache = model.decoder.new_cache();
+        let mut logits = run(&mut cache, &case.ids);
+        for &(id, want) in &case.top_logits {
+            let got = logits[id as usize];
+            assert!(
+                (got - want).abs() <= 1.5,
+                "logit of {id}: {got}, llama.cpp {want}"
+            );
+        }
+        for (i, &want) in case.greedy.iter().enumerate() {
+            let (top, max) =
+                logits
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                    );
+            let got = logits[want as usize];
+            assert!(
+                top as u32 == want || max - got <= 1.5,
+                "step {i}: llama.cpp's {want} has {got}, our top {top} has {max}"
+            );
+            logits = run(&mut cache, &[want]);
+        }
+    }
+    // Decode speed, one sequence: printed for the note (not asserted).
+    let mut cache = model.decoder.new_cache();
+    run(&mut cache, &fixture.cases[0].ids);
+    let started = std::time::Instant::now();
+    let mut token = fixture.cases[0].greedy[0];
+    for _ in 0..64 {
+        let logits = run(&mut cache, &[token]);
+        token = logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32;
+    }
+    eprintln!(
+        "smollm2 on the GPU: {:.1} tokens/s decoding one sequence",
+        64.0 / started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

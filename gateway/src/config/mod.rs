@@ -611,17 +611,6 @@ impl Ctx<'_> {
             Some(d) => self.device(d, &field("device"))?,
             None => "cpu".into(),
         };
-        if let (Some(ModelKind::Chat), Some(d)) = (kind, &m.device) {
-            if device != "cpu" {
-                return self.at(
-                    d.span(),
-                    &field("device"),
-                    "chat models run on the CPU only (thaw's own quantized kernels); \
-                     use device = \"cpu\""
-                        .into(),
-                );
-            }
-        }
         let memory_limit = m
             .memory_limit
             .as_ref()

@@ -72,13 +72,12 @@ fn gpu_devices_and_the_placement_policy_parse() {
 }
 
 #[test]
-fn a_chat_model_on_a_gpu_is_refused() {
-    let e = refused(
+fn a_chat_model_may_ask_for_a_gpu() {
+    let (_d, text) = with_source(
         "[[models]]\nname = \"c\"\nsource = \"SRC\"\nkind = \"chat\"\ndevice = \"cuda\"\n",
-        5,
-        "models[0].device",
     );
-    assert!(e.message.contains("CPU only"), "{e}");
+    let c = parse(&text, Path::new("chat.toml")).expect("a chat model on a GPU is accepted");
+    assert_eq!(c.models[0].device_request(), DeviceRequest::AnyGpu);
 }
 
 /// Parses `body` and returns its error, which must name `line` and `field`.

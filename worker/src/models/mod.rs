@@ -86,16 +86,9 @@ impl LoadedModel {
             ModelKind::Tabular => {
                 LoadedModel::Tabular(TabularModel::load(&options.dir, &options.device)?)
             }
-            // thaw's chat kernels are CPU code: refuse a GPU rather than
-            // hold one while generating on the CPU.
-            ModelKind::Chat if !options.device.is_cpu() => {
-                return Err(ModelError::Load(
-                    "chat models run on the CPU only (thaw's own quantized kernels); \
-                     serve this model with device = \"cpu\""
-                        .into(),
-                ))
+            ModelKind::Chat => {
+                LoadedModel::Chat(chat::ChatModel::load(&options.dir, &options.device)?)
             }
-            ModelKind::Chat => LoadedModel::Chat(chat::ChatModel::load(&options.dir)?),
         };
         Ok(model)
     }

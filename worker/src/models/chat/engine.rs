@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::llama::{KvCache, Step};
-use super::ChatModel;
+use super::llama::Step;
+use super::{Cache, ChatModel};
 use crate::models::ModelError;
 
 /// Most prompt tokens run in one step (beside the decoding sequences).
@@ -101,7 +101,7 @@ impl Engine {
 /// A sequence being generated.
 struct Active {
     generation: Generation,
-    cache: KvCache,
+    cache: Cache,
     /// Prompt tokens not yet run.
     unread: usize,
     /// The last token sampled, to run next.
@@ -111,7 +111,12 @@ struct Active {
 }
 
 fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequences: usize) {
-    let threads = candle_core::utils::get_num_threads();
+    // thaw's CPU decoder splits its work on this pool; the device decoder
+    // leaves the work to the device.
+    let threads = match model.decoder {
+        super::Decoder::Cpu(_) => candle_core::utils::get_num_threads(),
+        super::Decoder::Device(_) => 1,
+    };
     // Built here, in the thread that uses it (a forked child's engine starts
     // after the fork): the forward pass runs inside it, so its parallel
     // parts are joins among the pool's threads, not wake-ups of this one.
@@ -143,7 +148,7 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
             let rng = Rng::new(generation.sampling.seed);
             active.push(Active {
                 unread: generation.prompt.len(),
-                cache: KvCache::new(&model.llama),
+                cache: model.decoder.new_cache(),
                 last: [0],
                 generated: 0,
                 rng,
@@ -188,8 +193,8 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
         });
     }
     let result = match pool {
-        Some(pool) => pool.install(|| model.llama.forward(&mut steps, true)),
-        None => model.llama.forward(&mut steps, false),
+        Some(pool) => pool.install(|| model.decoder.forward(&mut steps, true)),
+        None => model.decoder.forward(&mut steps, false),
     };
     drop(steps);
     let logits = match result {
@@ -201,7 +206,7 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
             return;
         }
     };
-    let context = model.llama.config().context;
+    let context = model.decoder.config().context;
     let mut finished = Vec::new();
     for (i, mut logits) in sampled.into_iter().zip(logits) {
         let a = &mut active[i];

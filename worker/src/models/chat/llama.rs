@@ -45,7 +45,10 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    fn from_metadata(metadata: &HashMap<String, Value>, vocab: usize) -> Result<Self, ModelError> {
+    pub(super) fn from_metadata(
+        metadata: &HashMap<String, Value>,
+        vocab: usize,
+    ) -> Result<Self, ModelError> {
         let arch = metadata
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
@@ -101,7 +104,7 @@ impl LlamaConfig {
         })
     }
 
-    fn kv_dim(&self) -> usize {
+    pub(super) fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
 }
@@ -168,10 +171,10 @@ impl KvCache {
 }
 
 /// One sequence's part of a forward pass: its next tokens, appended to its
-/// cache.
-pub struct Step<'a> {
+/// cache (a [`KvCache`] here, a `DeviceCache` for the device decoder).
+pub struct Step<'a, C = KvCache> {
     /// The sequence's cache.
-    pub cache: &'a mut KvCache,
+    pub cache: &'a mut C,
     /// The tokens to run (a prompt, a chunk of one, or one decoded token).
     pub tokens: &'a [u32],
     /// Whether the caller wants the logits after the last of them.

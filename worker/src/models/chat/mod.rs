@@ -1,7 +1,9 @@
-//! Chat models (GGUF, generative): the llama decoder on the mapped file, the
+//! Chat models (GGUF, generative): the llama decoder (on the CPU, thaw's
+//! own on the mapped file; on a GPU, candle's tensor operations), the
 //! tokenizer and the prompt template built from the GGUF's own metadata,
 //! and the generation loop that runs several sequences together.
 
+pub mod device;
 pub mod engine;
 pub mod llama;
 pub mod quant;
@@ -14,13 +16,109 @@ pub use engine::{Engine, Event, Finish, Generation, Sampling};
 pub use template::{ChatMessage, ChatTemplate, TemplateError};
 pub use tokenizer::{ChatTokenizer, GgufVocab, StreamDecoder};
 
+use candle_core::quantized::gguf_file::Content;
+use candle_core::Device;
+use thaw_snapshot::mmap::MappedFile;
+
 use crate::models::ModelError;
-use llama::{KvCache, Llama, Step};
+use device::{DeviceCache, DeviceLlama, Products};
+use llama::{KvCache, Llama, LlamaConfig, Step};
+
+/// The decoder a chat model runs.
+pub enum Decoder {
+    /// thaw's own, on the CPU: the mapped blocks read in place.
+    Cpu(Llama),
+    /// candle's tensor operations, the weights on a device (a GPU; the CPU
+    /// too, where tests compare the two).
+    Device(DeviceLlama),
+}
+
+/// One sequence's keys and values, for the decoder that made it.
+pub enum Cache {
+    /// For [`Decoder::Cpu`].
+    Cpu(KvCache),
+    /// For [`Decoder::Device`].
+    Device(DeviceCache),
+}
+
+impl Cache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        match self {
+            Cache::Cpu(c) => c.len(),
+            Cache::Device(c) => c.len(),
+        }
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Decoder {
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        match self {
+            Decoder::Cpu(m) => m.config(),
+            Decoder::Device(m) => m.config(),
+        }
+    }
+
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> Cache {
+        match self {
+            Decoder::Cpu(m) => Cache::Cpu(KvCache::new(m)),
+            Decoder::Device(m) => Cache::Device(DeviceCache::new(m)),
+        }
+    }
+
+    /// Runs `steps` through the model (see [`Llama::forward`]); every cache
+    /// must come from this decoder's [`Decoder::new_cache`]. `parallel`
+    /// applies to the CPU decoder.
+    pub fn forward(
+        &self,
+        steps: &mut [Step<'_, Cache>],
+        parallel: bool,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let foreign = || ModelError::Inference("a cache from another decoder".into());
+        match self {
+            Decoder::Cpu(m) => {
+                let mut own = steps
+                    .iter_mut()
+                    .map(|s| match &mut *s.cache {
+                        Cache::Cpu(cache) => Ok(Step {
+                            cache,
+                            tokens: s.tokens,
+                            logits: s.logits,
+                        }),
+                        Cache::Device(_) => Err(foreign()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                m.forward(&mut own, parallel)
+            }
+            Decoder::Device(m) => {
+                let mut own = steps
+                    .iter_mut()
+                    .map(|s| match &mut *s.cache {
+                        Cache::Device(cache) => Ok(Step {
+                            cache,
+                            tokens: s.tokens,
+                            logits: s.logits,
+                        }),
+                        Cache::Cpu(_) => Err(foreign()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                m.forward(&mut own)
+            }
+        }
+    }
+}
 
 /// A chat model: decoder, tokenizer, template.
 pub struct ChatModel {
     /// The decoder.
-    pub llama: Llama,
+    pub decoder: Decoder,
     /// The tokenizer.
     pub tokenizer: ChatTokenizer,
     /// The chat template.
@@ -29,21 +127,44 @@ pub struct ChatModel {
 
 impl ChatModel {
     /// Loads the one `.gguf` file in `dir` (a source model directory or a
-    /// chat snapshot).
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+    /// chat snapshot) for `device`: thaw's own decoder on the CPU, the
+    /// tensor decoder elsewhere.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let path = gguf_in(dir)?;
-        let (llama, content) = Llama::load(&path)?;
-        let tokenizer = ChatTokenizer::from_gguf(&content)?;
-        if tokenizer.vocab_size() != llama.config().vocab {
+        if device.is_cpu() {
+            let (llama, content) = Llama::load(&path)?;
+            Self::assemble(Decoder::Cpu(llama), &content)
+        } else {
+            Self::load_on_device(&path, device, Products::Quantized)
+        }
+    }
+
+    /// Loads the GGUF at `path` with the tensor decoder on `device`, the
+    /// CPU included (tests compare it with thaw's own there).
+    pub fn load_on_device(
+        path: &Path,
+        device: &Device,
+        products: Products,
+    ) -> Result<Self, ModelError> {
+        let file = MappedFile::open(path).map_err(ModelError::load)?;
+        let content = Content::read(&mut std::io::Cursor::new(file.bytes()))
+            .map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+        let decoder = DeviceLlama::load(&file, &content, device, products)?;
+        Self::assemble(Decoder::Device(decoder), &content)
+    }
+
+    fn assemble(decoder: Decoder, content: &Content) -> Result<Self, ModelError> {
+        let tokenizer = ChatTokenizer::from_gguf(content)?;
+        if tokenizer.vocab_size() != decoder.config().vocab {
             return Err(ModelError::Load(format!(
                 "the tokenizer has {} tokens, the model {}",
                 tokenizer.vocab_size(),
-                llama.config().vocab
+                decoder.config().vocab
             )));
         }
-        let template = ChatTemplate::from_gguf(&content, &tokenizer)?;
+        let template = ChatTemplate::from_gguf(content, &tokenizer)?;
         Ok(ChatModel {
-            llama,
+            decoder,
             tokenizer,
             template,
         })
@@ -51,7 +172,7 @@ impl ChatModel {
 
     /// The longest sequence (prompt and generation) served.
     pub fn context(&self) -> usize {
-        self.llama.config().context
+        self.decoder.config().context
     }
 
     /// Runs each input as a user message through the model on this thread
@@ -62,13 +183,13 @@ impl ChatModel {
                 .template
                 .render(&[ChatMessage::new("user", input.as_str())], true)?;
             let ids = self.tokenizer.encode(&prompt)?;
-            let mut cache = KvCache::new(&self.llama);
+            let mut cache = self.decoder.new_cache();
             let mut steps = [Step {
                 cache: &mut cache,
                 tokens: &ids,
                 logits: true,
             }];
-            self.llama.forward(&mut steps, false)?;
+            self.decoder.forward(&mut steps, false)?;
         }
         Ok(())
     }
