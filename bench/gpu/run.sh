@@ -11,10 +11,14 @@
 # against a plain worker process started on the same model (on the CPU
 # when there is no GPU); hibernation (thaw-worker --hibernate / --resume
 # on a worker serving the BERT-large-shaped model: timings, GPU memory
-# released, same output after) where the driver supports it; SmolLM2 on the
-# GPU is reported as not built yet. Under 8 minutes on an H200 with SIZES="1 16".
+# released, same output after) where the driver supports it; SmolLM2 served
+# on the GPU and on the CPU (the baseline, thaw's own decoder): load, time to
+# first token, decode tokens/s for one stream and four, when THAW_GPU_CHAT
+# names its GGUF or the GGUF's header (`synthetic_gguf.py header`: 1.8 MB,
+# weights synthesized there; the real file is over one call's 64 MiB).
+# Under 8 minutes on an H200 with SIZES="1 16".
 #
-#   bench/gpu/run.sh WORKER [OUT] [SIZES]
+#   [THAW_GPU_CHAT=GGUF|HEADER] bench/gpu/run.sh WORKER [OUT] [SIZES]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 worker="${1:?usage: bench/gpu/run.sh WORKER [OUT] [SIZES]}"
@@ -23,5 +27,9 @@ sizes="${3:-1 16}"
 # Python with PyTorch when the machine has one (its CUDA libraries serve the
 # worker too); any python3 otherwise.
 python="${THAW_GPU_PYTHON:-python3}"
+chat=()
+if [ -n "${THAW_GPU_CHAT:-}" ]; then
+  chat=(--chat "$THAW_GPU_CHAT")
+fi
 # shellcheck disable=SC2086
-exec timeout 480 "$python" "$here/suite.py" --worker "$worker" --out "$out" --sizes-gb $sizes
+exec timeout 480 "$python" "$here/suite.py" --worker "$worker" --out "$out" --sizes-gb $sizes "${chat[@]}"

@@ -19,6 +19,7 @@ import threading
 import time
 
 import synthetic_bert
+import synthetic_gguf
 
 CHUNK = 64 << 20
 
@@ -332,11 +333,106 @@ def hibernate_resume(worker, shape):
         }
 
 
+def stream_chat(sock, max_tokens, content="Write a long story about a lighthouse keeper."):
+    """One streamed /v1/chat/completions request (greedy) over a unix
+    socket: (time to first content, seconds from first to last content,
+    completion tokens)."""
+    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": content}],
+                       "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(120)
+    s.connect(sock)
+    start = time.perf_counter()
+    s.sendall(head + body)
+    buf, first, last, tokens, status = b"", None, None, None, None
+    while True:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        now = time.perf_counter()
+        buf += chunk
+        if status is None and b"\r\n" in buf:
+            status = int(buf.split(b" ", 2)[1])
+            if status != 200:
+                raise RuntimeError(f"the chat request answered {status}: {buf[-300:]!r}")
+        # SSE events ("data: ...\n\n"), each in its own HTTP chunk.
+        while b"data: " in buf and b"\n\n" in buf[buf.index(b"data: "):]:
+            at = buf.index(b"data: ")
+            end = buf.index(b"\n\n", at)
+            event, buf = buf[at + 6:end], buf[end + 2:]
+            if event == b"[DONE]":
+                continue
+            message = json.loads(event)
+            if message.get("usage"):
+                tokens = message["usage"]["completion_tokens"]
+            for choice in message.get("choices", []):
+                if choice.get("delta", {}).get("content"):
+                    first = first or now
+                    last = now
+    s.close()
+    if first is None or tokens is None:
+        raise RuntimeError("the stream had no content or no usage")
+    return first - start, last - first, tokens
+
+
+def chat_decode(worker, device, gguf, max_tokens=128):
+    """SmolLM2 served by a worker on `device`: load, time to first token and
+    decode tokens/s for one stream, and for four streams together (the
+    engine batches them). `gguf` is the model, or its header alone
+    (synthetic_gguf.py), from which weights are synthesized."""
+    with tempfile.TemporaryDirectory() as d:
+        model = os.path.join(d, "smollm2")
+        os.makedirs(model)
+        path = os.path.join(model, "model.gguf")
+        if os.path.getsize(gguf) < (16 << 20):
+            weights = "synthetic (SmolLM2's header, random blocks)"
+            synthetic_gguf.make(gguf, path)
+        else:
+            weights = "SmolLM2-135M-Instruct Q4_1"
+            os.symlink(os.path.abspath(gguf), path)
+        sock = os.path.join(d, "w.sock")
+        w = Worker([worker, "--model", model, "--name", "smollm2", "--device", device,
+                    "--listen", f"unix:{sock}"], worker_env())
+        try:
+            t_ready, ready = w.wait("ready")
+            stream_chat(sock, 8)  # warm
+            ttft, decode_s, tokens = stream_chat(sock, max_tokens)
+            results = queue.Queue()
+            started = time.perf_counter()
+            threads = [threading.Thread(target=lambda: results.put(stream_chat(sock, max_tokens)))
+                       for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            together_s = time.perf_counter() - started
+            four = [results.get_nowait() for _ in range(results.qsize())]
+        finally:
+            w.stop()
+    if len(four) != 4:
+        raise RuntimeError(f"{4 - len(four)} of the four streams failed")
+    return {
+        "device": device,
+        "weights": weights,
+        "process_to_ready_ms": round((t_ready - w.started) * 1e3, 1),
+        "load_ms": round(ready["load_ms"], 1),
+        "ttft_ms": round(ttft * 1e3, 2),
+        "tokens": tokens,
+        "decode_tokens_per_s": round((tokens - 1) / decode_s, 1) if decode_s > 0 else None,
+        "four_streams_tokens_per_s": round(sum(f[2] for f in four) / together_s, 1),
+        "four_streams_max_ttft_ms": round(max(f[0] for f in four) * 1e3, 2),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--sizes-gb", type=float, nargs="*", default=[1, 16])
+    ap.add_argument("--chat", help="SmolLM2's GGUF, or its header (synthetic_gguf.py header)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     report = {"machine": {"host": platform.node(), "python": sys.version.split()[0], "cpus": os.cpu_count()}}
@@ -373,8 +469,21 @@ def main():
     else:
         report["hibernate_resume"] = {
             "skipped": hibernation.get("reason") or "no GPU: nothing to hibernate"}
-    report["smollm2_gpu_tokens_per_s"] = {
-        "skipped": "not built yet: chat models run on the CPU (thaw's own quantized kernels)"}
+    if not args.chat:
+        report["smollm2"] = {"skipped": "no SmolLM2 given (--chat: the GGUF or its header)"}
+    else:
+        # The CPU (thaw's own decoder) in the same run is the baseline.
+        chat = {}
+        devices = ["cuda:0", "cpu"] if gpus else ["cpu"]
+        for device in devices:
+            step(chat, device, lambda device=device: chat_decode(args.worker, device, args.chat))
+        gpu, cpu = chat.get("cuda:0"), chat.get("cpu")
+        if isinstance(gpu, dict) and isinstance(cpu, dict) and gpu.get("decode_tokens_per_s") \
+                and cpu.get("decode_tokens_per_s"):
+            chat["gpu_vs_cpu_decode"] = round(gpu["decode_tokens_per_s"] / cpu["decode_tokens_per_s"], 2)
+            chat["gpu_vs_cpu_four_streams"] = round(
+                gpu["four_streams_tokens_per_s"] / cpu["four_streams_tokens_per_s"], 2)
+        report["smollm2"] = chat
     with open(os.path.join(args.out, "gpu.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(json.dumps(report))

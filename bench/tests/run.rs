@@ -64,15 +64,31 @@ fn a_quick_cold_run_writes_its_report() {
 
 /// The GPU suite on a machine without a GPU (and a worker without CUDA):
 /// a report whose every GPU figure says why it is missing, standby
-/// activation measured on the CPU instead, and the synthetic snapshot
-/// written and removed.
+/// activation and SmolLM2 (synthetic weights under its real header, as a
+/// GPU machine gets it) measured on the CPU instead, and the synthetic
+/// snapshot written and removed.
 #[test]
 fn the_gpu_suite_says_why_without_a_gpu() {
     let out = tempfile::tempdir().expect("temp dir");
+    let header = out.path().join("smollm2.header");
+    let gguf = thaw_tests::registry_model("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let status = Command::new("python3")
+        .arg(repo_root().join("bench/gpu/synthetic_gguf.py"))
+        .arg("header")
+        .arg(&gguf)
+        .arg(&header)
+        .status()
+        .expect("python3 runs");
+    assert!(
+        status.success(),
+        "the header of {}: {status}",
+        gguf.display()
+    );
     let status = Command::new(repo_root().join("bench/gpu/run.sh"))
         .arg(bin("thaw-worker"))
         .arg(out.path())
         .arg("0.07")
+        .env("THAW_GPU_CHAT", &header)
         .status()
         .expect("the suite runs");
     assert!(status.success(), "{status}");
@@ -106,6 +122,32 @@ fn the_gpu_suite_says_why_without_a_gpu() {
             .is_some_and(|r| r.contains("cuda feature")),
         "{report}"
     );
+    // SmolLM2 on the CPU alone, from weights synthesized under its header.
+    let chat = &report["smollm2"]["cpu"];
+    assert!(
+        chat["weights"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("synthetic")),
+        "{report}"
+    );
+    // Up to 128 (random weights could end the turn early).
+    assert!(
+        chat["tokens"]
+            .as_u64()
+            .is_some_and(|n| (2..=128).contains(&n)),
+        "{chat}"
+    );
+    for figure in [
+        "decode_tokens_per_s",
+        "four_streams_tokens_per_s",
+        "ttft_ms",
+    ] {
+        assert!(
+            chat[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {chat}"
+        );
+    }
+    assert!(report["smollm2"].get("cuda:0").is_none(), "{report}");
     let left: Vec<_> = std::fs::read_dir(out.path())
         .expect("out dir")
         .flatten()
