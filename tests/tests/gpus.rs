@@ -7,7 +7,7 @@
 //! The workers themselves run on the CPU under a fake inventory.
 
 use serde_json::{json, Value};
-use thaw_tests::served::{config, credit_score, serve_command, Served, START};
+use thaw_tests::served::{config, credit_score, serve_command, wait_gone, Served, START};
 use thaw_tests::Proc;
 
 const GIB: u64 = 1 << 30;
@@ -347,4 +347,26 @@ fn a_hibernated_worker_goes_after_keep_template() {
     });
     // Killed (SIGKILL reaches a stopped process): gone, or a zombie.
     assert!(!stopped(pid), "the hibernated process {pid} is still there");
+}
+
+#[test]
+fn a_hibernated_worker_dies_with_its_gateway() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let g = hibernating(
+        dir.path(),
+        "keep_template = \"1h\"\nscale_to_zero_after = \"3s\"",
+    );
+    assert_eq!(g.score("gpu").status, 200);
+    let s = g.wait("the worker hibernated", |s| {
+        model(s, "gpu")["instances"][0]["state"] == "hibernated"
+    });
+    let pid = model(&s, "gpu")["instances"][0]["pid"]
+        .as_u64()
+        .expect("a pid");
+    assert!(stopped(pid), "the fake hibernation stops the process");
+    // The gateway dies without a word: no graceful stop kills the stopped
+    // worker, only the kernel's parent-death signal can (SIGTERM would wait,
+    // pending, for a SIGCONT that never comes).
+    g.proc.signal("KILL");
+    wait_gone(&[pid as u32], "the hibernated worker of a killed gateway");
 }

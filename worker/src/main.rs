@@ -80,8 +80,13 @@ struct Args {
 }
 
 /// When a supervisor started this worker (`THAW_PARENT_PID` set), ask the
-/// kernel for SIGTERM when the parent dies, so no worker outlives its
-/// gateway; if the parent is already gone, exit now.
+/// kernel to kill it when the parent dies, so no worker outlives its
+/// gateway; if the parent is already gone, exit now. SIGKILL, not SIGTERM:
+/// with the gateway gone nothing in flight can be answered, so there is
+/// nothing to finish, and SIGKILL also ends a worker that cannot act on a
+/// signal (one stopped, or hibernated with its CUDA calls locked by the
+/// driver's checkpoint). The graceful stop is the lifeline's (stdin) and
+/// the supervisor's SIGTERM.
 fn die_with_parent() -> anyhow::Result<()> {
     let Some(parent) = std::env::var_os("THAW_PARENT_PID") else {
         return Ok(());
@@ -90,7 +95,7 @@ fn die_with_parent() -> anyhow::Result<()> {
         .to_str()
         .and_then(|p| p.parse().ok())
         .context("THAW_PARENT_PID is not a pid")?;
-    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))
+    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
         .context("setting the parent-death signal")?;
     if nix::unistd::getppid().as_raw() != parent {
         anyhow::bail!("the parent process {parent} has already exited");
