@@ -452,7 +452,8 @@ impl Drop for Registered {
 }
 
 /// A `VarBuilder` over the safetensors file at `path` whose mapping is
-/// registered with `device`'s driver; the guard unregisters it.
+/// registered with `device`'s driver (ahead, by [`preregister`], or now);
+/// the guard unregisters it.
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)] // the mapping, and the registration of its pages
 pub fn map_registered(
@@ -462,6 +463,9 @@ pub fn map_registered(
 ) -> Result<(candle_nn::VarBuilder<'static>, Registered), String> {
     use candle_core::cuda_backend::cudarc::driver::sys;
     use candle_core::safetensors::MmapedSafetensors;
+    if let Some(ahead) = take_ahead(path) {
+        return Ok(ahead);
+    }
     let cuda = device.as_cuda_device().map_err(|e| e.to_string())?;
     cuda.cuda_stream()
         .context()
@@ -507,6 +511,76 @@ pub fn map_registered(
             register_ms,
         },
     ))
+}
+
+/// Snapshots registered ahead by a standby process (`--preregister`), for
+/// the model it will be activated with: that model's load then copies at
+/// the host-to-device ceiling with no registration on its path.
+#[cfg(feature = "cuda")]
+type Ahead = (
+    std::path::PathBuf,
+    candle_nn::VarBuilder<'static>,
+    Registered,
+);
+
+#[cfg(feature = "cuda")]
+static AHEAD: std::sync::Mutex<Vec<Ahead>> = std::sync::Mutex::new(Vec::new());
+
+/// Maps and registers the weights file at `path` with `device`'s driver
+/// ahead of an activation, and keeps it for [`map_registered`]. The report
+/// says what it cost, or why it was not done (a CPU device, a build without
+/// CUDA, a file the driver refuses): a standby process works either way.
+pub fn preregister(path: &std::path::Path, device: &candle_core::Device) -> serde_json::Value {
+    let bytes = std::fs::metadata(path).map(|m| m.len()).ok();
+    let mut report = serde_json::json!({"path": path, "bytes": bytes, "registered": false});
+    let reason: String = 'done: {
+        if bytes.is_none() {
+            break 'done format!("{} cannot be read", path.display());
+        }
+        #[cfg(feature = "cuda")]
+        {
+            if !device.is_cuda() {
+                break 'done "not a CUDA device: nothing to register".into();
+            }
+            match map_registered(path, candle_core::DType::F32, device) {
+                Ok((vb, guard)) => {
+                    report["registered"] = true.into();
+                    report["register_ms"] = guard.register_ms.into();
+                    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+                    AHEAD
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((key, vb, guard));
+                    return report;
+                }
+                Err(e) => break 'done e,
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = device;
+            "this build has no CUDA (the cuda feature): nothing to register".into()
+        }
+    };
+    report["reason"] = reason.into();
+    report
+}
+
+/// The registration made ahead for `path`, taken (each is used once).
+#[cfg(feature = "cuda")]
+fn take_ahead(path: &std::path::Path) -> Option<(candle_nn::VarBuilder<'static>, Registered)> {
+    let key = path.canonicalize().ok()?;
+    let mut ahead = AHEAD.lock().unwrap_or_else(|p| p.into_inner());
+    let at = ahead.iter().position(|(p, _, _)| *p == key)?;
+    let (_, vb, guard) = ahead.swap_remove(at);
+    Some((vb, guard))
+}
+
+/// Unregisters what was registered ahead and not used (after an
+/// activation: the worker serves one model).
+pub fn release_preregistered() {
+    #[cfg(feature = "cuda")]
+    AHEAD.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
 #[cfg(test)]

@@ -56,6 +56,11 @@ struct Args {
     /// name, kind, listen) on stdin and serve that model.
     #[arg(long, conflicts_with_all = ["model", "template"])]
     standby: bool,
+    /// With --standby: map this weights file and register it with the GPU's
+    /// driver while waiting, so that its model, if activated here, uploads
+    /// at the host-to-device ceiling (repeatable).
+    #[arg(long, value_name = "FILE", requires = "standby")]
+    preregister: Vec<PathBuf>,
     /// Stdin is a pipe whose write end the supervisor holds: stop when it
     /// closes (the supervisor has gone).
     #[arg(long)]
@@ -150,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             batch,
             limits,
             lifeline: args.lifeline,
+            preregister: args.preregister,
         });
     }
     let model = args.model.context("--model is required")?;

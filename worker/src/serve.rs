@@ -151,7 +151,11 @@ async fn lifeline_closed() -> std::io::Result<()> {
 }
 
 fn load(options: &WorkerOptions) -> Result<Backend, ServeError> {
-    Prepared::new(LoadedModel::load(&options.model)?).start(options)
+    let loaded = LoadedModel::load(&options.model);
+    // A standby process's registrations made ahead for other models: this
+    // process serves one model from now on.
+    crate::gpu::release_preregistered();
+    Prepared::new(loaded?).start(options)
 }
 
 /// A loaded model with what the API needs beside it (the tokenizer, the

@@ -12,6 +12,16 @@
 //! prints the usual `listening` and `ready` lines (`"tier":"standby"`, with
 //! `context_ms` and `standby_ms` beside `load_ms`). End-of-file before an
 //! activation means the supervisor has gone: the process exits quietly.
+//!
+//! With `--preregister FILE` (the weights of the models that may be
+//! activated on this GPU), the process also maps each file and registers it
+//! with the driver while it waits, as a pinned host copy of the snapshot
+//! (the page cache's own pages, locked; shared by every process that maps
+//! them): the model it is activated with then uploads at the host-to-device
+//! ceiling, and the others are released. The `standby` line reports each.
+//! Lines `{"preregister": FILE}` before the activation add files the same
+//! way (a snapshot prepared after the process started), each answered by a
+//! `preregistered` line.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -39,6 +49,10 @@ pub struct StandbyOptions {
     pub limits: Limits,
     /// Stdin is also the lifeline once activated.
     pub lifeline: bool,
+    /// Weights files to map and register with the GPU's driver while
+    /// waiting (the snapshots of the models that may be activated here):
+    /// the one activated then copies at the host-to-device ceiling.
+    pub preregister: Vec<PathBuf>,
 }
 
 /// What the supervisor sends to activate a standby process: one line of
@@ -55,6 +69,19 @@ pub struct Activation {
     pub kind: Option<ModelKind>,
     /// Where to listen: `HOST:PORT` or `unix:PATH`.
     pub listen: String,
+}
+
+/// A line `{"preregister": PATH}`: a file to register ahead (see the
+/// module's documentation); `None` for anything else (an activation).
+pub fn preregister_line(line: &str) -> Option<PathBuf> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Preregister {
+        preregister: PathBuf,
+    }
+    serde_json::from_str::<Preregister>(line.trim())
+        .ok()
+        .map(|p| p.preregister)
 }
 
 impl Activation {
@@ -116,6 +143,11 @@ pub fn run(options: StandbyOptions) -> anyhow::Result<()> {
     let device = parse_device(&options.device)?;
     prepare(&device).with_context(|| format!("preparing {}", options.device))?;
     let context_ms = ms(started);
+    let preregistered: Vec<serde_json::Value> = options
+        .preregister
+        .iter()
+        .map(|path| crate::gpu::preregister(path, &device))
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("thaw-worker-io")
@@ -126,19 +158,33 @@ pub fn run(options: StandbyOptions) -> anyhow::Result<()> {
         "pid": std::process::id(),
         "device": options.device,
         "context_ms": context_ms,
+        "preregistered": preregistered,
     }));
     tracing::info!(device = %options.device, context_ms, "standby");
 
     let waiting = Instant::now();
+    let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
-    let read = std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the activation")?;
-    if read == 0 {
-        tracing::info!("the supervisor has gone before activating this standby process");
-        return Ok(());
+    // Lines before the activation may name more files to register ahead.
+    loop {
+        line.clear();
+        let read = stdin
+            .read_line(&mut line)
+            .context("reading the activation")?;
+        if read == 0 {
+            tracing::info!("the supervisor has gone before activating this standby process");
+            return Ok(());
+        }
+        match preregister_line(&line) {
+            Some(path) => {
+                let mut report = crate::gpu::preregister(&path, &device);
+                report["event"] = json!("preregistered");
+                announce(report);
+            }
+            None => break,
+        }
     }
+    drop(stdin);
     let activated = Instant::now();
     let standby_ms = waiting.elapsed().as_secs_f64() * 1e3;
     let activation = Activation::parse(&line)?;
@@ -170,6 +216,22 @@ pub fn run(options: StandbyOptions) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preregister_lines() {
+        assert_eq!(
+            preregister_line("{\"preregister\": \"/s/model.safetensors\"}\n"),
+            Some(PathBuf::from("/s/model.safetensors"))
+        );
+        for other in [
+            r#"{"model": "/m", "name": "x", "listen": "unix:/s"}"#,
+            r#"{"preregister": "/a", "model": "/m"}"#,
+            r#"{"preregister": 3}"#,
+            "",
+        ] {
+            assert_eq!(preregister_line(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn activation_lines() {

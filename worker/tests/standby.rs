@@ -26,8 +26,13 @@ struct Standby {
 
 impl Standby {
     fn start() -> (Standby, Value) {
+        Standby::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> (Standby, Value) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_thaw-worker"))
             .args(["--standby", "--device", "cpu", "--lifeline"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -160,6 +165,62 @@ fn an_activated_standby_process_serves_its_model_and_stops_with_its_lifeline() {
     // The lifeline: closing stdin stops the worker cleanly.
     drop(standby.stdin.take());
     standby.next_event("stopped");
+    let (status, _) = standby.exit();
+    assert!(status.success(), "{status}");
+}
+
+/// `--preregister` and `{"preregister": FILE}` lines: each file is
+/// reported; on the CPU nothing is registered and the report says why (a
+/// missing file too), and the process is activated as usual.
+#[test]
+fn files_to_preregister_are_reported_and_do_not_stop_a_standby_process() {
+    let weights = repo_root().join("configs/models/credit-score/model.safetensors");
+    let missing = "/nonexistent/model.safetensors";
+    let (mut standby, announced) = Standby::start_with(&[
+        "--preregister",
+        weights.to_str().expect("utf-8 path"),
+        "--preregister",
+        missing,
+    ]);
+    let reports = announced["preregistered"].as_array().expect("a list");
+    assert_eq!(reports.len(), 2, "{announced}");
+    let size = std::fs::metadata(&weights).expect("weights").len();
+    assert_eq!(reports[0]["bytes"], size, "{announced}");
+    assert_eq!(reports[0]["registered"], false, "{announced}");
+    assert!(
+        reports[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("CUDA")),
+        "{announced}"
+    );
+    assert_eq!(reports[1]["registered"], false, "{announced}");
+    assert!(
+        reports[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot be read")),
+        "{announced}"
+    );
+
+    // A file named on stdin before the activation: reported the same way.
+    standby.send(&json!({ "preregister": weights }).to_string());
+    let more = standby.next_event("preregistered");
+    assert_eq!(more["path"], weights.to_str().expect("utf-8"), "{more}");
+    assert_eq!(more["bytes"], size, "{more}");
+    assert_eq!(more["registered"], false, "{more}");
+
+    let socket = standby.socket();
+    let activation = json!({
+        "model": repo_root().join("configs/models/credit-score"),
+        "name": "scorer",
+        "kind": "tabular",
+        "listen": socket,
+    });
+    standby.send(&activation.to_string());
+    assert_eq!(standby.next_event("ready")["tier"], "standby");
+    let response =
+        Client::new(&socket).post_json("/v2/models/scorer/infer", &credit_score_request());
+    assert_eq!(response.status, 200);
+    drop(standby.stdin.take());
     let (status, _) = standby.exit();
     assert!(status.success(), "{status}");
 }
