@@ -220,11 +220,22 @@ fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
         "the standby process itself serves"
     );
 
-    // Its replacement is started at once.
+    // Its replacement is started at once, and registers the model's
+    // snapshot weights ahead (on the CPU the worker reports why it cannot;
+    // the gateway's side is what this checks).
     let s = g.wait("the standby pool refilled", |s| {
         standby_pids(s, "cpu").len() == 1
     });
     assert_ne!(standby_pids(&s, "cpu")[0], standby);
+    let files = &s["gpus"]["standby"]["devices"]["cpu"]["ready"][0]["preregistered"];
+    assert!(
+        files.as_array().is_some_and(|f| f.len() == 1
+            && f[0]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/model.safetensors")
+                    && p.starts_with(&dir.path().display().to_string()))),
+        "the snapshot's weights are not registered ahead: {s}"
+    );
     // The instance's lease covers its own context; the new standby process
     // holds one more.
     let instance = model(&s, "gpu")["instances"][0]["gpu_memory_bytes"]

@@ -586,6 +586,13 @@ impl Pool {
         if request == DeviceRequest::Cpu {
             return Ok(None);
         }
+        // Standby processes on its GPUs register its weights ahead, for the
+        // activations after this one (asked once; chat GGUFs are read, not
+        // registered).
+        let weights = dir.join("model.safetensors");
+        if weights.is_file() {
+            self.standby.preregister(request, weights);
+        }
         let need = self
             .gpu_need
             .get_or_try_init(|| {

@@ -5,6 +5,12 @@
 //! with the model's snapshot (one JSON line on its stdin, which then stays
 //! its lifeline), and the pool starts a replacement in the background.
 //!
+//! Each process also registers ahead, with its GPU's driver, the snapshot
+//! weights of the GPU models that may be activated on its device (passed
+//! as `--preregister` at its start, or as a line on its stdin when a
+//! snapshot is prepared later), so that the model it is activated with
+//! uploads at the host-to-device ceiling ([`StandbyPool::preregister`]).
+//!
 //! What the pool should start is a pure function of its target and what it
 //! holds ([`to_start`]); the processes themselves are [`StandbyProcess`].
 
@@ -46,20 +52,30 @@ pub struct StandbyProcess {
     /// Its context's memory, promised on its GPU while it waits (dropped
     /// when activated: the instance's own lease covers the context then).
     lease: Option<Lease>,
+    /// The weights files it was asked to register ahead.
+    preregistered: Vec<PathBuf>,
     child: Child,
     stdin: ChildStdin,
     lines: tokio::io::Lines<BufReader<ChildStdout>>,
 }
 
 impl StandbyProcess {
-    /// Starts `bin --standby` on `device` and waits for its `standby`
-    /// message; kills it after `timeout`.
-    pub async fn start(bin: &Path, device: &str, timeout: Duration) -> Result<Self, SpawnError> {
+    /// Starts `bin --standby` on `device`, registering `preregister` ahead,
+    /// and waits for its `standby` message; kills it after `timeout`.
+    pub async fn start(
+        bin: &Path,
+        device: &str,
+        preregister: &[PathBuf],
+        timeout: Duration,
+    ) -> Result<Self, SpawnError> {
         let what = format!("standby process on {device}");
         let start = Instant::now();
         let mut cmd = Command::new(bin);
-        cmd.args(["--standby", "--lifeline", "--device", device])
-            .env("THAW_PARENT_PID", std::process::id().to_string())
+        cmd.args(["--standby", "--lifeline", "--device", device]);
+        for file in preregister {
+            cmd.arg("--preregister").arg(file);
+        }
+        cmd.env("THAW_PARENT_PID", std::process::id().to_string())
             .env("GLIBC_TUNABLES", process::glibc_tunables())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -109,6 +125,7 @@ impl StandbyProcess {
             context_ms: message["context_ms"].as_f64().unwrap_or_default(),
             ready_at: Instant::now(),
             lease: None,
+            preregistered: preregister.to_vec(),
             child,
             stdin,
             lines,
@@ -123,6 +140,33 @@ impl StandbyProcess {
     /// How long it has waited.
     pub fn idle(&self) -> Duration {
         self.ready_at.elapsed()
+    }
+
+    /// Asks it to register the files of `wanted` it was not given yet (one
+    /// `{"preregister": FILE}` line each; it answers on stdout, read with
+    /// the rest at activation). Each line is one write of under `PIPE_BUF`
+    /// bytes to a pipe the process drains while it waits: whole, at once,
+    /// so this runs under the pool's lock.
+    fn preregister(&mut self, wanted: &[PathBuf]) -> std::io::Result<()> {
+        use std::os::fd::AsFd;
+        for file in wanted {
+            if self.preregistered.contains(file) {
+                continue;
+            }
+            let line = format!("{}\n", json!({ "preregister": file }));
+            if line.len() > 4096 {
+                return Err(std::io::Error::other(format!(
+                    "{}: the path is too long for one line",
+                    file.display()
+                )));
+            }
+            let written = nix::unistd::write(self.stdin.as_fd(), line.as_bytes())?;
+            if written != line.len() {
+                return Err(std::io::Error::other("a short write on the standby pipe"));
+            }
+            self.preregistered.push(file.clone());
+        }
+        Ok(())
     }
 
     /// Hands it `spec`'s model (a snapshot or source directory) to serve on
@@ -207,6 +251,9 @@ pub struct StandbyPool {
     per_device: AtomicUsize,
     timeout: Duration,
     devices: Mutex<HashMap<String, Slots>>,
+    /// Weights files to register ahead, and the GPUs whose standby
+    /// processes register each.
+    preregister: Mutex<Vec<(DeviceRequest, PathBuf)>>,
     /// Notified whenever a start finishes, well or not.
     changed: Notify,
 }
@@ -236,8 +283,76 @@ impl StandbyPool {
             per_device: AtomicUsize::new(per_device),
             timeout,
             devices: Mutex::new(HashMap::new()),
+            preregister: Mutex::new(Vec::new()),
             changed: Notify::new(),
         })
+    }
+
+    /// The files standby processes for GPU `index` register ahead (none
+    /// for a device that is no GPU of the inventory).
+    fn files_for(&self, index: Option<u32>) -> Vec<PathBuf> {
+        self.preregister
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(request, _)| match (request, index) {
+                (DeviceRequest::AnyGpu, Some(_)) => true,
+                (DeviceRequest::Gpu(n), Some(i)) => *n == i,
+                _ => false,
+            })
+            .map(|(_, file)| file.clone())
+            .collect()
+    }
+
+    /// Has the standby processes of the GPUs `request` may land on register
+    /// `file` (a GPU model's snapshot weights, once prepared) ahead: those
+    /// started from now on at their start, those waiting now through a line
+    /// on their stdin. Each file is asked for once.
+    pub fn preregister(self: &Arc<Self>, request: DeviceRequest, file: PathBuf) {
+        if request == DeviceRequest::Cpu {
+            return;
+        }
+        {
+            let mut files = self
+                .preregister
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if files.iter().any(|(r, f)| *r == request && *f == file) {
+                return;
+            }
+            files.push((request, file));
+        }
+        let mut short = Vec::new();
+        {
+            let mut devices = self.lock();
+            for (device, slots) in devices.iter_mut() {
+                let wanted = self.files_for(slots.gpu.as_ref().map(|(_, i)| *i));
+                if wanted.is_empty() {
+                    continue;
+                }
+                let before = slots.ready.len();
+                slots
+                    .ready
+                    .retain_mut(|process| match process.preregister(&wanted) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            // Dropped (killed); replaced below.
+                            tracing::warn!(
+                                device,
+                                pid = process.pid,
+                                "a standby process took no file to register: {e}"
+                            );
+                            false
+                        }
+                    });
+                if slots.ready.len() < before {
+                    short.push(device.clone());
+                }
+            }
+        }
+        for device in short {
+            self.fill(&device);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Slots>> {
@@ -296,7 +411,8 @@ impl StandbyPool {
             let ready: Vec<_> = slots
                 .ready
                 .iter()
-                .map(|p| json!({"pid": p.pid, "context_ms": p.context_ms, "idle_s": p.idle().as_secs_f64()}))
+                .map(|p| json!({"pid": p.pid, "context_ms": p.context_ms, "idle_s": p.idle().as_secs_f64(),
+                                "preregistered": p.preregistered}))
                 .collect();
             out.insert(
                 device.clone(),
@@ -375,13 +491,24 @@ impl StandbyPool {
             let slots = devices.entry(device.to_string()).or_default();
             slots.starting -= n - leases.len();
         }
+        let index = gpu.as_ref().map(|(_, i)| *i);
         for lease in leases {
             let pool = self.clone();
             let device = device.to_string();
             tokio::spawn(async move {
-                let started = StandbyProcess::start(&pool.bin, &device, pool.timeout)
+                let files = pool.files_for(index);
+                let started = StandbyProcess::start(&pool.bin, &device, &files, pool.timeout)
                     .await
-                    .map(|p| StandbyProcess { lease, ..p });
+                    .map(|p| StandbyProcess { lease, ..p })
+                    .and_then(|mut p| {
+                        // Files asked for while it started.
+                        p.preregister(&pool.files_for(index))
+                            .map(|()| p)
+                            .map_err(|e| SpawnError::Died {
+                                model: format!("standby process on {device}"),
+                                status: format!("it took no file to register: {e}"),
+                            })
+                    });
                 let mut devices = pool.lock();
                 let slots = devices.entry(device.clone()).or_default();
                 slots.starting -= 1;
