@@ -7,9 +7,10 @@
 # (PyTorch, pinned and pageable), and thaw's upload bandwidth from the page
 # cache for synthetic snapshots of SIZES GB (random bytes) with its ratio to
 # the ceiling; standby activation to first output for synthetic BERT
-# models of MiniLM's, BERT-large's and a 1.3 B shape (synthetic_bert.py)
-# against a plain worker process started on the same model (on the CPU
-# when there is no GPU); hibernation (thaw-worker --hibernate / --resume
+# models of MiniLM's, BERT-large's and a 1.3 B shape (synthetic_bert.py),
+# with and without the weights registered ahead (--preregister), against a
+# plain worker process started on the same model (on the CPU when there is
+# no GPU); hibernation (thaw-worker --hibernate / --resume
 # on a worker serving the BERT-large-shaped model: timings, GPU memory
 # released, same output after) where the driver supports it; SmolLM2 served
 # on the GPU and on the CPU (the baseline, thaw's own decoder): load, time to

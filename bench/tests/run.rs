@@ -115,6 +115,16 @@ fn the_gpu_suite_says_why_without_a_gpu() {
         let ms = minilm[figure].as_f64().unwrap_or(-1.0);
         assert!(ms > 0.0, "{figure}: {standby}");
     }
+    // The same with the weights registered ahead: on the CPU nothing is
+    // registered, and the report says why.
+    assert!(
+        minilm["preregistered_activation_to_first_output_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "{standby}"
+    );
+    assert_eq!(minilm["preregistered"]["registered"], false, "{standby}");
+    assert!(minilm["preregistered"]["reason"].is_string(), "{standby}");
     // Hibernation needs a CUDA build on a GPU: the reason is the build's.
     assert!(
         report["hibernate_resume"]["skipped"]

@@ -10,7 +10,8 @@
 //!
 //! - the tensor encoder on the GPU gives MiniLM's vectors (fetched by
 //!   `scripts/fetch-models.sh`) within 1e-3 of the packed CPU encoder;
-//! - a standby process on the GPU, activated with MiniLM, serves it;
+//! - a standby process on the GPU registers MiniLM's weights ahead and,
+//!   activated with MiniLM, serves it;
 //! - a GPU worker hibernated and resumed answers as before, and its GPU
 //!   memory was released meanwhile;
 //! - every upload method of `--upload-bench` verifies what it copied;
@@ -152,9 +153,20 @@ fn a_standby_process_on_the_gpu_serves_what_it_is_given() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = format!("unix:{}", dir.path().join("w.sock").display());
-    let mut w = Worker::start(&["--standby", "--device", "cuda:0", "--lifeline"]);
+    // Its weights registered ahead, as the gateway asks of standby
+    // processes for the GPU models' snapshots.
+    let weights = model_dir().join("model.safetensors");
+    let mut w = Worker::start(&[
+        "--standby",
+        "--device",
+        "cuda:0",
+        "--lifeline",
+        "--preregister",
+        weights.to_str().expect("utf-8 path"),
+    ]);
     let standby = w.wait("standby");
     assert_eq!(standby["device"], "cuda:0");
+    assert_eq!(standby["preregistered"][0]["registered"], true, "{standby}");
     let activation = json!({"model": model_dir(), "name": "minilm",
                             "kind": "embedding", "listen": socket});
     let stdin = w.child.stdin.as_mut().expect("stdin");
