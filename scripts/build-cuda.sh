@@ -4,6 +4,9 @@
 #
 #   scripts/build-cuda.sh            # → ~/.cache/thaw-cuda/target/release/thaw-worker
 #   scripts/build-cuda.sh --check    # cargo check only (what scripts/test runs)
+#   scripts/build-cuda.sh --pack DIR [--with-gguf]
+#                                    # and what a device session carries in DIR
+#                                    # (bench/gpu/device-check.sh runs it there)
 #
 # The toolkit comes from NVIDIA's PyPI wheels (CUDA 13.0: nvcc, cicc, the
 # CRT and CCCL headers, cudart, nvrtc, cuBLAS, cuRAND), each checked
@@ -93,10 +96,38 @@ cd "$root"
 target="${CUDA_TARGET_DIR:-$cache/target}"
 if [[ "${1:-}" == "--check" ]]; then
     cargo check --locked --release -p thaw-worker --features cuda --target-dir "$target"
-else
-    cargo build --locked --release -p thaw-worker --features cuda --target-dir "$target"
-    # Without line tables (58 MB instead of 109): what gets copied to a GPU
-    # machine.
-    strip -o "$target/release/thaw-worker.stripped" "$target/release/thaw-worker"
-    echo "built: $target/release/thaw-worker (stripped copy: thaw-worker.stripped)" >&2
+    exit 0
+fi
+cargo build --locked --release -p thaw-worker --features cuda --target-dir "$target"
+# Without line tables (58 MB instead of 109): what gets copied to a GPU
+# machine.
+strip -o "$target/release/thaw-worker.stripped" "$target/release/thaw-worker"
+echo "built: $target/release/thaw-worker (stripped copy: thaw-worker.stripped)" >&2
+if [[ "${1:-}" == "--pack" ]]; then
+    # What a device session carries (bench/gpu/device-check.sh runs it
+    # there): the worker and the GPU test binary, stripped and compressed,
+    # and SmolLM2's GGUF header; with --with-gguf the real GGUF too, in
+    # pieces for more than one call.
+    pack="${2:?usage: scripts/build-cuda.sh --pack DIR [--with-gguf]}"
+    mkdir -p "$pack"
+    tests="$(cargo test --locked --release -p thaw-worker --features cuda --target-dir "$target" \
+        --test gpu --no-run --message-format=json \
+        | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])' | tail -1)"
+    strip -o "$target/release/gpu-tests.stripped" "$tests"
+    for bin in thaw-worker gpu-tests; do
+        xz -T0 -6 -c "$target/release/$bin.stripped" >"$pack/$bin.xz"
+    done
+    gguf="$THAW_MODELS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    python3 "$root/bench/gpu/synthetic_gguf.py" header "$gguf" "$pack/smollm2.header" >/dev/null
+    if [[ "${3:-}" == "--with-gguf" ]]; then
+        split -b 44M "$gguf" "$pack/smollm2.gguf.part-"
+        # The first piece goes with the binaries, the rest in a second call.
+        mkdir -p "$pack-gguf"
+        mv "$pack"/smollm2.gguf.part-a[b-z] "$pack-gguf/"
+    fi
+    ls -l "$pack" >&2
 fi
