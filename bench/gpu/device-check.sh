@@ -48,19 +48,7 @@ fi
 
 # The CUDA libraries of the machine's PyTorch, which the binaries link
 # against at run time.
-libs="$("$python" - <<'EOF'
-import os, sys
-dirs = []
-for base in sys.path:
-    root = os.path.join(base, "nvidia")
-    if os.path.isdir(root):
-        for sub in sorted(os.listdir(root)):
-            lib = os.path.join(root, sub, "lib")
-            if os.path.isdir(lib):
-                dirs.append(lib)
-print(":".join(dirs))
-EOF
-)"
+libs="$(cd "$here" && "$python" -c 'import suite; print(":".join(suite.cuda_library_path()))')"
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 if [[ -x "$work/gpu-tests" ]]; then

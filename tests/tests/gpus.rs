@@ -284,6 +284,18 @@ fn hibernating(dir: &std::path::Path, scaling: &str) -> Served {
     Served::spawn(cmd, path)
 }
 
+/// Waits for the model's one worker to hibernate: the status then, and the
+/// worker's pid.
+fn wait_hibernated(g: &Served) -> (Value, u64) {
+    let s = g.wait("the worker hibernated", |s| {
+        model(s, "gpu")["instances"][0]["state"] == "hibernated"
+    });
+    let pid = model(&s, "gpu")["instances"][0]["pid"]
+        .as_u64()
+        .expect("a pid");
+    (s, pid)
+}
+
 #[test]
 fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -303,12 +315,7 @@ fn a_gpu_worker_hibernates_on_scale_down_and_resumes_on_demand() {
 
     // Idle: the autoscaler scales to zero, and the worker hibernates
     // instead of stopping; its GPU memory is no longer promised.
-    let s = g.wait("the worker hibernated", |s| {
-        model(s, "gpu")["instances"][0]["state"] == "hibernated"
-    });
-    let pid = model(&s, "gpu")["instances"][0]["pid"]
-        .as_u64()
-        .expect("a pid");
+    let (s, pid) = wait_hibernated(&g);
     assert_eq!(model(&s, "gpu")["tier"], "hibernated", "{s}");
     assert_eq!(promised(&s, 0) + promised(&s, 1), 0, "{s}");
     assert!(stopped(pid), "the fake hibernation stops the process");
@@ -345,12 +352,7 @@ fn a_hibernated_worker_goes_after_keep_template() {
     let dir = tempfile::tempdir().expect("temp dir");
     let g = hibernating(dir.path(), "keep_template = \"1s\"");
     assert_eq!(g.score("gpu").status, 200);
-    let s = g.wait("the worker hibernated", |s| {
-        model(s, "gpu")["instances"][0]["state"] == "hibernated"
-    });
-    let pid = model(&s, "gpu")["instances"][0]["pid"]
-        .as_u64()
-        .expect("a pid");
+    let (_, pid) = wait_hibernated(&g);
     g.wait("the hibernated worker gone", |s| {
         model(s, "gpu")["instances"]
             .as_array()
@@ -368,12 +370,7 @@ fn a_hibernated_worker_dies_with_its_gateway() {
         "keep_template = \"1h\"\nscale_to_zero_after = \"3s\"",
     );
     assert_eq!(g.score("gpu").status, 200);
-    let s = g.wait("the worker hibernated", |s| {
-        model(s, "gpu")["instances"][0]["state"] == "hibernated"
-    });
-    let pid = model(&s, "gpu")["instances"][0]["pid"]
-        .as_u64()
-        .expect("a pid");
+    let (_, pid) = wait_hibernated(&g);
     assert!(stopped(pid), "the fake hibernation stops the process");
     // The gateway dies without a word: no graceful stop kills the stopped
     // worker, only the kernel's parent-death signal can (SIGTERM would wait,

@@ -233,6 +233,14 @@ struct ChatCase {
     greedy: Vec<u32>,
 }
 
+/// The most likely token and its logit.
+fn argmax(logits: &[f32]) -> (usize, f32) {
+    logits.iter().enumerate().fold(
+        (0, f32::NEG_INFINITY),
+        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+    )
+}
+
 #[test]
 fn smollm2_on_the_gpu_matches_llama_cpp() {
     use thaw_worker::models::chat::llama::Step;
@@ -283,14 +291,7 @@ fn smollm2_on_the_gpu_matches_llama_cpp() {
             );
         }
         for (i, &want) in case.greedy.iter().enumerate() {
-            let (top, max) =
-                logits
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                    );
+            let (top, max) = argmax(&logits);
             let got = logits[want as usize];
             assert!(
                 top as u32 == want || max - got <= 1.5,
@@ -306,14 +307,7 @@ fn smollm2_on_the_gpu_matches_llama_cpp() {
     let mut token = fixture.cases[0].greedy[0];
     for _ in 0..64 {
         let logits = run(&mut cache, &[token]);
-        token = logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0 as u32;
+        token = argmax(&logits).0 as u32;
     }
     eprintln!(
         "smollm2 on the GPU: {:.1} tokens/s decoding one sequence",

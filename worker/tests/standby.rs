@@ -71,6 +71,19 @@ impl Standby {
         }
     }
 
+    /// Activates it with the credit-score model as `scorer`; its socket.
+    fn activate_scorer(&mut self) -> String {
+        let socket = self.socket();
+        let activation = json!({
+            "model": repo_root().join("configs/models/credit-score"),
+            "name": "scorer",
+            "kind": "tabular",
+            "listen": socket,
+        });
+        self.send(&activation.to_string());
+        socket
+    }
+
     fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin is open");
         writeln!(stdin, "{line}").expect("the activation is written");
@@ -132,14 +145,7 @@ fn an_activated_standby_process_serves_its_model_and_stops_with_its_lifeline() {
     let pid = announced["pid"].as_u64().expect("pid");
     assert_eq!(pid, u64::from(standby.child.id()));
 
-    let socket = standby.socket();
-    let activation = json!({
-        "model": repo_root().join("configs/models/credit-score"),
-        "name": "scorer",
-        "kind": "tabular",
-        "listen": socket,
-    });
-    standby.send(&activation.to_string());
+    let socket = standby.activate_scorer();
     let ready = standby.next_event("ready");
     assert_eq!(ready["model"], "scorer");
     assert_eq!(ready["tier"], "standby");
@@ -208,14 +214,7 @@ fn files_to_preregister_are_reported_and_do_not_stop_a_standby_process() {
     assert_eq!(more["bytes"], size, "{more}");
     assert_eq!(more["registered"], false, "{more}");
 
-    let socket = standby.socket();
-    let activation = json!({
-        "model": repo_root().join("configs/models/credit-score"),
-        "name": "scorer",
-        "kind": "tabular",
-        "listen": socket,
-    });
-    standby.send(&activation.to_string());
+    let socket = standby.activate_scorer();
     assert_eq!(standby.next_event("ready")["tier"], "standby");
     let response =
         Client::new(&socket).post_json("/v2/models/scorer/infer", &credit_score_request());

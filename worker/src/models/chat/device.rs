@@ -360,17 +360,7 @@ fn rope_tables(
     device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let half = c.head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
-        .collect();
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for &p in positions {
-        for f in &inv {
-            let angle = p as f32 * f;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
+    let (cos, sin) = super::llama::rope_angles(c, positions.iter().copied());
     let shape = (positions.len(), half);
     Ok((
         Tensor::from_vec(cos, shape, device)?,

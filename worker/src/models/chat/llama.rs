@@ -462,21 +462,34 @@ struct Rope {
     half: usize,
 }
 
+/// The cosines and sines of RoPE's angles for each position, `head_dim / 2`
+/// per position, one after another.
+pub(super) fn rope_angles(
+    c: &LlamaConfig,
+    positions: impl Iterator<Item = usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let inv: Vec<f32> = (0..c.head_dim / 2)
+        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
+        .collect();
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in positions {
+        for f in &inv {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
 impl Rope {
     fn new(c: &LlamaConfig, positions: impl Iterator<Item = usize>) -> Self {
-        let half = c.head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
-            .collect();
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for p in positions {
-            for f in &inv {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+        let (cos, sin) = rope_angles(c, positions);
+        Rope {
+            cos,
+            sin,
+            half: c.head_dim / 2,
         }
-        Rope { cos, sin, half }
     }
 
     /// Rotates every head of every row of `x` (`rows × heads·head_dim`).

@@ -81,38 +81,40 @@ impl Decoder {
         steps: &mut [Step<'_, Cache>],
         parallel: bool,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let foreign = || ModelError::Inference("a cache from another decoder".into());
         match self {
-            Decoder::Cpu(m) => {
-                let mut own = steps
-                    .iter_mut()
-                    .map(|s| match &mut *s.cache {
-                        Cache::Cpu(cache) => Ok(Step {
-                            cache,
-                            tokens: s.tokens,
-                            logits: s.logits,
-                        }),
-                        Cache::Device(_) => Err(foreign()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                m.forward(&mut own, parallel)
-            }
-            Decoder::Device(m) => {
-                let mut own = steps
-                    .iter_mut()
-                    .map(|s| match &mut *s.cache {
-                        Cache::Device(cache) => Ok(Step {
-                            cache,
-                            tokens: s.tokens,
-                            logits: s.logits,
-                        }),
-                        Cache::Cpu(_) => Err(foreign()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                m.forward(&mut own)
-            }
+            Decoder::Cpu(m) => m.forward(
+                &mut own(steps, |c| match c {
+                    Cache::Cpu(c) => Some(c),
+                    Cache::Device(_) => None,
+                })?,
+                parallel,
+            ),
+            Decoder::Device(m) => m.forward(&mut own(steps, |c| match c {
+                Cache::Device(c) => Some(c),
+                Cache::Cpu(_) => None,
+            })?),
         }
     }
+}
+
+/// `steps` with each cache as the decoder's own type (`pick`), or an error
+/// for a cache of the other decoder.
+fn own<'s, C>(
+    steps: &'s mut [Step<'_, Cache>],
+    pick: impl Fn(&'s mut Cache) -> Option<&'s mut C>,
+) -> Result<Vec<Step<'s, C>>, ModelError> {
+    steps
+        .iter_mut()
+        .map(|s| {
+            let cache = pick(&mut *s.cache)
+                .ok_or_else(|| ModelError::Inference("a cache from another decoder".into()))?;
+            Ok(Step {
+                cache,
+                tokens: s.tokens,
+                logits: s.logits,
+            })
+        })
+        .collect()
 }
 
 /// A chat model: decoder, tokenizer, template.
