@@ -30,10 +30,11 @@ pub fn inventory() -> Value {
 
 /// Uploads the file at `path` (a snapshot's weights) to GPU `ordinal` from
 /// its mapping, after reading it once so that it comes from the page cache,
-/// by two methods: `pageable` (64 MiB pieces through candle's copy from
-/// pageable memory, the way a worker loads weights today) and `pinned` (the
-/// chunked, overlapped upload through pinned staging buffers, `pinned`,
-/// under a few staging settings). Bytes, seconds and GB/s for each; the
+/// by several methods: `pageable` (64 MiB pieces through candle's copy from
+/// pageable memory), `pinned` and `pinned_read` (the chunked, overlapped
+/// upload through pinned staging buffers, `pinned`, under a few staging
+/// settings, the slots filled from the mapping or read from the file), and
+/// copies from the mapping registered with the driver. Bytes, seconds and GB/s for each; the
 /// top-level `gb_per_s` is the best (the GPU suite's "thaw upload" figure,
 /// bench/gpu/run.sh).
 pub fn upload_bench(path: &std::path::Path, ordinal: usize) -> Value {
@@ -135,19 +136,26 @@ mod cuda {
             }]
         });
         let ctx = CudaContext::new(ordinal)?;
+        let read = std::fs::File::open(path)?;
         let mut pinned = Vec::new();
+        let mut pinned_read = Vec::new();
         for (chunk_mib, slots, streams, threads) in stagings() {
             let staging = super::plan::Staging {
                 chunk_bytes: chunk_mib << 20,
                 slots,
                 streams,
             };
-            pinned.push(
-                match pinned_upload(&ctx, bytes, &tensors, staging, threads) {
-                    Ok(v) => v,
-                    Err(e) => json!({"chunk_mib": chunk_mib, "error": e.to_string()}),
-                },
-            );
+            for (source, out) in [
+                (super::plan::Source::Mapped(bytes), &mut pinned),
+                (super::plan::Source::File(&read), &mut pinned_read),
+            ] {
+                out.push(
+                    match pinned_upload(&ctx, source, bytes, &tensors, staging, threads) {
+                        Ok(v) => v,
+                        Err(e) => json!({"chunk_mib": chunk_mib, "error": e.to_string()}),
+                    },
+                );
+            }
         }
         let registered = [2, 8].map(|streams| {
             registered(&ctx, bytes, streams)
@@ -160,6 +168,7 @@ mod cuda {
         });
         let best = std::iter::once(&pageable)
             .chain(&pinned)
+            .chain(&pinned_read)
             .chain(&registered)
             .chain(&pipelined)
             .filter_map(|m| m["gb_per_s"].as_f64())
@@ -170,6 +179,7 @@ mod cuda {
             "methods": {
                 "pageable": pageable,
                 "pinned": pinned,
+                "pinned_read": pinned_read,
                 "registered": registered,
                 "registered_pipelined": pipelined,
             },
@@ -398,14 +408,18 @@ mod cuda {
         }))
     }
 
+    /// The staged upload from `source` (the mapping `bytes`, or the file
+    /// read into the slots), verified against `bytes`.
     fn pinned_upload(
         ctx: &std::sync::Arc<CudaContext>,
+        source: super::plan::Source<'_>,
         bytes: &[u8],
         tensors: &[super::plan::TensorBytes],
         staging: super::plan::Staging,
         threads: usize,
     ) -> anyhow::Result<Value> {
-        let (device, done) = super::pinned::upload(ctx, bytes, tensors, staging, threads)?;
+        let (device, done) =
+            super::pinned::upload(ctx, source, bytes.len(), tensors, staging, threads)?;
         let verified = super::pinned::verify(ctx, bytes, tensors, &device, 16);
         Ok(json!({
             "seconds": done.seconds,
@@ -417,7 +431,10 @@ mod cuda {
             "chunks": done.chunks,
             "device_copies": done.copies,
             "verified": verified.as_ref().map_or_else(|e| Value::String(e.clone()), |()| Value::Bool(true)),
-            "path": "mapping -> pinned staging (CPU threads) -> device (async, several streams, events)",
+            "path": match source {
+                super::plan::Source::Mapped(_) => "mapping -> pinned staging (CPU threads) -> device (async, several streams, events)",
+                super::plan::Source::File(_) => "file (pread) -> pinned staging (CPU threads) -> device (async, several streams, events)",
+            },
         }))
     }
 }

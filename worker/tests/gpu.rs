@@ -333,10 +333,12 @@ fn every_upload_method_verifies_what_it_copied() {
     file.extend((0..n).map(|i| (i % 251) as u8 + 1));
     std::fs::write(&path, file).expect("written");
     let report = thaw_worker::gpu::upload_bench(&path, 0);
-    let pinned = report["methods"]["pinned"].as_array().expect("pinned runs");
-    assert!(!pinned.is_empty(), "{report}");
-    for run in pinned {
-        assert_eq!(run["verified"], true, "{run}");
+    for method in ["pinned", "pinned_read"] {
+        let runs = report["methods"][method].as_array().expect("staged runs");
+        assert!(!runs.is_empty(), "{method}: {report}");
+        for run in runs {
+            assert_eq!(run["verified"], true, "{method}: {run}");
+        }
     }
     assert!(report["gb_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
 }

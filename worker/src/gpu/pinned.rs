@@ -1,6 +1,7 @@
 //! The pinned, chunked, overlapped upload (cuda builds): runs a
-//! [`plan`](super::plan) with page-locked staging buffers. CPU threads copy
-//! chunks from the mapping into the staging slots while the GPU copies
+//! [`plan`](super::plan) with page-locked staging buffers. CPU threads stage
+//! chunks from the source (the mapping, or the file read straight into the
+//! slot) into the staging slots while the GPU copies
 //! earlier chunks out of theirs on several streams; an event recorded after
 //! each chunk's device copies tells the thread that owns the slot when it
 //! may fill it again.
@@ -17,7 +18,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     PinnedHostSlice,
 };
 
-use super::plan::{self, Chunk, Staging, TensorBytes};
+use super::plan::{self, Chunk, Source, Staging, TensorBytes};
 
 /// What an upload did.
 #[derive(Debug, Clone)]
@@ -44,6 +45,9 @@ pub enum UploadError {
     /// The driver failed.
     #[error("CUDA: {0}")]
     Driver(#[from] DriverError),
+    /// Staging from the source failed.
+    #[error("staging: {0}")]
+    Stage(#[from] std::io::Error),
     /// A staging thread panicked.
     #[error("a staging thread panicked")]
     Thread,
@@ -58,17 +62,19 @@ pub struct DeviceTensors {
     pub bases: Vec<u64>,
 }
 
-/// Uploads `tensors` of `bytes` (a mapping) to `ctx`'s device under
-/// `staging`, filling staging buffers on `threads` CPU threads.
+/// Uploads `tensors` of a file of `len` bytes to `ctx`'s device under
+/// `staging`, filling staging buffers from `source` on `threads` CPU
+/// threads.
 pub fn upload(
     ctx: &Arc<CudaContext>,
-    bytes: &[u8],
+    source: Source<'_>,
+    len: usize,
     tensors: &[TensorBytes],
     staging: Staging,
     threads: usize,
 ) -> Result<(DeviceTensors, Uploaded), UploadError> {
-    if let Some(t) = tensors.iter().find(|t| t.range.end > bytes.len() as u64) {
-        return Err(UploadError::OutOfRange(t.name.clone(), bytes.len()));
+    if let Some(t) = tensors.iter().find(|t| t.range.end > len as u64) {
+        return Err(UploadError::OutOfRange(t.name.clone(), len));
     }
     let chunks = plan::plan(tensors, staging)?;
     let mut bases = Vec::with_capacity(tensors.len());
@@ -102,7 +108,7 @@ pub fn upload(
         owned[s % threads].push((s, slot));
     }
     let job = Job {
-        bytes,
+        source,
         chunks: &chunks,
         bases: &bases,
         streams: &streams,
@@ -142,7 +148,7 @@ pub fn upload(
 
 /// What every staging thread shares.
 struct Job<'a> {
-    bytes: &'a [u8],
+    source: Source<'a>,
     chunks: &'a [Chunk],
     bases: &'a [u64],
     streams: &'a [Arc<CudaStream>],
@@ -178,11 +184,7 @@ impl Job<'_> {
                 done.synchronize()?;
             }
             let staging = slots[k].1.as_mut_slice()?;
-            for p in &chunk.pieces {
-                let (from, to) = (p.source.start as usize, p.source.end as usize);
-                let at = p.staging_offset as usize;
-                staging[at..at + (to - from)].copy_from_slice(&self.bytes[from..to]);
-            }
+            self.source.stage(chunk, staging)?;
             let stream = &self.streams[chunk.stream];
             for (at, device, len) in chunk.copies(self.bases) {
                 let (at, len) = (at as usize, len as usize);

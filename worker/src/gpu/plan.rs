@@ -10,8 +10,17 @@
 //! `i + 1` into another slot. A slot is filled again only after the
 //! device's copies out of it have finished: chunk `i` waits for the event
 //! recorded after chunk `i - slots` (`Chunk::waits_for`).
+//!
+//! A chunk is staged from a [`Source`]: the mapping (a copy from mapped
+//! pages, each touched first through a page fault), or the file itself
+//! (`pread` into the staging buffer: the kernel copies from the page cache
+//! with no page fault in this process, and scales better across threads —
+//! `cargo bench -p thaw-worker --bench staging` on this 2-core machine,
+//! 512 MiB in 4 MiB buffers: 28.2 GiB/s against 21.3 from a fresh mapping
+//! on one thread (1.32×), 44.8 against 26.4 on two (1.69×)).
 
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 
 /// One tensor of the mapping: where its bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +93,40 @@ impl Chunk {
             }
         }
         out
+    }
+}
+
+/// Where a chunk's bytes are staged from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// The file's mapping: the bytes copied out of mapped pages.
+    Mapped(&'a [u8]),
+    /// The file: the bytes read (`pread`) straight into the staging buffer.
+    File(&'a std::fs::File),
+}
+
+impl Source<'_> {
+    /// Fills `staging` with `chunk`'s pieces, each at its staging offset.
+    pub fn stage(&self, chunk: &Chunk, staging: &mut [u8]) -> std::io::Result<()> {
+        for p in &chunk.pieces {
+            let len = (p.source.end - p.source.start) as usize;
+            let at = p.staging_offset as usize;
+            let to = staging.get_mut(at..at + len).ok_or_else(|| {
+                std::io::Error::other(format!("a piece ends past the staging buffer: {p:?}"))
+            })?;
+            match self {
+                Source::Mapped(bytes) => {
+                    let from = bytes
+                        .get(p.source.start as usize..p.source.end as usize)
+                        .ok_or_else(|| {
+                            std::io::Error::other(format!("a piece ends past the mapping: {p:?}"))
+                        })?;
+                    to.copy_from_slice(from);
+                }
+                Source::File(file) => file.read_exact_at(to, p.source.start)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -189,6 +232,39 @@ pub fn plan(tensors: &[TensorBytes], staging: Staging) -> Result<Vec<Chunk>, Pla
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mapping_and_the_file_stage_the_same_bytes() {
+        use std::io::Write;
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(&bytes).expect("written");
+        let ts = tensors(&[(0, 10), (10, 40_000), (40_000, 40_001), (50_000, 100_000)]);
+        let chunks = plan(&ts, staging(4096, 3, 2)).expect("a plan");
+        for chunk in &chunks {
+            let mut mapped = vec![0u8; 4096];
+            let mut read = vec![1u8; 4096];
+            Source::Mapped(&bytes)
+                .stage(chunk, &mut mapped)
+                .expect("staged from the mapping");
+            Source::File(&file)
+                .stage(chunk, &mut read)
+                .expect("staged from the file");
+            let n = chunk.bytes() as usize;
+            assert_eq!(mapped[..n], read[..n]);
+            let first = &chunk.pieces[0].source;
+            assert_eq!(mapped[0], bytes[first.start as usize]);
+        }
+        // A file shorter than the plan: an error, not short data.
+        file.set_len(60_000).expect("truncated");
+        let last = chunks.last().expect("chunks");
+        assert!(Source::File(&file)
+            .stage(last, &mut vec![0u8; 4096])
+            .is_err());
+        assert!(Source::Mapped(&bytes[..60_000])
+            .stage(last, &mut vec![0u8; 4096])
+            .is_err());
+    }
 
     fn tensors(ranges: &[(u64, u64)]) -> Vec<TensorBytes> {
         ranges
