@@ -530,6 +530,168 @@ pub fn map_registered(
     ))
 }
 
+/// A safetensors file's tensors uploaded to `device` through pinned staging
+/// buffers filled by reading the file (`pread`) on several threads and
+/// copied on several streams (`gpu/pinned.rs`), each tensor in a device
+/// allocation of its own, as candle's: the upload of a snapshot that was
+/// not registered ahead (on an H200, staged copies reached 0.70x of the
+/// copy ceiling from the mapping, where registering the mapping at load
+/// and copying from it comes to 0.28-0.47x). The tensors, and a report.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // the device addresses handed to the staged copies
+pub fn staged_tensors(
+    path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<
+    (
+        std::collections::HashMap<String, candle_core::Tensor>,
+        Value,
+    ),
+    String,
+> {
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr};
+    use candle_core::{CudaStorage, Storage, Tensor};
+    use safetensors::Dtype;
+
+    enum Slice {
+        F32(CudaSlice<f32>),
+        F16(CudaSlice<half::f16>),
+        Bf16(CudaSlice<half::bf16>),
+        I64(CudaSlice<i64>),
+        U32(CudaSlice<u32>),
+        U8(CudaSlice<u8>),
+    }
+    let cuda = device.as_cuda_device().map_err(|e| e.to_string())?;
+    let stream = cuda.cuda_stream();
+    let ctx = stream.context().clone();
+    let mapped = thaw_snapshot::mmap::MappedFile::open(path).map_err(|e| e.to_string())?;
+    let bytes = mapped.bytes();
+    let header = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut views = header.tensors();
+    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    let mut tensors = Vec::new();
+    let mut slices = Vec::new();
+    let mut empty = std::collections::HashMap::new();
+    for (name, view) in views {
+        let n: usize = view.shape().iter().product();
+        let shape = view.shape().to_vec();
+        if n == 0 {
+            let dtype = match view.dtype() {
+                Dtype::F16 => candle_core::DType::F16,
+                Dtype::BF16 => candle_core::DType::BF16,
+                _ => candle_core::DType::F32,
+            };
+            let t = Tensor::zeros(shape, dtype, device).map_err(|e| e.to_string())?;
+            empty.insert(name, t);
+            continue;
+        }
+        let alloc = |e: candle_core::cuda_backend::cudarc::driver::DriverError| e.to_string();
+        let slice = match view.dtype() {
+            Dtype::F32 => Slice::F32(stream.alloc_zeros::<f32>(n).map_err(alloc)?),
+            Dtype::F16 => Slice::F16(stream.alloc_zeros::<half::f16>(n).map_err(alloc)?),
+            Dtype::BF16 => Slice::Bf16(stream.alloc_zeros::<half::bf16>(n).map_err(alloc)?),
+            Dtype::I64 => Slice::I64(stream.alloc_zeros::<i64>(n).map_err(alloc)?),
+            Dtype::U32 => Slice::U32(stream.alloc_zeros::<u32>(n).map_err(alloc)?),
+            Dtype::U8 => Slice::U8(stream.alloc_zeros::<u8>(n).map_err(alloc)?),
+            other => return Err(format!("{name}: {other:?} tensors are not staged")),
+        };
+        let address = match &slice {
+            Slice::F32(s) => s.device_ptr(&stream).0,
+            Slice::F16(s) => s.device_ptr(&stream).0,
+            Slice::Bf16(s) => s.device_ptr(&stream).0,
+            Slice::I64(s) => s.device_ptr(&stream).0,
+            Slice::U32(s) => s.device_ptr(&stream).0,
+            Slice::U8(s) => s.device_ptr(&stream).0,
+        };
+        let start = (view.data().as_ptr() as usize - bytes.as_ptr() as usize) as u64;
+        tensors.push(plan::TensorBytes {
+            name: name.clone(),
+            range: start..start + view.data().len() as u64,
+        });
+        slices.push((name, shape, slice, address));
+    }
+    // The allocations' zeroing ran on candle's stream; the copies run on
+    // others.
+    stream.synchronize().map_err(|e| e.to_string())?;
+    let total: u64 = tensors.iter().map(|t| t.range.end - t.range.start).sum();
+    let chunk: u64 = 4 << 20;
+    let staging = plan::Staging {
+        chunk_bytes: chunk,
+        slots: usize::try_from(total.div_ceil(chunk))
+            .unwrap_or(64)
+            .clamp(1, 64),
+        streams: 4,
+    };
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get().min(12));
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let destinations: Vec<u64> = slices.iter().map(|s| s.3).collect();
+    let done = pinned::upload_to(
+        &ctx,
+        plan::Source::File(&file),
+        bytes.len(),
+        &tensors,
+        &destinations,
+        staging,
+        threads,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = empty;
+    for (name, shape, slice, _) in slices {
+        let storage = match slice {
+            Slice::F32(s) => CudaStorage::wrap_cuda_slice(s, cuda.clone()),
+            Slice::F16(s) => CudaStorage::wrap_cuda_slice(s, cuda.clone()),
+            Slice::Bf16(s) => CudaStorage::wrap_cuda_slice(s, cuda.clone()),
+            Slice::I64(s) => CudaStorage::wrap_cuda_slice(s, cuda.clone()),
+            Slice::U32(s) => CudaStorage::wrap_cuda_slice(s, cuda.clone()),
+            Slice::U8(s) => CudaStorage::wrap_cuda_slice(s, cuda.clone()),
+        };
+        out.insert(name, Tensor::from((Storage::Cuda(storage), shape)));
+    }
+    let report = serde_json::json!({
+        "bytes": done.bytes,
+        "seconds": done.seconds,
+        "gb_per_s": done.bytes as f64 / done.seconds / 1e9,
+        "threads": threads,
+    });
+    Ok((out, report))
+}
+
+/// The weights file at `path` for a model loading onto GPU `device`, as a
+/// `VarBuilder`, by the fastest way at hand: the registration a standby
+/// process made ahead (copies at the ceiling), else the staged upload
+/// ([`staged_tensors`]), else the mapping registered now; `None` if all of
+/// them fail (the caller copies from plain pages). The guard, when there
+/// is one, unregisters the mapping once dropped.
+#[cfg(feature = "cuda")]
+pub fn gpu_weights(
+    path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Option<(candle_nn::VarBuilder<'static>, Option<Registered>)> {
+    use candle_core::DType;
+    if let Some((vb, guard)) = take_ahead(path) {
+        tracing::info!(path = %path.display(), "weights registered ahead");
+        return Some((vb, Some(guard)));
+    }
+    match staged_tensors(path, device) {
+        Ok((tensors, report)) => {
+            tracing::info!(path = %path.display(), %report, "weights uploaded through pinned staging");
+            return Some((
+                candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device),
+                None,
+            ));
+        }
+        Err(e) => tracing::warn!("no staged upload ({e}): registering the mapping instead"),
+    }
+    match map_registered(path, DType::F32, device) {
+        Ok((vb, guard)) => Some((vb, Some(guard))),
+        Err(e) => {
+            tracing::warn!("loading without registered pages: {e}");
+            None
+        }
+    }
+}
+
 /// Snapshots registered ahead by a standby process (`--preregister`), for
 /// the model it will be activated with: that model's load then copies at
 /// the host-to-device ceiling with no registration on its path.

@@ -48,6 +48,9 @@ pub enum UploadError {
     /// Staging from the source failed.
     #[error("staging: {0}")]
     Stage(#[from] std::io::Error),
+    /// Not one destination per tensor.
+    #[error("{0} destinations for {1} tensors")]
+    Destinations(usize, usize),
     /// A staging thread panicked.
     #[error("a staging thread panicked")]
     Thread,
@@ -62,9 +65,9 @@ pub struct DeviceTensors {
     pub bases: Vec<u64>,
 }
 
-/// Uploads `tensors` of a file of `len` bytes to `ctx`'s device under
-/// `staging`, filling staging buffers from `source` on `threads` CPU
-/// threads.
+/// Uploads `tensors` of a file of `len` bytes to `ctx`'s device, into one
+/// allocation (tensor after tensor), under `staging`, filling staging
+/// buffers from `source` on `threads` CPU threads.
 pub fn upload(
     ctx: &Arc<CudaContext>,
     source: Source<'_>,
@@ -73,22 +76,84 @@ pub fn upload(
     staging: Staging,
     threads: usize,
 ) -> Result<(DeviceTensors, Uploaded), UploadError> {
-    if let Some(t) = tensors.iter().find(|t| t.range.end > len as u64) {
-        return Err(UploadError::OutOfRange(t.name.clone(), len));
-    }
-    let chunks = plan::plan(tensors, staging)?;
     let mut bases = Vec::with_capacity(tensors.len());
     let mut total = 0u64;
     for t in tensors {
         bases.push(total);
         total += t.range.end - t.range.start;
     }
-    let streams: Vec<Arc<CudaStream>> = (0..staging.streams)
-        .map(|_| ctx.new_stream())
-        .collect::<Result<_, _>>()?;
     let setup = ctx.default_stream();
     let memory = setup.alloc_zeros::<u8>(usize::try_from(total.max(1)).unwrap_or(usize::MAX))?;
     setup.synchronize()?;
+    let base = {
+        let (ptr, _record) = memory.device_ptr(&setup);
+        ptr
+    };
+    let destinations: Vec<sys::CUdeviceptr> = bases.iter().map(|b| base + b).collect();
+    let uploaded = upload_into(
+        ctx,
+        source,
+        len,
+        tensors,
+        &destinations,
+        true,
+        staging,
+        threads,
+    )?;
+    Ok((DeviceTensors { memory, bases }, uploaded))
+}
+
+/// Uploads `tensors` of a file of `len` bytes to `ctx`'s device, tensor `t`
+/// to device address `destinations[t]` (memory the caller allocated, at
+/// least the tensor's length there, no copy into it pending; each tensor
+/// in an allocation of its own), under `staging`, filling staging buffers
+/// from `source` on `threads` CPU threads. Returns once every copy has
+/// finished.
+pub fn upload_to(
+    ctx: &Arc<CudaContext>,
+    source: Source<'_>,
+    len: usize,
+    tensors: &[TensorBytes],
+    destinations: &[sys::CUdeviceptr],
+    staging: Staging,
+    threads: usize,
+) -> Result<Uploaded, UploadError> {
+    upload_into(
+        ctx,
+        source,
+        len,
+        tensors,
+        destinations,
+        false,
+        staging,
+        threads,
+    )
+}
+
+/// `upload_to`; `one_allocation`: the destinations lie in one allocation,
+/// so copies contiguous on both sides may merge.
+#[allow(clippy::too_many_arguments)]
+fn upload_into(
+    ctx: &Arc<CudaContext>,
+    source: Source<'_>,
+    len: usize,
+    tensors: &[TensorBytes],
+    destinations: &[sys::CUdeviceptr],
+    one_allocation: bool,
+    staging: Staging,
+    threads: usize,
+) -> Result<Uploaded, UploadError> {
+    if let Some(t) = tensors.iter().find(|t| t.range.end > len as u64) {
+        return Err(UploadError::OutOfRange(t.name.clone(), len));
+    }
+    if destinations.len() != tensors.len() {
+        return Err(UploadError::Destinations(destinations.len(), tensors.len()));
+    }
+    let chunks = plan::plan(tensors, staging)?;
+    let total: u64 = tensors.iter().map(|t| t.range.end - t.range.start).sum();
+    let streams: Vec<Arc<CudaStream>> = (0..staging.streams)
+        .map(|_| ctx.new_stream())
+        .collect::<Result<_, _>>()?;
     let chunk_len = usize::try_from(staging.chunk_bytes).unwrap_or(usize::MAX);
     let slots: Vec<PinnedHostSlice<u8>> = (0..staging.slots)
         // SAFETY: the buffers are uninitialised; every byte a device copy
@@ -96,10 +161,6 @@ pub fn upload(
         // chunk's pieces back to back from offset 0 and copies only those).
         .map(|_| unsafe { ctx.alloc_pinned::<u8>(chunk_len) })
         .collect::<Result<_, _>>()?;
-    let base = {
-        let (ptr, _record) = memory.device_ptr(&setup);
-        ptr
-    };
     let threads = threads.clamp(1, staging.slots);
     // Slot s belongs to thread s % threads, with every chunk staged in it.
     let mut owned: Vec<Vec<(usize, PinnedHostSlice<u8>)>> =
@@ -110,9 +171,9 @@ pub fn upload(
     let job = Job {
         source,
         chunks: &chunks,
-        bases: &bases,
+        bases: destinations,
+        merge: one_allocation,
         streams: &streams,
-        base,
         threads,
     };
     let start = Instant::now();
@@ -134,25 +195,23 @@ pub fn upload(
     for s in &streams {
         s.synchronize()?;
     }
-    let seconds = start.elapsed().as_secs_f64();
-    Ok((
-        DeviceTensors { memory, bases },
-        Uploaded {
-            bytes: total,
-            seconds,
-            chunks: chunks.len(),
-            copies,
-        },
-    ))
+    Ok(Uploaded {
+        bytes: total,
+        seconds: start.elapsed().as_secs_f64(),
+        chunks: chunks.len(),
+        copies,
+    })
 }
 
 /// What every staging thread shares.
 struct Job<'a> {
     source: Source<'a>,
     chunks: &'a [Chunk],
-    bases: &'a [u64],
+    /// Each tensor's device address.
+    bases: &'a [sys::CUdeviceptr],
+    /// Whether copies contiguous on both sides may merge (one allocation).
+    merge: bool,
     streams: &'a [Arc<CudaStream>],
-    base: sys::CUdeviceptr,
     threads: usize,
 }
 
@@ -186,22 +245,17 @@ impl Job<'_> {
             let staging = slots[k].1.as_mut_slice()?;
             self.source.stage(chunk, staging)?;
             let stream = &self.streams[chunk.stream];
-            for (at, device, len) in chunk.copies(self.bases) {
+            for (at, device, len) in chunk.device_copies(self.bases, self.merge) {
                 let (at, len) = (at as usize, len as usize);
-                // SAFETY: the destination lies inside `memory` (device
-                // offsets are the tensors' bases plus offsets within them,
-                // all below the allocation's length), which outlives the
-                // copy (`upload` synchronises every stream before returning
-                // it). The source is this thread's pinned slot, which is
+                // SAFETY: the destination lies inside the tensor's device
+                // memory (its address plus an offset within its length, as
+                // `upload_to`'s caller promises), which outlives the copy
+                // (`upload_to` synchronises every stream before returning). The source is this thread's pinned slot, which is
                 // written again only after the event recorded below has
                 // completed, and freed only after this thread waited for
                 // its last event.
                 unsafe {
-                    result::memcpy_htod_async(
-                        self.base + device,
-                        &staging[at..at + len],
-                        stream.cu_stream(),
-                    )?;
+                    result::memcpy_htod_async(device, &staging[at..at + len], stream.cu_stream())?;
                 }
                 copies += 1;
             }

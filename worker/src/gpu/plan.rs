@@ -83,12 +83,21 @@ impl Chunk {
     /// offset, length)`, neighbours that are contiguous on both sides
     /// merged into one copy.
     pub fn copies(&self, bases: &[u64]) -> Vec<(u64, u64, u64)> {
+        self.device_copies(bases, true)
+    }
+
+    /// The same, with `merge` false: one copy per piece, for tensors in
+    /// allocations of their own (a copy must not cross from one into the
+    /// next, even where their addresses meet).
+    pub fn device_copies(&self, bases: &[u64], merge: bool) -> Vec<(u64, u64, u64)> {
         let mut out: Vec<(u64, u64, u64)> = Vec::new();
         for p in &self.pieces {
             let len = p.source.end - p.source.start;
             let device = bases[p.tensor] + p.tensor_offset;
             match out.last_mut() {
-                Some((s, d, l)) if *s + *l == p.staging_offset && *d + *l == device => *l += len,
+                Some((s, d, l)) if merge && *s + *l == p.staging_offset && *d + *l == device => {
+                    *l += len
+                }
                 _ => out.push((p.staging_offset, device, len)),
             }
         }
@@ -385,6 +394,12 @@ mod tests {
         assert_eq!(chunks[0].copies(&[0, 10, 20]), [(0, 0, 34)]);
         // A gap on the device: two copies.
         assert_eq!(chunks[0].copies(&[0, 16, 26]), [(0, 0, 10), (10, 16, 24)]);
+        // Tensors in allocations of their own: one copy per piece, even
+        // where the addresses meet.
+        assert_eq!(
+            chunks[0].device_copies(&[0, 10, 20], false),
+            [(0, 0, 10), (10, 10, 10), (20, 20, 14)]
+        );
     }
 
     #[test]

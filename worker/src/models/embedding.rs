@@ -96,25 +96,20 @@ impl EmbeddingModel {
         let weights = dir.join("model.safetensors");
         // A q8_0 snapshot's dense matrices are read as blocks; the rest, and
         // every tensor of any other weights file, through the VarBuilder.
-        // On a GPU the mapping is registered with the driver while the
-        // weights are copied (they then copy at the PCIe ceiling); anywhere
-        // else, or if the driver refuses, candle copies from plain pages.
+        // On a GPU the weights come the fastest way at hand (registered
+        // ahead by a standby process, else staged through pinned buffers,
+        // else registered now: `gpu::gpu_weights`); anywhere else, or if
+        // all of those fail, candle copies from plain pages.
         #[cfg(feature = "cuda")]
-        let registered = if device.is_cuda() && !packed {
-            match crate::gpu::map_registered(&weights, DType::F32, device) {
-                Ok(pair) => Some(pair),
-                Err(e) => {
-                    tracing::warn!("loading without registered pages: {e}");
-                    None
-                }
-            }
+        let on_gpu = if device.is_cuda() && !packed {
+            crate::gpu::gpu_weights(&weights, device)
         } else {
             None
         };
         #[cfg(not(feature = "cuda"))]
-        let registered: Option<(candle_nn::VarBuilder<'static>, ())> = None;
-        let (vb, _registration) = match registered {
-            Some((vb, guard)) => (vb, Some(guard)),
+        let on_gpu: Option<(candle_nn::VarBuilder<'static>, Option<()>)> = None;
+        let (vb, _registration) = match on_gpu {
+            Some((vb, guard)) => (vb, guard),
             None => (
                 thaw_snapshot::map_safetensors(std::slice::from_ref(&weights), DType::F32, device)
                     .map_err(ModelError::load)?,
