@@ -250,6 +250,68 @@ fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
     assert_eq!(s["gpus"]["standby"]["per_device"], 0, "{s}");
 }
 
+/// The files each standby process ready on `device` was asked to register
+/// ahead, by pid.
+fn standby_files(s: &Value, device: &str) -> Vec<(u64, Vec<String>)> {
+    s["gpus"]["standby"]["devices"][device]["ready"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|p| {
+                    let files = p["preregistered"]
+                        .as_array()
+                        .map(|f| {
+                            f.iter()
+                                .filter_map(|f| f.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (p["pid"].as_u64().unwrap_or_default(), files)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn standby_processes_waiting_and_new_register_a_prepared_snapshot_ahead() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = credit_score(
+        "gpu",
+        None,
+        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1",
+    );
+    let g = start(dir.path(), &config(dir.path(), "gpu_standby = 2", &models));
+    let s = g.wait("two standby processes ready", |s| {
+        standby_pids(s, "cpu").len() == 2
+    });
+    // Before any snapshot: nothing to register.
+    let before = standby_files(&s, "cpu");
+    assert!(before.iter().all(|(_, f)| f.is_empty()), "{s}");
+
+    // The first instance prepares the snapshot: both waiting processes are
+    // asked for it (a line on stdin), one is activated, and the one left
+    // waiting, and the replacement started with --preregister, list it.
+    assert_eq!(g.score("gpu").status, 200);
+    let s = g.wait("the pool refilled", |s| standby_pids(s, "cpu").len() == 2);
+    let after = standby_files(&s, "cpu");
+    let weights: Vec<&String> = after.iter().flat_map(|(_, f)| f).collect();
+    assert_eq!(weights.len(), 2, "one file each: {s}");
+    assert!(
+        weights[0].ends_with("/model.safetensors") && weights[0] == weights[1],
+        "{s}"
+    );
+    let waited: Vec<u64> = before.iter().map(|(pid, _)| *pid).collect();
+    assert!(
+        after.iter().any(|(pid, _)| waited.contains(pid)),
+        "the process that waited through the snapshot is not there: {s}"
+    );
+    assert!(
+        after.iter().any(|(pid, _)| !waited.contains(pid)),
+        "no replacement: {s}"
+    );
+}
+
 /// Whether process `pid` is stopped (state `T`), as the fake hibernation
 /// leaves it.
 fn stopped(pid: u64) -> bool {
