@@ -440,3 +440,30 @@ fn a_hibernated_worker_dies_with_its_gateway() {
     g.proc.signal("KILL");
     wait_gone(&[pid as u32], "the hibernated worker of a killed gateway");
 }
+
+#[test]
+fn a_chat_model_on_a_gpu_is_placed_and_served_from_a_standby_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = format!(
+        "[[models]]\nname = \"chat\"\nsource = \"{}\"\nkind = \"chat\"\ndevice = \"cuda\"\n\
+         [models.scaling]\nmin_instances = 0\nmax_instances = 1\n",
+        thaw_tests::registry_model("smollm2").display()
+    );
+    let g = start(dir.path(), &config(dir.path(), "gpu_standby = 1", &models));
+    g.wait("a standby process ready", |s| {
+        standby_pids(s, "cpu").len() == 1
+    });
+    let r = g.public.post_json(
+        "/v1/completions",
+        &json!({"model": "chat", "prompt": "One, two,", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["usage"]["completion_tokens"], 4);
+    let s = g.status();
+    let instance = &model(&s, "chat")["instances"][0];
+    assert_eq!(instance["started_from"], "standby", "{s}");
+    assert!(instance["gpu"].as_u64().is_some(), "placed on a GPU: {s}");
+    // Its promise covers the GGUF, the chat margin and the context.
+    let promised_bytes = instance["gpu_memory_bytes"].as_u64().expect("promised");
+    assert!(promised_bytes > (1 << 30) + (94 << 20), "{s}");
+}
