@@ -312,6 +312,25 @@ fn standby_processes_waiting_and_new_register_a_prepared_snapshot_ahead() {
     );
 }
 
+#[test]
+fn with_registering_ahead_off_no_standby_process_is_asked_for_a_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = credit_score(
+        "gpu",
+        None,
+        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1",
+    );
+    let settings = "gpu_standby = 1\ngpu_preregister = false";
+    let g = start(dir.path(), &config(dir.path(), settings, &models));
+    g.wait("a standby process ready", |s| {
+        standby_pids(s, "cpu").len() == 1
+    });
+    assert_eq!(g.score("gpu").status, 200);
+    let s = g.wait("the pool refilled", |s| standby_pids(s, "cpu").len() == 1);
+    let files = standby_files(&s, "cpu");
+    assert!(files.iter().all(|(_, f)| f.is_empty()), "{s}");
+}
+
 /// Whether process `pid` is stopped (state `T`), as the fake hibernation
 /// leaves it.
 fn stopped(pid: u64) -> bool {

@@ -52,6 +52,9 @@ pub struct Gateway {
     pub gpu_placement: Policy,
     /// Standby processes kept ready on each GPU that GPU models use.
     pub gpu_standby: usize,
+    /// Whether standby processes register GPU models' snapshot weights with
+    /// the driver ahead (pinning those pages in host memory).
+    pub gpu_preregister: bool,
 }
 
 /// A value kept out of logs and `Debug` output (the admin token).
@@ -289,6 +292,7 @@ impl Ctx<'_> {
             Some(n) => *n.get_ref() as usize,
             None => 1,
         };
+        let gpu_preregister = g.gpu_preregister.as_ref().is_none_or(|b| *b.get_ref());
         let gateway = Gateway {
             listen,
             admin_listen,
@@ -300,6 +304,7 @@ impl Ctx<'_> {
             shutdown_grace,
             gpu_placement,
             gpu_standby,
+            gpu_preregister,
         };
         let defaults = self.scaling(
             &raw.defaults.scaling,

@@ -51,6 +51,8 @@ pub struct RawGateway {
     pub gpu_placement: Option<Spanned<String>>,
     /// Standby processes kept per GPU (CUDA context ready) for GPU models.
     pub gpu_standby: Option<Spanned<u32>>,
+    /// Whether standby processes register GPU models' snapshots ahead.
+    pub gpu_preregister: Option<Spanned<bool>>,
 }
 
 /// `[defaults]`.

@@ -72,6 +72,26 @@ fn gpu_devices_and_the_placement_policy_parse() {
 }
 
 #[test]
+fn registering_snapshots_ahead_is_on_unless_turned_off() {
+    let (_d, text) = with_source(GOOD);
+    assert!(
+        parse(&text, Path::new("t.toml"))
+            .expect("valid")
+            .gateway
+            .gpu_preregister
+    );
+    let off = text.replace("[gateway]\n", "[gateway]\ngpu_preregister = false\n");
+    assert!(
+        !parse(&off, Path::new("t.toml"))
+            .expect("valid")
+            .gateway
+            .gpu_preregister
+    );
+    let bad = text.replace("[gateway]\n", "[gateway]\ngpu_preregister = \"no\"\n");
+    assert!(parse(&bad, Path::new("t.toml")).is_err());
+}
+
+#[test]
 fn a_chat_model_may_ask_for_a_gpu() {
     let (_d, text) = with_source(
         "[[models]]\nname = \"c\"\nsource = \"SRC\"\nkind = \"chat\"\ndevice = \"cuda\"\n",

@@ -92,6 +92,8 @@ impl Runtime {
     /// changes how many).
     pub fn fill_standby(&self, config: &Config) {
         self.standby.set_per_device(config.gateway.gpu_standby);
+        self.standby
+            .set_preregistering(config.gateway.gpu_preregister);
         let gpu_models = config
             .models
             .iter()

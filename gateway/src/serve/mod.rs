@@ -166,11 +166,15 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         shutdown: shutdown_rx,
         tick: Duration::from_secs(1),
-        standby: StandbyPool::new(
-            worker_bin_for_standby,
-            cfg.gateway.gpu_standby,
-            Duration::from_secs(120),
-        ),
+        standby: {
+            let pool = StandbyPool::new(
+                worker_bin_for_standby,
+                cfg.gateway.gpu_standby,
+                Duration::from_secs(120),
+            );
+            pool.set_preregistering(cfg.gateway.gpu_preregister);
+            pool
+        },
         gpus,
     };
     let live = Arc::new(Live::new(&cfg.gateway));

@@ -254,6 +254,8 @@ pub struct StandbyPool {
     /// Weights files to register ahead, and the GPUs whose standby
     /// processes register each.
     preregister: Mutex<Vec<(DeviceRequest, PathBuf)>>,
+    /// Whether to register ahead at all (`gateway.gpu_preregister`).
+    preregistering: std::sync::atomic::AtomicBool,
     /// Notified whenever a start finishes, well or not.
     changed: Notify,
 }
@@ -284,13 +286,25 @@ impl StandbyPool {
             timeout,
             devices: Mutex::new(HashMap::new()),
             preregister: Mutex::new(Vec::new()),
+            preregistering: std::sync::atomic::AtomicBool::new(true),
             changed: Notify::new(),
         })
     }
 
+    /// Whether standby processes register snapshots ahead from now on (a
+    /// reload): processes waiting keep what they registered until they are
+    /// used or replaced.
+    pub fn set_preregistering(&self, on: bool) {
+        self.preregistering.store(on, Ordering::Relaxed);
+    }
+
     /// The files standby processes for GPU `index` register ahead (none
-    /// for a device that is no GPU of the inventory).
+    /// for a device that is no GPU of the inventory, or when registering
+    /// ahead is off).
     fn files_for(&self, index: Option<u32>) -> Vec<PathBuf> {
+        if !self.preregistering.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
         self.preregister
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
