@@ -485,4 +485,11 @@ fn a_chat_model_on_a_gpu_is_placed_and_served_from_a_standby_process() {
     // Its promise covers the GGUF, the chat margin and the context.
     let promised_bytes = instance["gpu_memory_bytes"].as_u64().expect("promised");
     assert!(promised_bytes > (1 << 30) + (94 << 20), "{s}");
+    // The replacement registers the snapshot's GGUF ahead.
+    let s = g.wait("the pool refilled", |s| standby_pids(s, "cpu").len() == 1);
+    let files = standby_files(&s, "cpu");
+    assert!(
+        files.len() == 1 && files[0].1.len() == 1 && files[0].1[0].ends_with(".gguf"),
+        "{s}"
+    );
 }

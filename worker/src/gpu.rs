@@ -468,6 +468,85 @@ impl Drop for Registered {
     }
 }
 
+/// Registers `len` bytes of host memory from `start` (page-aligned) with
+/// the current context's driver, read-only; the time it took (ms).
+///
+/// # Safety
+/// The range must be mapped and stay mapped until it is unregistered.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+unsafe fn register(start: usize, len: usize) -> Result<f64, String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let began = std::time::Instant::now();
+    // SAFETY: the caller's promise; read-only registration.
+    let status = unsafe {
+        sys::cuMemHostRegister_v2(
+            start as *mut std::ffi::c_void,
+            len,
+            sys::CU_MEMHOSTREGISTER_READ_ONLY,
+        )
+    };
+    if status != sys::cudaError_enum::CUDA_SUCCESS {
+        return Err(format!("{status:?}"));
+    }
+    Ok(began.elapsed().as_secs_f64() * 1e3)
+}
+
+/// A whole file mapped and registered with the driver (a chat model's
+/// GGUF, whose tensors candle copies straight from the mapping): copies
+/// from it run at the host-to-device ceiling. Dropping it unregisters.
+#[cfg(feature = "cuda")]
+pub struct RegisteredFile {
+    file: thaw_snapshot::mmap::MappedFile,
+    /// Time the registration took.
+    pub register_ms: f64,
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // the registration of the mapping's pages
+impl RegisteredFile {
+    /// Maps the file at `path` and registers all of it with `device`'s
+    /// driver.
+    pub fn open(path: &std::path::Path, device: &candle_core::Device) -> Result<Self, String> {
+        let cuda = device.as_cuda_device().map_err(|e| e.to_string())?;
+        cuda.cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| e.to_string())?;
+        let file = thaw_snapshot::mmap::MappedFile::open(path).map_err(|e| e.to_string())?;
+        let bytes = file.bytes();
+        if bytes.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        // SAFETY: the whole mapping (page-aligned by mmap), which `file`
+        // keeps until the drop below unregisters it first.
+        let register_ms = unsafe { register(bytes.as_ptr() as usize, bytes.len()) }
+            .map_err(|status| format!("registering {}: {status}", path.display()))?;
+        Ok(RegisteredFile { file, register_ms })
+    }
+
+    /// The mapped file.
+    pub fn mapped(&self) -> &thaw_snapshot::mmap::MappedFile {
+        &self.file
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+impl Drop for RegisteredFile {
+    fn drop(&mut self) {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        // SAFETY: registered by `open`, and the mapping is still there
+        // (`file` is dropped after this).
+        let status = unsafe {
+            sys::cuMemHostUnregister(self.file.bytes().as_ptr() as *mut std::ffi::c_void)
+        };
+        if status != sys::cudaError_enum::CUDA_SUCCESS {
+            tracing::warn!("unregistering {}: {status:?}", self.file.path().display());
+        }
+    }
+}
+
 /// A `VarBuilder` over the safetensors file at `path` whose mapping is
 /// registered with `device`'s driver (ahead, by [`preregister`], or now);
 /// the guard unregisters it.
@@ -478,7 +557,6 @@ pub fn map_registered(
     dtype: candle_core::DType,
     device: &candle_core::Device,
 ) -> Result<(candle_nn::VarBuilder<'static>, Registered), String> {
-    use candle_core::cuda_backend::cudarc::driver::sys;
     use candle_core::safetensors::MmapedSafetensors;
     if let Some(ahead) = take_ahead(path) {
         return Ok(ahead);
@@ -503,22 +581,12 @@ pub fn map_registered(
         return Err(format!("{}: no tensor data to register", path.display()));
     }
     let start = start & !4095;
-    let began = std::time::Instant::now();
     // SAFETY: [start, end) lies inside the live mapping (page-rounded down
-    // to its first page, which the mapping covers); it is registered
-    // read-only and unregistered by `Registered`'s drop, before the mapping
-    // (kept alive by the guard's VarBuilder) goes away.
-    let status = unsafe {
-        sys::cuMemHostRegister_v2(
-            start as *mut std::ffi::c_void,
-            end - start,
-            sys::CU_MEMHOSTREGISTER_READ_ONLY,
-        )
-    };
-    if status != sys::cudaError_enum::CUDA_SUCCESS {
-        return Err(format!("registering {}: {status:?}", path.display()));
-    }
-    let register_ms = began.elapsed().as_secs_f64() * 1e3;
+    // to its first page, which the mapping covers); it is unregistered by
+    // `Registered`'s drop, before the mapping (kept alive by the guard's
+    // VarBuilder) goes away.
+    let register_ms = unsafe { register(start, end - start) }
+        .map_err(|status| format!("registering {}: {status}", path.display()))?;
     let vb = candle_nn::VarBuilder::from_backend(Box::new(mapped), dtype, device.clone());
     Ok((
         vb.clone(),
@@ -696,17 +764,20 @@ pub fn gpu_weights(
 /// the model it will be activated with: that model's load then copies at
 /// the host-to-device ceiling with no registration on its path.
 #[cfg(feature = "cuda")]
-type Ahead = (
-    std::path::PathBuf,
-    candle_nn::VarBuilder<'static>,
-    Registered,
-);
+enum Ahead {
+    /// A safetensors file, as its `VarBuilder`.
+    Weights(candle_nn::VarBuilder<'static>, Registered),
+    /// A whole file (a GGUF).
+    File(RegisteredFile),
+}
 
 #[cfg(feature = "cuda")]
-static AHEAD: std::sync::Mutex<Vec<Ahead>> = std::sync::Mutex::new(Vec::new());
+static AHEAD: std::sync::Mutex<Vec<(std::path::PathBuf, Ahead)>> =
+    std::sync::Mutex::new(Vec::new());
 
-/// Maps and registers the weights file at `path` with `device`'s driver
-/// ahead of an activation, and keeps it for [`map_registered`]. The report
+/// Maps and registers the weights file at `path` (safetensors, or a whole
+/// GGUF) with `device`'s driver ahead of an activation, and keeps it for
+/// the load ([`map_registered`], [`take_ahead_file`]). The report
 /// says what it cost, or why it was not done (a CPU device, a build without
 /// CUDA, a file the driver refuses): a standby process works either way.
 pub fn preregister(path: &std::path::Path, device: &candle_core::Device) -> serde_json::Value {
@@ -721,15 +792,21 @@ pub fn preregister(path: &std::path::Path, device: &candle_core::Device) -> serd
             if !device.is_cuda() {
                 break 'done "not a CUDA device: nothing to register".into();
             }
-            match map_registered(path, candle_core::DType::F32, device) {
-                Ok((vb, guard)) => {
+            let ahead = if path.extension().is_some_and(|x| x == "gguf") {
+                RegisteredFile::open(path, device).map(|f| (f.register_ms, Ahead::File(f)))
+            } else {
+                map_registered(path, candle_core::DType::F32, device)
+                    .map(|(vb, guard)| (guard.register_ms, Ahead::Weights(vb, guard)))
+            };
+            match ahead {
+                Ok((register_ms, ahead)) => {
                     report["registered"] = true.into();
-                    report["register_ms"] = guard.register_ms.into();
+                    report["register_ms"] = register_ms.into();
                     let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
                     AHEAD
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push((key, vb, guard));
+                        .push((key, ahead));
                     return report;
                 }
                 Err(e) => break 'done e,
@@ -747,12 +824,29 @@ pub fn preregister(path: &std::path::Path, device: &candle_core::Device) -> serd
 
 /// The registration made ahead for `path`, taken (each is used once).
 #[cfg(feature = "cuda")]
-fn take_ahead(path: &std::path::Path) -> Option<(candle_nn::VarBuilder<'static>, Registered)> {
+fn take(path: &std::path::Path) -> Option<Ahead> {
     let key = path.canonicalize().ok()?;
     let mut ahead = AHEAD.lock().unwrap_or_else(|p| p.into_inner());
-    let at = ahead.iter().position(|(p, _, _)| *p == key)?;
-    let (_, vb, guard) = ahead.swap_remove(at);
-    Some((vb, guard))
+    let at = ahead.iter().position(|(p, _)| *p == key)?;
+    Some(ahead.swap_remove(at).1)
+}
+
+/// The safetensors file at `path` registered ahead, taken.
+#[cfg(feature = "cuda")]
+fn take_ahead(path: &std::path::Path) -> Option<(candle_nn::VarBuilder<'static>, Registered)> {
+    match take(path)? {
+        Ahead::Weights(vb, guard) => Some((vb, guard)),
+        Ahead::File(_) => None,
+    }
+}
+
+/// The whole file at `path` (a GGUF) registered ahead, taken.
+#[cfg(feature = "cuda")]
+pub fn take_ahead_file(path: &std::path::Path) -> Option<RegisteredFile> {
+    match take(path)? {
+        Ahead::File(file) => Some(file),
+        Ahead::Weights(..) => None,
+    }
 }
 
 /// Unregisters what was registered ahead and not used (after an

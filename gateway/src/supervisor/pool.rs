@@ -587,10 +587,8 @@ impl Pool {
             return Ok(None);
         }
         // Standby processes on its GPUs register its weights ahead, for the
-        // activations after this one (asked once; chat GGUFs are read, not
-        // registered).
-        let weights = dir.join("model.safetensors");
-        if weights.is_file() {
+        // activations after this one (asked once).
+        if let Some(weights) = weights_file(dir) {
             self.standby.preregister(request, weights);
         }
         let need = self
@@ -983,5 +981,45 @@ impl Pool {
         if let Some(template) = template {
             template.handle().stop(self.grace).await;
         }
+    }
+}
+
+/// The weights file a GPU worker copies to its GPU from `dir` (a snapshot
+/// or source): `model.safetensors`, else the one `.gguf` file.
+fn weights_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let safetensors = dir.join("model.safetensors");
+    if safetensors.is_file() {
+        return Some(safetensors);
+    }
+    let mut ggufs = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf") && p.is_file());
+    let gguf = ggufs.next()?;
+    ggufs.next().is_none().then_some(gguf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weights_file;
+
+    #[test]
+    fn the_weights_file_is_the_safetensors_else_the_one_gguf() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(weights_file(dir.path()), None);
+        std::fs::write(dir.path().join("a.gguf"), b"x").expect("written");
+        assert_eq!(weights_file(dir.path()), Some(dir.path().join("a.gguf")));
+        std::fs::write(dir.path().join("b.gguf"), b"x").expect("written");
+        assert_eq!(
+            weights_file(dir.path()),
+            None,
+            "two GGUFs: which is unknown"
+        );
+        std::fs::write(dir.path().join("model.safetensors"), b"x").expect("written");
+        assert_eq!(
+            weights_file(dir.path()),
+            Some(dir.path().join("model.safetensors"))
+        );
     }
 }

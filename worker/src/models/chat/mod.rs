@@ -148,10 +148,25 @@ impl ChatModel {
         device: &Device,
         products: Products,
     ) -> Result<Self, ModelError> {
-        let file = MappedFile::open(path).map_err(ModelError::load)?;
+        // On a GPU, the file a standby process registered ahead: candle
+        // copies each tensor from registered pages, at the copy ceiling.
+        #[cfg(feature = "cuda")]
+        let ahead = crate::gpu::take_ahead_file(path).filter(|_| device.is_cuda());
+        #[cfg(feature = "cuda")]
+        let mapped = ahead.as_ref().map(crate::gpu::RegisteredFile::mapped);
+        #[cfg(not(feature = "cuda"))]
+        let mapped: Option<&MappedFile> = None;
+        let owned;
+        let file = match mapped {
+            Some(file) => file,
+            None => {
+                owned = MappedFile::open(path).map_err(ModelError::load)?;
+                &owned
+            }
+        };
         let content = Content::read(&mut std::io::Cursor::new(file.bytes()))
             .map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
-        let decoder = DeviceLlama::load(&file, &content, device, products)?;
+        let decoder = DeviceLlama::load(file, &content, device, products)?;
         Self::assemble(Decoder::Device(decoder), &content)
     }
 
