@@ -180,6 +180,25 @@ fn standby_pids(s: &Value, device: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// The scale-from-zero GPU model the standby tests use.
+fn one_gpu_model() -> String {
+    credit_score(
+        "gpu",
+        None,
+        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1",
+    )
+}
+
+/// A gateway under two fake GPUs serving [`one_gpu_model`] with
+/// `settings`, once `standby` standby processes are ready.
+fn with_standby(dir: &std::path::Path, settings: &str, standby: usize) -> (Served, Value) {
+    let g = start(dir, &config(dir, settings, &one_gpu_model()));
+    let s = g.wait("the standby processes ready", |s| {
+        standby_pids(s, "cpu").len() == standby
+    });
+    (g, s)
+}
+
 #[test]
 fn gpu_instances_start_from_standby_processes_and_the_pool_refills() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -276,15 +295,7 @@ fn standby_files(s: &Value, device: &str) -> Vec<(u64, Vec<String>)> {
 #[test]
 fn standby_processes_waiting_and_new_register_a_prepared_snapshot_ahead() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let models = credit_score(
-        "gpu",
-        None,
-        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1",
-    );
-    let g = start(dir.path(), &config(dir.path(), "gpu_standby = 2", &models));
-    let s = g.wait("two standby processes ready", |s| {
-        standby_pids(s, "cpu").len() == 2
-    });
+    let (g, s) = with_standby(dir.path(), "gpu_standby = 2", 2);
     // Before any snapshot: nothing to register.
     let before = standby_files(&s, "cpu");
     assert!(before.iter().all(|(_, f)| f.is_empty()), "{s}");
@@ -315,16 +326,7 @@ fn standby_processes_waiting_and_new_register_a_prepared_snapshot_ahead() {
 #[test]
 fn with_registering_ahead_off_no_standby_process_is_asked_for_a_file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let models = credit_score(
-        "gpu",
-        None,
-        "device = \"cuda\"\n[models.scaling]\nmin_instances = 0\nmax_instances = 1",
-    );
-    let settings = "gpu_standby = 1\ngpu_preregister = false";
-    let g = start(dir.path(), &config(dir.path(), settings, &models));
-    g.wait("a standby process ready", |s| {
-        standby_pids(s, "cpu").len() == 1
-    });
+    let (g, _) = with_standby(dir.path(), "gpu_standby = 1\ngpu_preregister = false", 1);
     assert_eq!(g.score("gpu").status, 200);
     let s = g.wait("the pool refilled", |s| standby_pids(s, "cpu").len() == 1);
     let files = standby_files(&s, "cpu");

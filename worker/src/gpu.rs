@@ -699,7 +699,10 @@ pub fn staged_tensors(
         plan::Source::File(&file),
         bytes.len(),
         &tensors,
-        &destinations,
+        pinned::Destinations {
+            addresses: &destinations,
+            one_allocation: false,
+        },
         staging,
         threads,
     )

@@ -90,64 +90,52 @@ pub fn upload(
         ptr
     };
     let destinations: Vec<sys::CUdeviceptr> = bases.iter().map(|b| base + b).collect();
-    let uploaded = upload_into(
+    let uploaded = upload_to(
         ctx,
         source,
         len,
         tensors,
-        &destinations,
-        true,
+        Destinations {
+            addresses: &destinations,
+            one_allocation: true,
+        },
         staging,
         threads,
     )?;
     Ok((DeviceTensors { memory, bases }, uploaded))
 }
 
-/// Uploads `tensors` of a file of `len` bytes to `ctx`'s device, tensor `t`
-/// to device address `destinations[t]` (memory the caller allocated, at
-/// least the tensor's length there, no copy into it pending; each tensor
-/// in an allocation of its own), under `staging`, filling staging buffers
-/// from `source` on `threads` CPU threads. Returns once every copy has
-/// finished.
+/// Where each tensor goes on the device.
+#[derive(Debug, Clone, Copy)]
+pub struct Destinations<'a> {
+    /// Tensor `t`'s device address: memory the caller allocated, at least
+    /// the tensor's length there, no copy into it pending.
+    pub addresses: &'a [sys::CUdeviceptr],
+    /// Whether they all lie in one allocation: then copies contiguous on
+    /// both sides may merge (never across allocations of their own).
+    pub one_allocation: bool,
+}
+
+/// Uploads `tensors` of a file of `len` bytes to `ctx`'s device, to
+/// `destinations`, under `staging`, filling staging buffers from `source`
+/// on `threads` CPU threads. Returns once every copy has finished.
 pub fn upload_to(
     ctx: &Arc<CudaContext>,
     source: Source<'_>,
     len: usize,
     tensors: &[TensorBytes],
-    destinations: &[sys::CUdeviceptr],
-    staging: Staging,
-    threads: usize,
-) -> Result<Uploaded, UploadError> {
-    upload_into(
-        ctx,
-        source,
-        len,
-        tensors,
-        destinations,
-        false,
-        staging,
-        threads,
-    )
-}
-
-/// `upload_to`; `one_allocation`: the destinations lie in one allocation,
-/// so copies contiguous on both sides may merge.
-#[allow(clippy::too_many_arguments)]
-fn upload_into(
-    ctx: &Arc<CudaContext>,
-    source: Source<'_>,
-    len: usize,
-    tensors: &[TensorBytes],
-    destinations: &[sys::CUdeviceptr],
-    one_allocation: bool,
+    destinations: Destinations<'_>,
     staging: Staging,
     threads: usize,
 ) -> Result<Uploaded, UploadError> {
     if let Some(t) = tensors.iter().find(|t| t.range.end > len as u64) {
         return Err(UploadError::OutOfRange(t.name.clone(), len));
     }
-    if destinations.len() != tensors.len() {
-        return Err(UploadError::Destinations(destinations.len(), tensors.len()));
+    if destinations.addresses.len() != tensors.len() {
+        return Err(UploadError::Destinations(
+            destinations.addresses.len(),
+            tensors.len(),
+        ));
     }
     let chunks = plan::plan(tensors, staging)?;
     let total: u64 = tensors.iter().map(|t| t.range.end - t.range.start).sum();
@@ -171,8 +159,8 @@ fn upload_into(
     let job = Job {
         source,
         chunks: &chunks,
-        bases: destinations,
-        merge: one_allocation,
+        bases: destinations.addresses,
+        merge: destinations.one_allocation,
         streams: &streams,
         threads,
     };
@@ -250,10 +238,11 @@ impl Job<'_> {
                 // SAFETY: the destination lies inside the tensor's device
                 // memory (its address plus an offset within its length, as
                 // `upload_to`'s caller promises), which outlives the copy
-                // (`upload_to` synchronises every stream before returning). The source is this thread's pinned slot, which is
-                // written again only after the event recorded below has
-                // completed, and freed only after this thread waited for
-                // its last event.
+                // (`upload_to` synchronises every stream before returning).
+                // The source is this thread's pinned slot, which is written
+                // again only after the event recorded below has completed,
+                // and freed only after this thread waited for its last
+                // event.
                 unsafe {
                     result::memcpy_htod_async(device, &staging[at..at + len], stream.cu_stream())?;
                 }
