@@ -105,7 +105,8 @@ strip -o "$target/release/thaw-worker.stripped" "$target/release/thaw-worker"
 echo "built: $target/release/thaw-worker (stripped copy: thaw-worker.stripped)" >&2
 if [[ "${1:-}" == "--pack" ]]; then
     # What a device session carries (bench/gpu/device-check.sh runs it
-    # there): the worker and the GPU test binary, stripped and compressed,
+    # there): the worker, the GPU test binary and the gateway, stripped and
+    # compressed,
     # and SmolLM2's GGUF header; with --with-gguf the real GGUF too, in
     # pieces for more than one call.
     pack="${2:?usage: scripts/build-cuda.sh --pack DIR [--with-gguf]}"
@@ -118,7 +119,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
         print(m["executable"])' | tail -1)"
     strip -o "$target/release/gpu-tests.stripped" "$tests"
-    for bin in thaw-worker gpu-tests; do
+    # The gateway needs no CUDA: the default build, for the suite's
+    # hibernation tier end to end.
+    cargo build --locked --release -p thaw-gateway --bin thaw
+    strip -o "$target/release/thaw.stripped" "$root/target/release/thaw"
+    for bin in thaw-worker gpu-tests thaw; do
         xz -T0 -6 -c "$target/release/$bin.stripped" >"$pack/$bin.xz"
     done
     gguf="$THAW_MODELS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -3,8 +3,9 @@
 # (no network, no Rust): the GPU tests (worker/tests/gpu.rs), then the GPU
 # suite. PACK is what `scripts/build-cuda.sh --pack PACK` wrote here:
 #
-#   thaw-worker.xz, gpu-tests.xz   the CUDA worker and the GPU test binary,
-#                                  stripped and xz-compressed (~40 MB both)
+#   thaw-worker.xz, gpu-tests.xz,  the CUDA worker, the GPU test binary and
+#   thaw.xz                        the gateway, stripped and xz-compressed
+#                                  (about 25 MB together)
 #   smollm2.header                 SmolLM2's GGUF header: the suite's chat
 #                                  step synthesizes the weights under it
 #   smollm2.gguf.part-aa           optional (--with-gguf), the first piece of
@@ -15,7 +16,9 @@
 #                                  this in the second); with it the chat GPU
 #                                  test compares with llama.cpp's fixture
 #
-# Writes OUT/gpu-tests.txt and the suite's OUT/gpu.json. Under 7 minutes.
+# Writes OUT/gpu-tests.txt and the suite's OUT/gpu.json, within 3 + 6
+# minutes (the suite alone took 83 s on an H200 before its newer steps):
+# one device call's 10 at most.
 #
 #   bench/gpu/device-check.sh PACK OUT
 set -uo pipefail
@@ -27,7 +30,7 @@ python="${THAW_GPU_PYTHON:-python3}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-for bin in thaw-worker gpu-tests; do
+for bin in thaw-worker gpu-tests thaw; do
     if [[ -f "$pack/$bin.xz" ]]; then
         "$python" -c 'import lzma, shutil, sys
 with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
@@ -55,7 +58,7 @@ if [[ -x "$work/gpu-tests" ]]; then
     "$python" "$here/synthetic_bert.py" "$work/minilm" --shape minilm >/dev/null
     THAW_WORKER_BIN="$work/thaw-worker" THAW_GPU_TEST_MODEL="$work/minilm" \
         THAW_GPU_TEST_CHAT="${chat_dir:-$work/no-smollm2}" \
-        timeout 240 "$work/gpu-tests" --test-threads 1 --nocapture >"$out/gpu-tests.txt" 2>&1
+        timeout 180 "$work/gpu-tests" --test-threads 1 --nocapture >"$out/gpu-tests.txt" 2>&1
     echo "gpu tests: exit $? (OUT/gpu-tests.txt)" >&2
     tail -3 "$out/gpu-tests.txt" >&2
 fi
@@ -64,4 +67,7 @@ chat="${chat_dir:+$chat_dir/SmolLM2-135M-Instruct.Q4_1.gguf}"
 if [[ -z "$chat" && -f "$pack/smollm2.header" ]]; then
     chat="$pack/smollm2.header"
 fi
-THAW_GPU_CHAT="$chat" "$here/run.sh" "$work/thaw-worker" "$out" "${THAW_GPU_SIZES:-1 16}"
+gateway=""
+[[ -x "$work/thaw" ]] && gateway="$work/thaw"
+THAW_GPU_CHAT="$chat" THAW_GPU_GATEWAY="$gateway" THAW_GPU_SUITE_TIMEOUT=360 \
+    "$here/run.sh" "$work/thaw-worker" "$out" "${THAW_GPU_SIZES:-1 16}"

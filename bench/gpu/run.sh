@@ -16,10 +16,13 @@
 # on the GPU and on the CPU (the baseline, thaw's own decoder): load, time to
 # first token, decode tokens/s for one stream and four, when THAW_GPU_CHAT
 # names its GGUF or the GGUF's header (`synthetic_gguf.py header`: 1.8 MB,
-# weights synthesized there; the real file is over one call's 64 MiB).
+# weights synthesized there; the real file is over one call's 64 MiB);
+# the gateway's hibernation tier end to end (`thaw serve` scaling a GPU
+# model to zero and back: hibernated, resumed, same worker and output)
+# when THAW_GPU_GATEWAY names the thaw binary and the driver supports it.
 # Under 8 minutes on an H200 with SIZES="1 16".
 #
-#   [THAW_GPU_CHAT=GGUF|HEADER] bench/gpu/run.sh WORKER [OUT] [SIZES]
+#   [THAW_GPU_CHAT=GGUF|HEADER] [THAW_GPU_GATEWAY=THAW] bench/gpu/run.sh WORKER [OUT] [SIZES]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 worker="${1:?usage: bench/gpu/run.sh WORKER [OUT] [SIZES]}"
@@ -28,9 +31,12 @@ sizes="${3:-1 16}"
 # Python with PyTorch when the machine has one (its CUDA libraries serve the
 # worker too); any python3 otherwise.
 python="${THAW_GPU_PYTHON:-python3}"
-chat=()
+extra=()
 if [ -n "${THAW_GPU_CHAT:-}" ]; then
-  chat=(--chat "$THAW_GPU_CHAT")
+  extra=(--chat "$THAW_GPU_CHAT")
+fi
+if [ -n "${THAW_GPU_GATEWAY:-}" ]; then
+  extra+=(--gateway "$THAW_GPU_GATEWAY")
 fi
 # shellcheck disable=SC2086
-exec timeout 480 "$python" "$here/suite.py" --worker "$worker" --out "$out" --sizes-gb $sizes "${chat[@]}"
+exec timeout "${THAW_GPU_SUITE_TIMEOUT:-480}" "$python" "$here/suite.py" --worker "$worker" --out "$out" --sizes-gb $sizes "${extra[@]}"

@@ -446,12 +446,132 @@ def chat_decode(worker, device, gguf, max_tokens=128):
     }
 
 
+def http(address, method, path, body=None, timeout=120):
+    """One HTTP/1.1 request over TCP: (status, headers, body)."""
+    host, port = address.rsplit(":", 1)
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: thaw\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    s.sendall(head + data)
+    out = b""
+    while True:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        out += chunk
+    s.close()
+    raw_headers, payload = out.split(b"\r\n\r\n", 1)
+    lines = raw_headers.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+    if headers.get("transfer-encoding") == "chunked":
+        body_out, rest = b"", payload
+        while rest:
+            size, rest = rest.split(b"\r\n", 1)
+            n = int(size, 16)
+            if n == 0:
+                break
+            body_out, rest = body_out + rest[:n], rest[n + 2:]
+        payload = body_out
+    return int(lines[0].split()[1]), headers, payload
+
+
+def gateway_hibernation(worker, gateway, shape="large"):
+    """The gateway's hibernation tier on a real GPU: `thaw serve` with a
+    synthetic embedding model on `cuda`, scaled to zero after 2 s idle
+    (keep_template 1 h): its worker should hibernate instead of stopping,
+    and the next request resume the same process. Timings from the
+    gateway's own headers and status."""
+    with tempfile.TemporaryDirectory() as d:
+        model = os.path.join(d, "model")
+        made = synthetic_bert.make(model, shape)
+        config = os.path.join(d, "thaw.toml")
+        with open(config, "w") as f:
+            f.write(f"""[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+state_dir = "{d}/state"
+gpu_standby = 1
+
+[[models]]
+name = "synthetic"
+source = "{model}"
+kind = "embedding"
+device = "cuda"
+[models.scaling]
+min_instances = 0
+max_instances = 1
+keep_template = "1h"
+scale_to_zero_after = "2s"
+stable_window = "2s"
+panic_window = "1s"
+scale_down_delay = "1s"
+""")
+        g = Worker([gateway, "serve", "--config", config, "--worker-bin", worker], worker_env())
+        try:
+            _, ready = g.wait("ready", timeout=120)
+            public, admin = ready["address"], ready["admin"]
+            request = {"model": "synthetic", "input": ["the same words"]}
+            t = time.perf_counter()
+            status, headers, body = http(public, "POST", "/v1/embeddings", request)
+            first_ms = (time.perf_counter() - t) * 1e3
+            if status != 200:
+                return {**made, "error": f"first request {status}: {body[-300:]!r}"}
+            before = json.loads(body)["data"][0]["embedding"]
+            worker_before = headers.get("x-thaw-worker")
+            # Idle: the autoscaler scales to zero; wait for the tier change.
+            deadline = time.perf_counter() + 90
+            state, hibernated_after = None, None
+            t_idle = time.perf_counter()
+            while time.perf_counter() < deadline:
+                _, _, raw = http(admin, "GET", "/admin/status")
+                st = json.loads(raw)
+                instances = next(m for m in st["models"] if m["name"] == "synthetic")["instances"]
+                state = instances[0]["state"] if instances else "none"
+                if state in ("hibernated", "none"):
+                    hibernated_after = time.perf_counter() - t_idle
+                    break
+                time.sleep(0.2)
+            support = st.get("gpus", {}).get("hibernation")
+            if state != "hibernated":
+                return {**made, "hibernation": support, "state_after_idle": state,
+                        "error": "the worker did not hibernate"}
+            t = time.perf_counter()
+            status, headers, body = http(public, "POST", "/v1/embeddings", request)
+            resumed_ms = (time.perf_counter() - t) * 1e3
+            if status != 200:
+                return {**made, "error": f"request after hibernation {status}: {body[-300:]!r}"}
+            after = json.loads(body)["data"][0]["embedding"]
+            _, _, raw = http(admin, "GET", "/admin/status")
+            st = json.loads(raw)
+            instance = next(m for m in st["models"] if m["name"] == "synthetic")["instances"][0]
+        finally:
+            if g.p.poll() is None:
+                g.p.terminate()
+                try:
+                    g.p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    g.stop()
+    return {
+        **made,
+        "hibernation": support,
+        "first_request_ms": round(first_ms, 1),
+        "idle_to_hibernated_s": round(hibernated_after, 2),
+        "request_after_hibernation_ms": round(resumed_ms, 1),
+        "cold_start_header_ms": headers.get("x-thaw-cold-start-ms"),
+        "same_worker": headers.get("x-thaw-worker") == worker_before,
+        "started_from": instance.get("started_from"),
+        "same_output": max(abs(a - b) for a, b in zip(before, after)) < 1e-5,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--sizes-gb", type=float, nargs="*", default=[1, 16])
     ap.add_argument("--chat", help="SmolLM2's GGUF, or its header (synthetic_gguf.py header)")
+    ap.add_argument("--gateway", help="the thaw binary: the gateway's hibernation tier end to end")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     report = {"machine": {"host": platform.node(), "python": sys.version.split()[0], "cpus": os.cpu_count()}}
@@ -487,6 +607,13 @@ def main():
         step(report, "hibernate_resume", lambda: hibernate_resume(args.worker, "large"))
     else:
         report["hibernate_resume"] = {
+            "skipped": hibernation.get("reason") or "no GPU: nothing to hibernate"}
+    if not args.gateway:
+        report["gateway_hibernation"] = {"skipped": "no gateway binary given (--gateway)"}
+    elif gpus and hibernation.get("supported"):
+        step(report, "gateway_hibernation", lambda: gateway_hibernation(args.worker, args.gateway))
+    else:
+        report["gateway_hibernation"] = {
             "skipped": hibernation.get("reason") or "no GPU: nothing to hibernate"}
     if not args.chat:
         report["smollm2"] = {"skipped": "no SmolLM2 given (--chat: the GGUF or its header)"}

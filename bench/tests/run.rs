@@ -125,6 +125,11 @@ fn the_gpu_suite_says_why_without_a_gpu() {
     );
     assert_eq!(minilm["preregistered"]["registered"], false, "{standby}");
     assert!(minilm["preregistered"]["reason"].is_string(), "{standby}");
+    // The gateway's hibernation tier needs the thaw binary given.
+    assert!(
+        report["gateway_hibernation"]["skipped"].is_string(),
+        "{report}"
+    );
     // Hibernation needs a CUDA build on a GPU: the reason is the build's.
     assert!(
         report["hibernate_resume"]["skipped"]
