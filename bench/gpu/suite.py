@@ -188,37 +188,58 @@ class Worker:
         self.p.wait()
 
 
-def post_embeddings(sock, text):
-    """One /v1/embeddings request over a unix socket: the vector, after
-    checking the status (the body de-chunked if it came chunked)."""
-    body = json.dumps({"model": "synthetic", "input": [text]}).encode()
-    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(60)
-    s.connect(sock)
-    s.sendall(head + body)
-    data = b""
+def send(address, method, path, body=None, timeout=120):
+    """Opens a connection to `address` (`unix:PATH` or `HOST:PORT`) and
+    sends one HTTP/1.1 request with a JSON body: the socket, to read the
+    answer from."""
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: thaw\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+    if address.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(timeout)
+        s.connect(address[len("unix:"):])
+    else:
+        host, port = address.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=timeout)
+    s.sendall(head + data)
+    return s
+
+
+def http(address, method, path, body=None, timeout=120):
+    """One HTTP/1.1 request: (status, headers, body), the body de-chunked
+    if it came chunked."""
+    s = send(address, method, path, body, timeout)
+    out = b""
     while True:
         chunk = s.recv(1 << 16)
         if not chunk:
             break
-        data += chunk
+        out += chunk
     s.close()
-    status = int(data.split(b" ", 2)[1])
-    if status != 200:
-        raise RuntimeError(f"the embedding request answered {status}: {data[-300:]!r}")
-    headers, payload = data.split(b"\r\n\r\n", 1)
-    if b"transfer-encoding: chunked" in headers.lower():
-        out, rest = b"", payload
+    raw_headers, payload = out.split(b"\r\n\r\n", 1)
+    lines = raw_headers.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+    if headers.get("transfer-encoding") == "chunked":
+        body_out, rest = b"", payload
         while rest:
             size, rest = rest.split(b"\r\n", 1)
             n = int(size, 16)
             if n == 0:
                 break
-            out, rest = out + rest[:n], rest[n + 2:]
-        payload = out
-    return json.loads(payload)["data"][0]["embedding"]
+            body_out, rest = body_out + rest[:n], rest[n + 2:]
+        payload = body_out
+    return int(lines[0].split()[1]), headers, payload
+
+
+def post_embeddings(sock, text):
+    """One /v1/embeddings request over a unix socket: the vector, after
+    checking the status."""
+    status, _, body = http(f"unix:{sock}", "POST", "/v1/embeddings",
+                           {"model": "synthetic", "input": [text]}, timeout=60)
+    if status != 200:
+        raise RuntimeError(f"the embedding request answered {status}: {body[-300:]!r}")
+    return json.loads(body)["data"][0]["embedding"]
 
 
 def embed(sock, text="the quick brown fox"):
@@ -356,16 +377,11 @@ def stream_chat(sock, max_tokens, content="Write a long story about a lighthouse
     """One streamed /v1/chat/completions request (greedy) over a unix
     socket: (time to first content, seconds from first to last content,
     completion tokens)."""
-    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": content}],
-                       "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                       "stream_options": {"include_usage": True}}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(120)
-    s.connect(sock)
+    request = {"model": "smollm2", "messages": [{"role": "user", "content": content}],
+               "max_tokens": max_tokens, "temperature": 0, "stream": True,
+               "stream_options": {"include_usage": True}}
     start = time.perf_counter()
-    s.sendall(head + body)
+    s = send(f"unix:{sock}", "POST", "/v1/chat/completions", request)
     buf, first, last, tokens, status = b"", None, None, None, None
     while True:
         chunk = s.recv(1 << 16)
@@ -444,36 +460,6 @@ def chat_decode(worker, device, gguf, max_tokens=128):
         "four_streams_tokens_per_s": round(sum(f[2] for f in four) / together_s, 1),
         "four_streams_max_ttft_ms": round(max(f[0] for f in four) * 1e3, 2),
     }
-
-
-def http(address, method, path, body=None, timeout=120):
-    """One HTTP/1.1 request over TCP: (status, headers, body)."""
-    host, port = address.rsplit(":", 1)
-    data = json.dumps(body).encode() if body is not None else b""
-    head = (f"{method} {path} HTTP/1.1\r\nHost: thaw\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
-    s = socket.create_connection((host, int(port)), timeout=timeout)
-    s.sendall(head + data)
-    out = b""
-    while True:
-        chunk = s.recv(1 << 16)
-        if not chunk:
-            break
-        out += chunk
-    s.close()
-    raw_headers, payload = out.split(b"\r\n\r\n", 1)
-    lines = raw_headers.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
-    if headers.get("transfer-encoding") == "chunked":
-        body_out, rest = b"", payload
-        while rest:
-            size, rest = rest.split(b"\r\n", 1)
-            n = int(size, 16)
-            if n == 0:
-                break
-            body_out, rest = body_out + rest[:n], rest[n + 2:]
-        payload = body_out
-    return int(lines[0].split()[1]), headers, payload
 
 
 def gateway_hibernation(worker, gateway, shape="large"):

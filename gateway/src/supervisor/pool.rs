@@ -586,23 +586,26 @@ impl Pool {
         if request == DeviceRequest::Cpu {
             return Ok(None);
         }
-        // Standby processes on its GPUs register its weights ahead, for the
-        // activations after this one (asked once).
-        if let Some(weights) = weights_file(dir) {
-            self.standby.preregister(request, weights);
-        }
         let need = self
             .gpu_need
             .get_or_try_init(|| {
                 let (dir, kind, limit) =
                     (dir.to_path_buf(), self.spec.kind, self.spec.memory_limit);
+                let standby = self.standby.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || {
+                    let (need, weights) = tokio::task::spawn_blocking(move || {
                         let kind = kind.or_else(|| thaw_snapshot::detect_kind(&dir).ok());
-                        gpus::check::need(limit, kind, gpus::weights_bytes(&dir))
+                        let need = gpus::check::need(limit, kind, gpus::weights_bytes(&dir));
+                        (need, weights_file(&dir))
                     })
                     .await
-                    .map_err(|e| format!("sizing the snapshot: {e}"))
+                    .map_err(|e| format!("sizing the snapshot: {e}"))?;
+                    // Standby processes on its GPUs register its weights
+                    // ahead, for the activations after this one.
+                    if let Some(weights) = weights {
+                        standby.preregister(request, weights);
+                    }
+                    Ok::<u64, String>(need)
                 }
             })
             .await?;
