@@ -151,6 +151,63 @@ impl Client {
         Ok(stream)
     }
 
+    /// A `POST` of `body` that first asks for a go-ahead (`Expect:
+    /// 100-continue`) and sends the body only once it came: the interim
+    /// response's head, and the final response.
+    pub fn post_expecting_continue(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(String, Response)> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\
+             expect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        let mut stream = self.connect()?;
+        stream.write_all(head.as_bytes())?;
+        let interim = read_until(&mut stream, b"\r\n\r\n")?;
+        stream.write_all(body)?;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest)?;
+        Ok((
+            String::from_utf8_lossy(&interim).into_owned(),
+            parse(&rest)?,
+        ))
+    }
+
+    /// Sends several requests in one write (pipelined, HTTP/1.1) and reads
+    /// the responses to the connection's end (the last request should ask
+    /// for `connection: close`).
+    pub fn pipelined(&self, requests: &[Vec<u8>]) -> std::io::Result<Vec<Response>> {
+        let mut stream = self.connect()?;
+        stream.write_all(&requests.concat())?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf)?;
+        let mut responses = Vec::new();
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let end = rest
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .ok_or_else(|| invalid("no end of headers"))?
+                + 4;
+            let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| invalid("a pipelined response without content-length"))?;
+            let whole = rest
+                .get(..end + length)
+                .ok_or_else(|| invalid("truncated response"))?;
+            responses.push(parse(whole)?);
+            rest = &rest[end + length..];
+        }
+        Ok(responses)
+    }
+
     /// Sends raw bytes and reads the response to the connection's end.
     /// A server may answer and close before the whole request is written
     /// (a 413 decided from Content-Length): the write then fails, and the

@@ -99,4 +99,21 @@ fn a_chat_model_cold_starts_from_its_template() {
     assert_eq!(started_from(&g.status()), "template");
     // The forked worker generates what the first one did.
     assert_eq!(again.json()["choices"][0]["message"]["content"], text);
+
+    // An HTTP/1.0 client cannot read chunks: its stream comes
+    // close-delimited, the events as they are.
+    let body = json!({"model": "smollm2", "prompt": "Hi", "temperature": 0,
+                      "max_tokens": 3, "stream": true})
+    .to_string();
+    let raw = format!(
+        "POST /v1/completions HTTP/1.0\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = g.public.raw(raw.as_bytes()).expect("a response");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("transfer-encoding"), None);
+    let events = String::from_utf8_lossy(&r.body);
+    assert!(events.starts_with("data: {"), "{events}");
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
 }

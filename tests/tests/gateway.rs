@@ -397,6 +397,87 @@ fn a_body_larger_than_pingoras_replay_buffer_is_forwarded_whole() {
 }
 
 #[test]
+fn protocol_edges_each_get_one_proper_response() {
+    let g = gateway(
+        &(credit_score("[models.scaling]\nmin_instances = 1") + &minilm("")),
+        "",
+    );
+    let score = score_request().to_string();
+    let warm = g
+        .public
+        .post_json("/v2/models/credit-score/infer", &score_request());
+    assert_eq!(warm.status, 200, "{}", String::from_utf8_lossy(&warm.body));
+
+    // A 405 names the methods the path takes.
+    let r = g.public.get("/v1/embeddings");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    assert_eq!(r.json()["error"]["code"], "method_not_allowed");
+    let r = g.public.request("DELETE", "/v2/models/credit-score", None);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+
+    // A client that waits for a go-ahead before its body (curl does above
+    // 1 MiB): the gateway gives it, reads the body to find the model, and
+    // forwards it whole (past pingora's replay buffer) without passing the
+    // expectation on; the worker's answer is the only final response.
+    let mut body = br#"{"input": ["padded request"]"#.to_vec();
+    body.extend(std::iter::repeat_n(b' ', 100 * 1024));
+    body.extend_from_slice(br#", "model": "minilm"}"#);
+    for body in [&body[..], br#"{"input": "short", "model": "minilm"}"#] {
+        let (interim, r) = g
+            .public
+            .post_expecting_continue("/v1/embeddings", body)
+            .expect("answered");
+        assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.json()["data"][0]["embedding"].as_array().map(Vec::len),
+            Some(384)
+        );
+    }
+    // Streamed to a worker with a free slot, the worker gives the go-ahead.
+    let (interim, r) = g
+        .public
+        .post_expecting_continue("/v2/models/credit-score/infer", score.as_bytes())
+        .expect("answered");
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // A malformed chunk in a body streaming to a worker: a 400 in KServe's
+    // shape, not a closed connection.
+    let raw = b"POST /v2/models/credit-score/infer HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\
+                transfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n";
+    let r = g.public.raw(raw).expect("a response");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"].is_string());
+
+    // Requests pipelined on one connection are each answered, in order:
+    // streamed to the worker (KServe) and read by the gateway (OpenAI).
+    let request = |path: &str, body: &str, close: bool| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: t\r\n{}content-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            if close { "connection: close\r\n" } else { "" },
+            body.len()
+        )
+        .into_bytes()
+    };
+    let embed = json!({"input": "pipelined", "model": "minilm"}).to_string();
+    let responses = g
+        .public
+        .pipelined(&[
+            request("/v2/models/credit-score/infer", &score, false),
+            request("/v1/embeddings", &embed, false),
+            request("/v2/models/credit-score/infer", &score, true),
+        ])
+        .expect("answered");
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(responses[0].json()["outputs"], warm.json()["outputs"]);
+    assert!(responses[1].json()["data"][0]["embedding"].is_array());
+    assert_eq!(responses[2].json()["outputs"], warm.json()["outputs"]);
+}
+
+#[test]
 fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
     let capped = "[models.scaling]\nmin_instances = 1\nmax_instances = 1\nmax_concurrency = 1\ntarget_concurrency = 1\n";
     let g = gateway(&minilm(capped), "");

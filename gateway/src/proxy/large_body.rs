@@ -19,25 +19,33 @@ pub async fn forward(
     session: &mut Session,
     peer: &HttpPeer,
     body: Bytes,
-    decorate: impl FnOnce(&mut ResponseHeader) -> Result<()>,
+    decorate: impl FnOnce(&mut Session, &mut ResponseHeader) -> Result<()>,
 ) -> Result<u16> {
     let (mut upstream, _reused) = connector.get_http_session(peer).await?;
     let mut request = session.req_header().clone();
     request.insert_header("content-length", body.len().to_string())?;
     request.remove_header("transfer-encoding");
+    // The body is whole and sent at once: nothing to wait for.
+    request.remove_header("expect");
     upstream.write_request_header(Box::new(request)).await?;
     upstream.write_request_body(body, true).await?;
     upstream.finish_request_body().await?;
-    upstream.read_response_header().await?;
-    let Some(header) = upstream.response_header() else {
-        return Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
-            "the worker sent no response header",
-        );
+    // The final response, past any informational one.
+    let header = loop {
+        upstream.read_response_header().await?;
+        let Some(header) = upstream.response_header() else {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "the worker sent no response header",
+            );
+        };
+        if !header.status.is_informational() {
+            break header;
+        }
     };
     let mut header = header.clone();
     let status = header.status.as_u16();
-    decorate(&mut header)?;
+    decorate(session, &mut header)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;

@@ -53,6 +53,9 @@ pub struct Ctx {
     model: Option<Arc<Model>>,
     permit: Option<Permit>,
     cold: bool,
+    /// An HTTP/1.0 client: a response without a length is sent
+    /// close-delimited, never chunked.
+    http10: bool,
 }
 
 #[async_trait]
@@ -66,11 +69,17 @@ impl ProxyHttp for Gateway {
             model: None,
             permit: None,
             cold: false,
+            http10: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Requests a client pipelines on one connection are answered in
+        // order, one after another (RFC 9112 §9.3.2), instead of the
+        // next one's bytes ending this one.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         let header = session.req_header();
+        ctx.http10 = header.version == http::Version::HTTP_10;
         let method = header.method.as_str().to_string();
         let path = header.uri.path().to_string();
         let r = route(&method, &path);
@@ -153,11 +162,12 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        decorate(&self.metrics, ctx, upstream)
+        decorate(&self.metrics, ctx, upstream)?;
+        frame_for_client(session, ctx, upstream)
     }
 
     fn error_while_proxy(
@@ -180,18 +190,27 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
+        let err = match (e.etype(), e.esource()) {
+            // The client broke its request (a malformed chunk, data after
+            // its body) or stopped sending it; if it is still there, it
+            // reads why.
+            (ErrorType::ReadTimedout, pingora::ErrorSource::Downstream) => {
+                GatewayError::RequestTimeout("the request body stopped arriving".into())
+            }
+            (etype, pingora::ErrorSource::Downstream) => {
+                GatewayError::BadRequest(format!("reading the request: {}", etype.as_str()))
+            }
+            (etype, _) => {
+                GatewayError::BadGateway(format!("the worker failed: {}", etype.as_str()))
+            }
+        };
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                pingora::ErrorSource::Downstream => 0,
-                _ => 502,
-            },
+            _ => err.status(),
         };
-        if code > 0 && session.response_written().is_none() {
-            let err =
-                GatewayError::BadGateway(format!("the worker failed: {}", e.etype().as_str()));
+        if session.response_written().is_none() {
             if let Err(write) = respond::error(session, &err, ctx.openai).await {
-                tracing::debug!("writing the 502: {write}");
+                tracing::debug!("writing the {code}: {write}");
             }
         }
         ctx.permit = None;
@@ -290,6 +309,22 @@ impl Gateway {
         if declared_length(session).is_some_and(|n| n > limit) {
             return Err(GatewayError::TooLarge(limit));
         }
+        // The client waits for a go-ahead before it sends the body: give
+        // it here, and take the expectation off the request, which the
+        // worker then receives with its body already read.
+        let expects = session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects {
+            session
+                .as_downstream_mut()
+                .write_continue_response()
+                .await
+                .map_err(|e| GatewayError::BadRequest(format!("answering Expect: {e}")))?;
+            session.req_header_mut().remove_header("expect");
+        }
         session.enable_retry_buffering();
         let mut body = BytesMut::new();
         loop {
@@ -314,8 +349,9 @@ impl Gateway {
             );
         };
         let peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
-        let result = large_body::forward(&self.connector, session, &peer, body, |h| {
-            decorate(&self.metrics, ctx, h)
+        let result = large_body::forward(&self.connector, session, &peer, body, |s, h| {
+            decorate(&self.metrics, ctx, h)?;
+            frame_for_client(s, ctx, h)
         })
         .await;
         if let Err(e) = result {
@@ -387,8 +423,9 @@ impl Gateway {
                 return respond::error(session, &GatewayError::NotFound(path.to_string()), openai)
                     .await
             }
-            Route::MethodNotAllowed { .. } => {
-                return respond::error(session, &GatewayError::MethodNotAllowed, openai).await
+            Route::MethodNotAllowed { allow, .. } => {
+                return respond::error(session, &GatewayError::MethodNotAllowed(allow), openai)
+                    .await
             }
             Route::OpenAiBody | Route::V2Model(_) => {
                 return respond::error(session, &GatewayError::NotFound(path.to_string()), openai)
@@ -455,6 +492,22 @@ fn decorate(metrics: &Metrics, ctx: &Ctx, header: &mut ResponseHeader) -> Result
                 .with_label_values(&[model.config.name.as_str(), "first_response"])
                 .observe(permit.held().as_secs_f64());
         }
+    }
+    Ok(())
+}
+
+/// An HTTP/1.0 client cannot read a chunked body: a response without a
+/// length goes to it close-delimited (the connection then ends with it).
+fn frame_for_client(session: &mut Session, ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
+    let chunked = header
+        .headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    if ctx.http10 && chunked {
+        header.remove_header("transfer-encoding");
+        header.remove_header("content-length");
+        header.insert_header("connection", "close")?;
+        session.set_keepalive(None);
     }
     Ok(())
 }

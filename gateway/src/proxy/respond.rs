@@ -22,8 +22,10 @@ pub enum GatewayError {
     UnknownModel(String),
     /// No such route (404).
     NotFound(String),
-    /// Wrong method (405).
-    MethodNotAllowed,
+    /// Wrong method (405), with the methods the path takes.
+    MethodNotAllowed(&'static str),
+    /// The client stopped sending its body (408).
+    RequestTimeout(String),
     /// Shed: queue full or the wait would miss the deadline (429).
     Shed {
         /// Why.
@@ -69,7 +71,8 @@ impl GatewayError {
             GatewayError::BadRequest(_) => 400,
             GatewayError::TooLarge(_) => 413,
             GatewayError::UnknownModel(_) | GatewayError::NotFound(_) => 404,
-            GatewayError::MethodNotAllowed => 405,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::RequestTimeout(_) => 408,
             GatewayError::Shed { .. } => 429,
             GatewayError::QueueTimeout => 504,
             GatewayError::Unavailable { .. } => 503,
@@ -79,11 +82,15 @@ impl GatewayError {
 
     fn message(&self) -> String {
         match self {
-            GatewayError::BadRequest(m) | GatewayError::BadGateway(m) => m.clone(),
+            GatewayError::BadRequest(m)
+            | GatewayError::BadGateway(m)
+            | GatewayError::RequestTimeout(m) => m.clone(),
             GatewayError::TooLarge(n) => format!("request body is larger than {n} bytes"),
             GatewayError::UnknownModel(m) => format!("model {m:?} does not exist"),
             GatewayError::NotFound(p) => format!("no route for {p}"),
-            GatewayError::MethodNotAllowed => "method not allowed on this path".into(),
+            GatewayError::MethodNotAllowed(allow) => {
+                format!("method not allowed on this path (allowed: {allow})")
+            }
             GatewayError::Shed {
                 reason,
                 retry_after,
@@ -115,7 +122,8 @@ impl GatewayError {
             GatewayError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             GatewayError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
             GatewayError::NotFound(_) => ("invalid_request_error", "not_found"),
-            GatewayError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            GatewayError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
+            GatewayError::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             GatewayError::Shed { .. } => ("rate_limit_error", "overloaded"),
             GatewayError::QueueTimeout => ("server_error", "queue_timeout"),
             GatewayError::Unavailable { .. } => ("server_error", "unavailable"),
@@ -159,6 +167,9 @@ pub async fn error(session: &mut Session, error: &GatewayError, openai: bool) ->
     let mut extra = vec![("x-thaw-worker", "gateway".to_string())];
     if let Some(secs) = error.retry_after() {
         extra.push(("retry-after", secs.to_string()));
+    }
+    if let GatewayError::MethodNotAllowed(allow) = error {
+        extra.push(("allow", allow.to_string()));
     }
     json(session, error.status(), &error.body(openai), &extra).await
 }

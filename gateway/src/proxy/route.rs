@@ -29,6 +29,8 @@ pub enum Route {
     MethodNotAllowed {
         /// Whether the path is under `/v1`.
         openai: bool,
+        /// The methods it takes (the `Allow` header).
+        allow: &'static str,
     },
 }
 
@@ -42,7 +44,8 @@ pub fn route(method: &str, path: &str) -> Route {
         if method == wanted || (wanted == "GET" && method == "HEAD") {
             ok
         } else {
-            Route::MethodNotAllowed { openai }
+            let allow = if wanted == "GET" { "GET, HEAD" } else { "POST" };
+            Route::MethodNotAllowed { openai, allow }
         }
     };
     if OPENAI_POSTS.contains(&path) {
@@ -87,14 +90,20 @@ mod tests {
             (
                 "GET",
                 "/v1/embeddings",
-                Route::MethodNotAllowed { openai: true },
+                Route::MethodNotAllowed {
+                    openai: true,
+                    allow: "POST",
+                },
             ),
             ("GET", "/v1/models", Route::OpenAiModels),
             ("HEAD", "/v1/models", Route::OpenAiModels),
             (
                 "POST",
                 "/v1/models",
-                Route::MethodNotAllowed { openai: true },
+                Route::MethodNotAllowed {
+                    openai: true,
+                    allow: "GET, HEAD",
+                },
             ),
             ("GET", "/v1/nothing", Route::NotFound { openai: true }),
             ("GET", "/v2", Route::V2Server),
@@ -118,7 +127,10 @@ mod tests {
             (
                 "GET",
                 "/v2/models/minilm/infer",
-                Route::MethodNotAllowed { openai: false },
+                Route::MethodNotAllowed {
+                    openai: false,
+                    allow: "POST",
+                },
             ),
             (
                 "POST",

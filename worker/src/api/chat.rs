@@ -28,6 +28,7 @@ use super::{parse_json, read_body, ApiError, AppState, Backend, OpenAiError};
 use crate::models::chat::{
     ChatMessage, ChatModel, Event, Finish, Generation, Sampling, StreamDecoder,
 };
+use crate::models::ModelError;
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -45,7 +46,8 @@ enum Api {
 /// A checked generation request.
 #[derive(Debug)]
 struct Checked {
-    prompt: String,
+    /// The prompt's ids.
+    prompt: Vec<u32>,
     stream: bool,
     include_usage: bool,
     max_tokens: Option<usize>,
@@ -101,10 +103,7 @@ async fn generate(
         .into());
     };
     let checked = check(&fields, api, model)?;
-    let prompt = model
-        .tokenizer
-        .encode(&checked.prompt)
-        .map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))?;
+    let prompt = checked.prompt;
     let context = model.context();
     if prompt.is_empty() {
         return Err(bad("the prompt is empty".into()).into());
@@ -155,20 +154,36 @@ fn bad(message: String) -> ApiError {
     ApiError::BadRequest(message)
 }
 
-/// Checks every field this API reads; renders the prompt.
+/// The ids of a completions prompt: raw text, whose control tokens' names
+/// are those tokens (the caller writes its own template).
+fn encode_raw(model: &ChatModel, prompt: &str) -> Result<Vec<u32>, ApiError> {
+    model
+        .tokenizer
+        .encode(prompt)
+        .map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))
+}
+
+/// Checks every field this API reads; renders and tokenizes the prompt.
 fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Checked, ApiError> {
     let prompt = match api {
         Api::Chat => {
             let messages = messages(fields.get("messages"))?;
-            model
+            let prompt = model
                 .template
-                .render(&messages, true)
-                .map_err(|e| bad(e.to_string()))?
+                .render_prompt(&messages, true)
+                .map_err(|e| bad(e.to_string()))?;
+            model
+                .tokenizer
+                .encode_prompt(&prompt, &messages)
+                .map_err(|e| match e {
+                    ModelError::Inference(why) => bad(why),
+                    other => bad(other.to_string()),
+                })?
         }
         Api::Completions => match fields.get("prompt") {
-            Some(Value::String(p)) => p.clone(),
+            Some(Value::String(p)) => encode_raw(model, p)?,
             Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
-                items[0].as_str().unwrap_or_default().to_string()
+                encode_raw(model, items[0].as_str().unwrap_or_default())?
             }
             None | Some(Value::Null) => {
                 return Err(bad("missing required parameter: 'prompt'".into()))

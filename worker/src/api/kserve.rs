@@ -223,18 +223,26 @@ fn element_count(shape: &[i64]) -> Result<usize, ApiError> {
     })
 }
 
-/// Flattens row-major nested arrays into leaves.
-fn flatten(data: &Value, out: &mut Vec<Value>) {
-    match data {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        leaf => out.push(leaf.clone()),
-    }
-}
-
+/// The data's elements in row-major order: given flat, or nested exactly
+/// as the shape is (every level as long as its dimension, leaves at the
+/// last); anything else is refused, so that ragged rows cannot shift
+/// values into other columns.
 fn leaves(input: &InferInput) -> Result<Vec<Value>, ApiError> {
-    let mut out = Vec::new();
-    flatten(&input.data, &mut out);
     let declared = element_count(&input.shape)?;
+    let out = match &input.data {
+        Value::Array(items) if items.iter().all(|v| !v.is_array()) => items.clone(),
+        nested => {
+            let mut out = Vec::with_capacity(declared);
+            if !unnest(nested, &input.shape, &mut out) {
+                return Err(ApiError::BadRequest(format!(
+                    "input {:?} nests its data unlike its shape {:?}: give the data \
+                     flat in row-major order, or nested exactly as the shape",
+                    input.name, input.shape
+                )));
+            }
+            out
+        }
+    };
     if out.len() != declared {
         return Err(ApiError::BadRequest(format!(
             "input {:?} has shape {:?} ({declared} elements) but {} data elements",
@@ -244,6 +252,20 @@ fn leaves(input: &InferInput) -> Result<Vec<Value>, ApiError> {
         )));
     }
     Ok(out)
+}
+
+/// Collects the leaves of `data` nested as `shape`; false where it is not.
+fn unnest(data: &Value, shape: &[i64], out: &mut Vec<Value>) -> bool {
+    match (data, shape.split_first()) {
+        (Value::Array(items), Some((&dim, rest))) if i64::try_from(items.len()) == Ok(dim) => {
+            items.iter().all(|item| unnest(item, rest, out))
+        }
+        (Value::Array(_), _) | (_, Some(_)) => false,
+        (leaf, None) => {
+            out.push(leaf.clone());
+            true
+        }
+    }
 }
 
 fn check_batch(n: usize, max_inputs: usize) -> Result<(), ApiError> {
@@ -380,6 +402,12 @@ mod tests {
             input("features", "FP32", &[11, 2], json!(vec![0; 22])),
             input("features", "FP32", &[-1, 2], json!([1, 2])),
             input("features", "FP32", &[1, 2], json!([1, 1e300])),
+            // Ragged rows with the right total, and nesting unlike the shape.
+            input("features", "FP32", &[2, 2], json!([[1, 2, 3], [4]])),
+            input("features", "FP32", &[2, 2], json!([[1, 2], 3, 4])),
+            input("features", "FP32", &[1, 2], json!([[[1, 2]]])),
+            input("features", "FP32", &[2, 2], json!([[[1, 2], [3, 4]]])),
+            input("features", "FP32", &[1, 2], json!(3)),
         ];
         for (i, c) in cases.iter().enumerate() {
             assert!(rows_of(c, "features", 2, 10).is_err(), "case {i} accepted");
@@ -400,5 +428,6 @@ mod tests {
         )
         .is_err());
         assert!(texts_of(&input("text", "BYTES", &[5], json!(vec!["a"; 5])), 4).is_err());
+        assert!(texts_of(&input("text", "BYTES", &[2], json!([["a", "b"]])), 4).is_err());
     }
 }

@@ -13,7 +13,7 @@ pub mod tokenizer;
 use std::path::{Path, PathBuf};
 
 pub use engine::{Engine, Event, Finish, Generation, Sampling};
-pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use template::{ChatMessage, ChatTemplate, Prompt, TemplateError};
 pub use tokenizer::{ChatTokenizer, GgufVocab, StreamDecoder};
 
 use candle_core::quantized::gguf_file::Content;
@@ -196,10 +196,9 @@ impl ChatModel {
     /// (a template warms up single-threaded), touching every weight page.
     pub fn warm_up(&self, inputs: &[String]) -> Result<(), ModelError> {
         for input in inputs {
-            let prompt = self
-                .template
-                .render(&[ChatMessage::new("user", input.as_str())], true)?;
-            let ids = self.tokenizer.encode(&prompt)?;
+            let messages = [ChatMessage::new("user", input.as_str())];
+            let prompt = self.template.render_prompt(&messages, true)?;
+            let ids = self.tokenizer.encode_prompt(&prompt, &messages)?;
             let mut cache = self.decoder.new_cache();
             let mut steps = [Step {
                 cache: &mut cache,

@@ -13,6 +13,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
+use super::template::{ChatMessage, Prompt};
 use crate::models::ModelError;
 
 /// GGUF's token type for control tokens (`<|im_start|>`, `<|endoftext|>`…).
@@ -94,6 +95,9 @@ impl GgufVocab {
 /// A byte-level BPE tokenizer with the ids a generator needs.
 pub struct ChatTokenizer {
     inner: Tokenizer,
+    /// The same, with control tokens' names read as plain text (for the
+    /// caller's text in a prompt).
+    plain: Tokenizer,
     /// Each token's bytes as it decodes (a control token: its text).
     bytes: Vec<Vec<u8>>,
     control: Vec<bool>,
@@ -140,6 +144,8 @@ impl ChatTokenizer {
             .map(|(token, _)| AddedToken::from(token.clone(), true))
             .collect();
         inner.add_special_tokens(&special);
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
 
         let alphabet = byte_alphabet();
         let bytes = vocab
@@ -158,6 +164,7 @@ impl ChatTokenizer {
         }
         Ok(ChatTokenizer {
             inner,
+            plain,
             bytes,
             control: vocab.control,
             eos: vocab.eos,
@@ -174,6 +181,55 @@ impl ChatTokenizer {
             .encode_fast(text, false)
             .map_err(|e| ModelError::Inference(format!("tokenizing: {e}")))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The ids of `text` read as plain text: a control token's name in it
+    /// is tokenized like any other text.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let encoding = self
+            .plain
+            .encode_fast(text, false)
+            .map_err(|e| ModelError::Inference(format!("tokenizing: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The ids of a rendered prompt: its messages' contents as plain text
+    /// ([`Self::encode_text`]), the template's text around them with its
+    /// control tokens ([`Self::encode`]). A prompt whose contents could not
+    /// be located is refused if a content names a control token, which could
+    /// otherwise forge a turn.
+    pub fn encode_prompt(
+        &self,
+        prompt: &Prompt,
+        messages: &[ChatMessage],
+    ) -> Result<Vec<u32>, ModelError> {
+        if !prompt.located {
+            for (i, m) in messages.iter().enumerate() {
+                if let Some(name) = self.control_name_in(&m.content) {
+                    return Err(ModelError::Inference(format!(
+                        "messages[{i}].content contains the control token {name:?}, which this \
+                         model's chat template does not let thaw keep as text"
+                    )));
+                }
+            }
+        }
+        let mut ids = Vec::new();
+        let mut at = 0;
+        for range in &prompt.contents {
+            ids.extend(self.encode(&prompt.text[at..range.start])?);
+            ids.extend(self.encode_text(&prompt.text[range.clone()])?);
+            at = range.end;
+        }
+        ids.extend(self.encode(&prompt.text[at..])?);
+        Ok(ids)
+    }
+
+    /// The first control token whose name `text` contains.
+    fn control_name_in(&self, text: &str) -> Option<String> {
+        (0..self.control.len())
+            .filter(|&id| self.control[id])
+            .filter_map(|id| self.inner.id_to_token(id as u32))
+            .find(|name| text.contains(name.as_str()))
     }
 
     /// The text of `ids`; control tokens are left out when
