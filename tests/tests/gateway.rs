@@ -322,10 +322,14 @@ fn a_worker_killed_mid_request_yields_a_502_and_a_replacement() {
         .collect();
     let client = g.public.clone();
     let request = std::thread::spawn(move || {
-        client.post_json(
-            "/v1/embeddings",
-            &json!({"model": "minilm", "input": texts}),
-        )
+        // On a connection the client would keep.
+        let body = json!({"model": "minilm", "input": texts}).to_string();
+        let raw = format!(
+            "POST /v1/embeddings HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.raw(raw.as_bytes()).expect("a response")
     });
     wait_status(&g, "minilm", "the request in flight", |s| {
         s["in_flight"] == 1
@@ -338,6 +342,8 @@ fn a_worker_killed_mid_request_yields_a_502_and_a_replacement() {
     let r = request.join().expect("client");
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["error"]["code"], "worker_failed");
+    // The gateway ends the connection after it, and says so.
+    assert_eq!(r.header("connection"), Some("close"));
     wait_status(&g, "minilm", "a replacement", |s| {
         s["ready_instances"] == 1
             && !s["instances"]

@@ -260,6 +260,76 @@ fn a_bad_file_is_refused_whole_with_file_line_and_field_and_the_old_config_serve
 }
 
 #[test]
+fn a_replacement_that_cannot_start_changes_nothing_even_at_zero_instances() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = copy_credit_score(&dir.path().join("cs"));
+    let tabular = |source: &std::path::Path| {
+        config(
+            dir.path(),
+            "",
+            &credit_score("cs", Some(source), "kind = \"tabular\""),
+        )
+    };
+    let g = Served::start(dir.path(), &tabular(&source));
+    let first = g.score("cs");
+    assert_eq!(first.status, 200);
+
+    // Another model's files under the same kind: they build into a
+    // snapshot, but no tabular worker starts from it. The model's floor is
+    // zero, so only a start proves the new version.
+    g.rewrite(&tabular(&thaw_tests::registry_model("all-MiniLM-L6-v2")));
+    let r = g.reload();
+    let body = r.json();
+    assert_eq!(body["result"], "failed", "{body}");
+    assert!(body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("cannot start")));
+    assert_eq!(g.status()["config"]["version"], 1);
+    assert_eq!(g.score("cs").json(), first.json());
+
+    // The running version still starts from its own snapshot: with its
+    // worker and template gone, the next request is served cold.
+    let running = pids(&g.model("cs").expect("cs"));
+    assert!(!running.is_empty());
+    for pid in &running {
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill");
+    }
+    wait_gone(&running, "cs's processes");
+    let again = g.score("cs");
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.json(), first.json());
+
+    // A replacement that starts takes over, and only its snapshot is kept.
+    let copy = copy_credit_score(&dir.path().join("copy"));
+    g.rewrite(&tabular(&copy));
+    let body = g.reload().json();
+    assert_eq!(body["result"], "ok", "{body}");
+    assert_eq!(g.score("cs").json(), first.json());
+    let snapshots = dir.path().join("state/snapshots");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(&snapshots)
+            .expect("snapshots")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("cs"))
+            .collect();
+        if left.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old snapshots left: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_restart_only_change_is_refused_and_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let text = config(dir.path(), "", &credit_score("credit-score", None, ""));

@@ -249,6 +249,16 @@ impl Models {
         })
     }
 
+    /// Removes `model`'s snapshot directories other than `keep`, in the
+    /// background.
+    pub fn prune_snapshots(&self, model: &str, keep: Option<&std::path::Path>) {
+        let snapshots = self.rt.paths.snapshots.clone();
+        let (model, keep) = (model.to_string(), keep.map(std::path::Path::to_path_buf));
+        self.handle.spawn_blocking(move || {
+            crate::supervisor::snapshots::prune(&snapshots, &model, keep.as_deref());
+        });
+    }
+
     /// Takes a model that left the map out of service: `Replaced` turns
     /// its queued requests back to the router (they find the successor),
     /// `Removed` serves them first; either way requests in flight finish on
@@ -334,6 +344,20 @@ impl Model {
             fingerprint: self.fingerprint,
             control: self.control.clone(),
         })
+    }
+
+    /// Holds at least `floor` instances (a reload proving that a new
+    /// version starts, whatever its own floor), or, with `None`, the
+    /// config's floor again.
+    pub fn hold_floor(&self, floor: Option<u32>) {
+        let scaling = self.config.scaling.clone();
+        self.control.knobs.send_modify(|k| {
+            *k = scaling;
+            if let Some(floor) = floor {
+                k.min_instances = k.min_instances.max(floor);
+                k.max_instances = k.max_instances.max(k.min_instances);
+            }
+        });
     }
 
     /// Stops the pool: it drains its instances and stops them and the

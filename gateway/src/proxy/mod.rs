@@ -209,6 +209,8 @@ impl ProxyHttp for Gateway {
             _ => err.status(),
         };
         if session.response_written().is_none() {
+            // The connection ends with this answer: say so.
+            session.set_keepalive(None);
             if let Err(write) = respond::error(session, &err, ctx.openai).await {
                 tracing::debug!("writing the {code}: {write}");
             }

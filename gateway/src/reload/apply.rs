@@ -38,17 +38,22 @@ pub async fn apply(
             .map_or(0, |v| v.fingerprint)
     };
 
-    // Beside the old versions: start the replacements, wait for them.
+    // Beside the old versions: start the replacements and the new models,
+    // each with at least one instance (whatever its floor: a version that
+    // cannot start must not take over), and wait for them.
     let mut fresh: Vec<Arc<Model>> = Vec::new();
-    for m in &plan.replaced {
-        fresh.push(models.launch(m, health, fingerprint_of(m)));
+    for m in plan.replaced.iter().chain(&plan.added) {
+        let model = models.launch(m, health, fingerprint_of(m));
+        model.hold_floor(Some(1));
+        fresh.push(model);
     }
     for model in &fresh {
         // Dropping `fresh` on an error stops what was started.
         ready(model, ready_timeout).await?;
     }
-    for m in &plan.added {
-        fresh.push(models.launch(m, health, fingerprint_of(m)));
+    for model in &fresh {
+        // Proven: its own floor from now on (an idle one scales to zero).
+        model.hold_floor(None);
     }
 
     let mut next: HashMap<String, Arc<Model>> = HashMap::new();
@@ -73,6 +78,11 @@ pub async fn apply(
         if let Some(old) = current.get(&m.name) {
             models.retire(old.clone(), Retire::Replaced);
         }
+        // The old version starts nothing more: only the new one's snapshot
+        // stays.
+        if let Some(new) = models.get(&m.name) {
+            models.prune_snapshots(&m.name, new.pool.snapshot_dir().as_deref());
+        }
     }
     Ok(plan.changes())
 }
@@ -94,11 +104,10 @@ async fn fingerprints(models: &[ModelConfig]) -> Result<Vec<Version>, String> {
     .map_err(|e| format!("reading the models' sources: {e}"))
 }
 
-/// Waits until `model` has its `min_instances` ready (at once when that is
-/// zero: it starts on demand like any model at zero). A start failure or
-/// the timeout fails the reload.
+/// Waits until `model` has its `min_instances` ready, and at least one. A
+/// start failure or the timeout fails the reload.
 async fn ready(model: &Model, timeout: Duration) -> Result<(), String> {
-    let want = model.config.scaling.min_instances as usize;
+    let want = (model.config.scaling.min_instances as usize).max(1);
     let name = &model.config.name;
     let mut activity = model.admission.activity();
     let mut check = tokio::time::interval(Duration::from_millis(100));

@@ -249,6 +249,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
             fds,
             upgrade_sock: upgrade_sock.display().to_string(),
             live,
+            models: models.clone(),
         }),
     });
 

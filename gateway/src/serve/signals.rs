@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::announce;
 use super::listeners::{SharedFds, Tracker};
+use crate::models::Models;
 use crate::reload::Live;
 
 /// The gateway's answer to stop signals (pingora's `RunArgs`).
@@ -30,7 +31,13 @@ pub struct Signals {
     pub upgrade_sock: String,
     /// The grace period, as reloaded.
     pub live: Arc<Live>,
+    /// The models, whose queues are answered when the grace period ends.
+    pub models: Arc<Models>,
 }
+
+/// How long the requests still queued when the grace period ends have for
+/// their 503s to be written.
+const LAST_ANSWERS: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A stop signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +109,26 @@ impl Signals {
         let grace = self.live.shutdown_grace();
         announce(json!({"event": "draining", "connections": self.tracker.open()}));
         self.drain.send_replace(true);
-        if !self.tracker.drained_within(grace).await {
+        if self.tracker.drained_within(grace).await {
+            return;
+        }
+        // Requests still waiting for a slot will not get one: each is
+        // answered 503 with Retry-After (another instance of the service
+        // can take it) instead of a closed connection.
+        let mut queued = 0;
+        for model in self.models.all() {
+            queued += model.admission.stats().queue_depth;
+            model.admission.close();
+        }
+        tracing::warn!(
+            open = self.tracker.open(),
+            queued,
+            "the grace period ({grace:?}) is over: queued requests are refused"
+        );
+        if !self.tracker.drained_within(LAST_ANSWERS).await {
             tracing::warn!(
                 open = self.tracker.open(),
-                "connections still open after the grace period ({grace:?}): closing them"
+                "connections still open after the grace period: closing them"
             );
         }
     }

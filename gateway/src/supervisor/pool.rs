@@ -545,6 +545,11 @@ impl Pool {
         picked
     }
 
+    /// The snapshot directory its workers start from, once prepared.
+    pub fn snapshot_dir(&self) -> Option<PathBuf> {
+        self.prepared.get().cloned()
+    }
+
     /// The snapshot workers start from, built from the source on first use.
     async fn snapshot(self: &Arc<Self>) -> Result<(PathBuf, &'static str), String> {
         let mut tier = "snapshot";

@@ -18,8 +18,10 @@ pub struct Prepared {
 }
 
 /// Returns a usable snapshot of `source` for `model`, building it into
-/// `snapshots/<model>` when missing or stale. Blocking: run it off the
-/// async threads.
+/// `snapshots/<model>-<source hash>` when missing: each version of a
+/// source has its own directory, so a version being replaced (or a
+/// replacement that fails) keeps starting from its own weights. Blocking:
+/// run it off the async threads.
 pub fn prepare(
     source: &Path,
     kind: Option<ModelKind>,
@@ -33,8 +35,8 @@ pub fn prepare(
             built_in: None,
         });
     }
-    let out = snapshots.join(model);
     let source_hash = thaw_snapshot::hash::hash_tree(source)?;
+    let out = snapshots.join(format!("{model}-{}", &source_hash[..HASH_CHARS]));
     let fresh = thaw_snapshot::open(&out, kind)
         .map(|m| m.source.hash == source_hash)
         .unwrap_or(false);
@@ -56,6 +58,33 @@ pub fn prepare(
         dir: out,
         built_in: Some(start.elapsed()),
     })
+}
+
+/// Hex digits of the source's hash in a snapshot directory's name.
+const HASH_CHARS: usize = 16;
+
+/// Removes `model`'s snapshot directories other than `keep` (those of
+/// sources it no longer serves, and the one-per-model directory of earlier
+/// builds). Blocking.
+pub fn prune(snapshots: &Path, model: &str, keep: Option<&Path>) {
+    let Ok(entries) = std::fs::read_dir(snapshots) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name == model
+            || name
+                .strip_prefix(model)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|h| h.len() == HASH_CHARS && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let path = entry.path();
+        if ours && keep != Some(path.as_path()) {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(model, path = %path.display(), "removing an old snapshot: {e}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -82,7 +111,18 @@ mod tests {
         std::fs::write(source.join("notes.txt"), "changed").expect("change the source");
         let rebuilt = prepare(&source, None, &snaps, "cs").expect("rebuilt");
         assert!(rebuilt.built_in.is_some(), "a changed source is rebuilt");
+        // Beside the first version's, which is left as it was.
+        assert_ne!(rebuilt.dir, first.dir);
+        thaw_snapshot::open(&first.dir, None).expect("the first version is intact");
         let direct = prepare(&first.dir, None, &snaps, "other").expect("a snapshot as source");
         assert_eq!(direct.dir, first.dir);
+
+        // Pruning keeps the version in use, and other models' snapshots
+        // (even a name that starts like this one's).
+        let other = prepare(&source, None, &snaps, "cs-2").expect("built");
+        std::fs::create_dir_all(snaps.join("cs")).expect("an old-layout directory");
+        prune(&snaps, "cs", Some(&rebuilt.dir));
+        assert!(!first.dir.exists() && !snaps.join("cs").exists());
+        assert!(rebuilt.dir.is_dir() && other.dir.is_dir());
     }
 }
