@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use thaw_tests::served::Slow;
 use thaw_tests::{bin, registry_model, repo_root, Client, Proc};
 
 const START: Duration = Duration::from_secs(60);
@@ -355,6 +356,62 @@ fn a_worker_killed_mid_request_yields_a_502_and_a_replacement() {
         &json!({"model": "minilm", "input": "again"}),
     );
     assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn a_request_that_cannot_connect_to_its_worker_goes_to_another() {
+    let g = gateway(
+        &minilm("[models.scaling]\nmin_instances = 2\nmax_instances = 2\n"),
+        "",
+    );
+    wait_status(&g, "minilm", "two instances", |s| s["ready_instances"] == 2);
+    // Two requests in flight, one on each instance; the first went to the
+    // earliest ready one, which new requests go to on a tie.
+    let body = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                  "data": ["held"]}]})
+    .to_string();
+    let path = "/v2/models/minilm/infer";
+    let held = |n: usize| {
+        let slow = Slow::start(g.public.address(), path, body.as_bytes());
+        let s = wait_status(&g, "minilm", "the request in flight", |s| {
+            s["in_flight"] == n
+        });
+        (slow, s)
+    };
+    let (first, s) = held(1);
+    let earliest = s["instances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["in_flight"] == 1))
+        .and_then(|i| i["id"].as_u64())
+        .expect("the instance holding the first request");
+    let (second, _) = held(2);
+    // The earliest loses its socket's listener, as a worker that died an
+    // instant ago (before the supervisor saw it exit) has; its one
+    // connection is busy, so a request for it must connect anew.
+    let run = std::fs::read_dir(g._dir.path().join("state"))
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
+        })
+        .expect("the sockets directory");
+    std::fs::remove_file(run.join(format!("minilm-{earliest}.sock"))).expect("socket removed");
+    // Sent to the other one instead: served, not a 502.
+    let r = g.public.post_json(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": "after the failure"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_ne!(
+        r.header("x-thaw-worker"),
+        Some(format!("minilm/{earliest}").as_str())
+    );
+    for slow in [first, second] {
+        assert_eq!(slow.finish().expect("answered").status, 200);
+    }
+    assert_eq!(status(&g, "minilm")["ready_instances"], 1);
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub struct Ctx {
     /// An HTTP/1.0 client: a response without a length is sent
     /// close-delimited, never chunked.
     http10: bool,
+    /// Why a request sent on after a failed connection got no other slot.
+    refusal: Option<GatewayError>,
 }
 
 #[async_trait]
@@ -70,6 +72,7 @@ impl ProxyHttp for Gateway {
             permit: None,
             cold: false,
             http10: false,
+            refusal: None,
         }
     }
 
@@ -148,7 +151,25 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let (None, Some(model)) = (&ctx.permit, ctx.model.clone()) {
+            // Sent on after a failed connection: another slot, within what
+            // is left of the request's queue deadline.
+            let left =
+                deadline(session, model.config.queue.timeout).saturating_sub(ctx.start.elapsed());
+            match model.admission.acquire(left).await {
+                Ok(permit) => ctx.permit = Some(permit),
+                Err(rejection) => {
+                    let refusal = GatewayError::from(rejection);
+                    let status = refusal.status();
+                    ctx.refusal = Some(refusal);
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(status),
+                        "no other slot after a failed connection",
+                    );
+                }
+            }
+        }
         let Some(permit) = ctx.permit.as_ref() else {
             return Error::e_explain(
                 ErrorType::InternalError,
@@ -168,6 +189,35 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         decorate(&self.metrics, ctx, upstream)?;
         frame_for_client(session, ctx, upstream)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // No listener on the worker's socket: it died and the supervisor
+        // has not seen the exit yet (its requests fail at once, so it would
+        // look least loaded). Nothing reached it: take it out of routing
+        // (the supervisor replaces it; a live one that lost its socket
+        // fails its health checks) and send the request to another slot.
+        if matches!(
+            e.etype(),
+            ErrorType::ConnectRefused | ErrorType::ConnectError
+        ) {
+            if let (Some(model), Some(permit)) = (&ctx.model, ctx.permit.take()) {
+                model.admission.remove_instance(permit.instance());
+                tracing::warn!(
+                    model = %model.config.name,
+                    instance = permit.instance().0,
+                    "no listener on a ready worker's socket: sending the request elsewhere"
+                );
+                e.set_retry(true);
+            }
+        }
+        e
     }
 
     fn error_while_proxy(
@@ -190,17 +240,18 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Ctx,
     ) -> pingora::proxy::FailToProxy {
-        let err = match (e.etype(), e.esource()) {
+        let err = match (ctx.refusal.take(), e.etype(), e.esource()) {
+            (Some(refusal), ..) => refusal,
             // The client broke its request (a malformed chunk, data after
             // its body) or stopped sending it; if it is still there, it
             // reads why.
-            (ErrorType::ReadTimedout, pingora::ErrorSource::Downstream) => {
+            (None, ErrorType::ReadTimedout, pingora::ErrorSource::Downstream) => {
                 GatewayError::RequestTimeout("the request body stopped arriving".into())
             }
-            (etype, pingora::ErrorSource::Downstream) => {
+            (None, etype, pingora::ErrorSource::Downstream) => {
                 GatewayError::BadRequest(format!("reading the request: {}", etype.as_str()))
             }
-            (etype, _) => {
+            (None, etype, _) => {
                 GatewayError::BadGateway(format!("the worker failed: {}", etype.as_str()))
             }
         };
