@@ -8,20 +8,21 @@ use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-/// Sends the request header and `body` to `peer`, then streams the
-/// response to the client with `decorate` applied to its header. Returns
-/// the response status.
+/// Sends the request header and `body` on `upstream` (a connection from
+/// `connector` to `peer`), then streams the response to the client with
+/// `decorate` applied to its header. Returns the response status.
 pub async fn forward(
     connector: &Connector,
+    mut upstream: HttpSession,
     session: &mut Session,
     peer: &HttpPeer,
     body: Bytes,
     decorate: impl FnOnce(&mut Session, &mut ResponseHeader) -> Result<()>,
 ) -> Result<u16> {
-    let (mut upstream, _reused) = connector.get_http_session(peer).await?;
     let mut request = session.req_header().clone();
     request.insert_header("content-length", body.len().to_string())?;
     request.remove_header("transfer-encoding");

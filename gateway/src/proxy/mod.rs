@@ -152,22 +152,15 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if let (None, Some(model)) = (&ctx.permit, ctx.model.clone()) {
-            // Sent on after a failed connection: another slot, within what
-            // is left of the request's queue deadline.
-            let left =
-                deadline(session, model.config.queue.timeout).saturating_sub(ctx.start.elapsed());
-            match model.admission.acquire(left).await {
-                Ok(permit) => ctx.permit = Some(permit),
-                Err(rejection) => {
-                    let refusal = GatewayError::from(rejection);
-                    let status = refusal.status();
-                    ctx.refusal = Some(refusal);
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(status),
-                        "no other slot after a failed connection",
-                    );
-                }
+        if ctx.permit.is_none() {
+            // Sent on after a failed connection.
+            if let Err(refusal) = reacquire(session, ctx).await {
+                let status = refusal.status();
+                ctx.refusal = Some(refusal);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(status),
+                    "no other slot after a failed connection",
+                );
             }
         }
         let Some(permit) = ctx.permit.as_ref() else {
@@ -198,24 +191,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // No listener on the worker's socket: it died and the supervisor
-        // has not seen the exit yet (its requests fail at once, so it would
-        // look least loaded). Nothing reached it: take it out of routing
-        // (the supervisor replaces it; a live one that lost its socket
-        // fails its health checks) and send the request to another slot.
-        if matches!(
-            e.etype(),
-            ErrorType::ConnectRefused | ErrorType::ConnectError
-        ) {
-            if let (Some(model), Some(permit)) = (&ctx.model, ctx.permit.take()) {
-                model.admission.remove_instance(permit.instance());
-                tracing::warn!(
-                    model = %model.config.name,
-                    instance = permit.instance().0,
-                    "no listener on a ready worker's socket: sending the request elsewhere"
-                );
-                e.set_retry(true);
-            }
+        if unreachable(ctx, &e) {
+            e.set_retry(true);
         }
         e
     }
@@ -395,18 +372,38 @@ impl Gateway {
     }
 
     async fn forward_large(&self, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> Result<()> {
-        let Some(permit) = ctx.permit.as_ref() else {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                "no permit for an admitted request",
-            );
+        // A worker whose socket has no listener is left for another slot,
+        // as the proxy path does (`fail_to_connect`).
+        let (upstream, peer) = loop {
+            let Some(permit) = ctx.permit.as_ref() else {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "no permit for an admitted request",
+                );
+            };
+            let peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
+            match self.connector.get_http_session(&peer).await {
+                Ok((upstream, _reused)) => break (upstream, peer),
+                Err(e) if unreachable(ctx, &e) => {
+                    if let Err(refusal) = reacquire(session, ctx).await {
+                        return respond::error(session, &refusal, ctx.openai).await;
+                    }
+                }
+                Err(e) => {
+                    let err = GatewayError::BadGateway(format!(
+                        "the worker failed: {}",
+                        e.etype().as_str()
+                    ));
+                    return respond::error(session, &err, ctx.openai).await;
+                }
+            }
         };
-        let peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
-        let result = large_body::forward(&self.connector, session, &peer, body, |s, h| {
-            decorate(&self.metrics, ctx, h)?;
-            frame_for_client(s, ctx, h)
-        })
-        .await;
+        let result =
+            large_body::forward(&self.connector, upstream, session, &peer, body, |s, h| {
+                decorate(&self.metrics, ctx, h)?;
+                frame_for_client(s, ctx, h)
+            })
+            .await;
         if let Err(e) = result {
             if session.response_written().is_none() {
                 let err =
@@ -511,6 +508,42 @@ impl Gateway {
             .collect();
         json!({"object": "list", "data": data})
     }
+}
+
+/// Whether a failed connection to the request's worker means its socket has
+/// no listener: it died and the supervisor has not seen the exit yet (its
+/// requests fail at once, so it would look least loaded). Nothing reached
+/// it, so the request may go to another slot; the worker leaves routing
+/// (the supervisor replaces it; a live one that lost its socket fails its
+/// health checks) and the request's permit is given back.
+fn unreachable(ctx: &mut Ctx, e: &Error) -> bool {
+    if !matches!(
+        e.etype(),
+        ErrorType::ConnectRefused | ErrorType::ConnectError
+    ) {
+        return false;
+    }
+    let (Some(model), Some(permit)) = (&ctx.model, ctx.permit.take()) else {
+        return false;
+    };
+    model.admission.remove_instance(permit.instance());
+    tracing::warn!(
+        model = %model.config.name,
+        instance = permit.instance().0,
+        "no listener on a ready worker's socket: sending the request elsewhere"
+    );
+    true
+}
+
+/// Another slot for a request whose worker was unreachable, within what is
+/// left of its queue deadline.
+async fn reacquire(session: &Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    let Some(model) = ctx.model.clone() else {
+        return Err(GatewayError::BadGateway("no model for the request".into()));
+    };
+    let left = deadline(session, model.config.queue.timeout).saturating_sub(ctx.start.elapsed());
+    ctx.permit = Some(model.admission.acquire(left).await?);
+    Ok(())
 }
 
 /// The 503 of a model that admits nothing: drained by an operator, or
