@@ -506,6 +506,15 @@ fn protocol_edges_each_get_one_proper_response() {
             Some(384)
         );
     }
+    // Over the size limit: refused before the go-ahead, without waiting for
+    // a body the client holds back.
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        3 << 20
+    );
+    let r = g.public.raw(head.as_bytes()).expect("a response");
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
     // Streamed to a worker with a free slot, the worker gives the go-ahead.
     let (interim, r) = g
         .public

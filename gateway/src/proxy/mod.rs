@@ -342,12 +342,7 @@ impl Gateway {
         // The client waits for a go-ahead before it sends the body: give
         // it here, and take the expectation off the request, which the
         // worker then receives with its body already read.
-        let expects = session
-            .req_header()
-            .headers
-            .get("expect")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects {
+        if expects_continue(session) {
             session
                 .as_downstream_mut()
                 .write_continue_response()
@@ -428,7 +423,8 @@ impl Gateway {
         }
         // The body may be unread: do not reuse the connection.
         session.set_keepalive(None);
-        if matches!(e, GatewayError::TooLarge(_)) {
+        // A client waiting for a go-ahead has not sent its body.
+        if matches!(e, GatewayError::TooLarge(_)) && !expects_continue(session) {
             drain_body(session).await;
         }
         respond::error(session, e, ctx.openai).await?;
@@ -596,6 +592,15 @@ fn frame_for_client(session: &mut Session, ctx: &Ctx, header: &mut ResponseHeade
         session.set_keepalive(None);
     }
     Ok(())
+}
+
+/// Whether the client waits for `100 Continue` before it sends its body.
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The request's Content-Length, when it has one.
