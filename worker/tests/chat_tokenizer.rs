@@ -120,6 +120,13 @@ fn streams_the_same_text_in_whole_characters() {
     assert!(deltas[..deltas.len() - 1].iter().all(String::is_empty));
     assert_eq!(deltas.last().map(String::as_str), Some("🦀"));
     assert_eq!(stream.finish(), "");
+    // Cut inside it (a length limit): the unfinished character is left
+    // out, not sent as U+FFFD.
+    let mut stream = StreamDecoder::new(true);
+    for &id in &ids[..ids.len() - 1] {
+        assert_eq!(stream.step(&tokenizer, id).expect("steps"), "");
+    }
+    assert_eq!(stream.finish(), "");
 }
 
 #[test]

@@ -163,8 +163,58 @@ fn encode_raw(model: &ChatModel, prompt: &str) -> Result<Vec<u32>, ApiError> {
         .map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))
 }
 
+/// OpenAI parameters this server does not implement and that change what a
+/// response means (log probabilities, tools, a JSON mode, an echoed prompt,
+/// penalties…): refused with a 400 when given a value other than their
+/// neutral one, never silently ignored. Other unknown fields are ignored,
+/// as new clients send fields older servers do not know.
+fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    };
+    let neutral = |key: &str, v: &Value| match key {
+        // Completions' `logprobs: 0` still asks for the chosen tokens'.
+        "logprobs" => v.is_null() || *v == false,
+        "tool_choice" | "function_call" => empty(v) || v == "none",
+        "response_format" => empty(v) || v.get("type").is_some_and(|t| t == "text"),
+        "best_of" => empty(v) || v.as_u64() == Some(1),
+        "modalities" => empty(v) || *v == serde_json::json!(["text"]),
+        _ => empty(v),
+    };
+    const UNSUPPORTED: [&str; 14] = [
+        "logprobs",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "response_format",
+        "echo",
+        "best_of",
+        "suffix",
+        "logit_bias",
+        "presence_penalty",
+        "frequency_penalty",
+        "modalities",
+    ];
+    for key in UNSUPPORTED {
+        if let Some(v) = fields.get(key).filter(|v| !neutral(key, v)) {
+            return Err(bad(format!(
+                "'{key}' is {v}; this server does not support it (leave it out)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks every field this API reads; renders and tokenizes the prompt.
 fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Checked, ApiError> {
+    refuse_unsupported(fields)?;
     let prompt = match api {
         Api::Chat => {
             let messages = messages(fields.get("messages"))?;
@@ -278,16 +328,17 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
         }
     };
     let temperature = number("temperature", 1.0, (0.0, 2.0))? as f32;
+    // 0 keeps only the likeliest token: greedy, as OpenAI allows.
     let top_p = number("top_p", 1.0, (0.0, 1.0))? as f32;
-    if top_p <= 0.0 {
-        return Err(bad("'top_p' must be greater than 0".into()));
-    }
     let seed = match fields.get("seed") {
         None | Some(Value::Null) => random_seed(),
-        Some(Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
-            (Some(v), _) => v as u64,
-            (_, Some(v)) => v,
-            _ => return Err(bad(format!("'seed' is {n}; it must be an integer"))),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) => v as u64,
+            None => {
+                return Err(bad(format!(
+                    "'seed' is {n}; it must be an integer in the int64 range"
+                )))
+            }
         },
         Some(other) => {
             return Err(bad(format!(
@@ -726,6 +777,37 @@ mod tests {
         // A whole match is found before this is asked; a proper prefix only.
         assert_eq!(partial_suffix("world", "world"), 0);
         assert_eq!(partial_suffix("caf\u{e9}", "\u{e9}x"), 2);
+    }
+
+    #[test]
+    fn unsupported_parameters_are_refused_unless_neutral() {
+        let fields = |v: Value| v.as_object().cloned().expect("an object");
+        for refused in [
+            json!({"logprobs": true}),
+            json!({"top_logprobs": 2}),
+            json!({"tools": [{"type": "function"}]}),
+            json!({"tool_choice": "auto"}),
+            json!({"response_format": {"type": "json_object"}}),
+            json!({"echo": true}),
+            json!({"best_of": 2}),
+            json!({"suffix": "x"}),
+            json!({"logit_bias": {"50256": -100}}),
+            json!({"presence_penalty": 0.5}),
+            json!({"frequency_penalty": -1}),
+            json!({"logprobs": 0}),
+        ] {
+            let e = refuse_unsupported(&fields(refused.clone())).expect_err("refused");
+            assert!(format!("{e:?}").contains("does not support"), "{refused}");
+        }
+        for neutral in [
+            json!({"logprobs": false, "top_logprobs": null, "tools": [], "tool_choice": "none",
+                   "response_format": {"type": "text"}, "echo": false, "best_of": 1,
+                   "suffix": "", "logit_bias": {}, "presence_penalty": 0,
+                   "frequency_penalty": 0.0, "modalities": ["text"], "user": "u", "foo": 1}),
+            json!({"logprobs": null}),
+        ] {
+            assert!(refuse_unsupported(&fields(neutral.clone())).is_ok(), "{neutral}");
+        }
     }
 
     #[test]

@@ -309,10 +309,11 @@ impl StreamDecoder {
         Ok(drain_utf8(&mut self.pending))
     }
 
-    /// The text still held back at the end of the sequence: an unfinished
-    /// character becomes U+FFFD.
+    /// The text still held back at the end of the sequence: none but an
+    /// unfinished character (the generation stopped inside it, at its
+    /// length limit), which is left out rather than sent as U+FFFD.
     pub fn finish(&mut self) -> String {
-        let rest = String::from_utf8_lossy(&self.pending).into_owned();
+        let rest = drain_utf8(&mut self.pending);
         self.pending.clear();
         rest
     }
