@@ -134,21 +134,64 @@ fn warmup(kind: ModelKind) -> Vec<String> {
 /// Builds a snapshot; returns its manifest.
 pub fn build(options: &BuildOptions<'_>) -> Result<Manifest, SnapshotError> {
     let source = &options.source;
+    apart(source, &options.out)?;
     let kind = detect_kind(source).map_err(|e| SnapshotError::Source(e.to_string()))?;
     options.dtype.check_kind(kind)?;
     let source_hash = hash_tree(source)?;
     let staging = staging_dir(&options.out)?;
     let result = build_into(options, kind, &source_hash, &staging);
     match result {
-        Ok(manifest) => {
-            replace_dir(&staging, &options.out)?;
-            Ok(manifest)
-        }
+        Ok(manifest) => match replace_dir(&staging, &options.out) {
+            Ok(()) => Ok(manifest),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                Err(e)
+            }
+        },
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             Err(e)
         }
     }
+}
+
+/// Refuses an output that is the source, holds it or lies inside it: the
+/// output is replaced whole, which would delete the source (or build from
+/// a tree that changes under the build).
+fn apart(source: &Path, out: &Path) -> Result<(), SnapshotError> {
+    let source = source
+        .canonicalize()
+        .map_err(|e| SnapshotError::io(source, e))?;
+    // The output may not exist yet: its parent does, or the build fails
+    // later with the reason.
+    let out_abs = match out.canonicalize() {
+        Ok(path) => path,
+        Err(_) => {
+            let parent = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            match (parent.canonicalize(), out.file_name()) {
+                (Ok(parent), Some(name)) => parent.join(name),
+                _ => return Ok(()),
+            }
+        }
+    };
+    if source.starts_with(&out_abs) || out_abs.starts_with(&source) {
+        return Err(SnapshotError::Source(format!(
+            "the output {} {} the source {}; choose an output outside it",
+            out.display(),
+            if out_abs == source {
+                "is"
+            } else if source.starts_with(&out_abs) {
+                "contains"
+            } else {
+                "is inside"
+            },
+            source.display()
+        )));
+    }
+    Ok(())
 }
 
 fn build_into(
@@ -221,11 +264,34 @@ fn build_into(
 /// aligned, to `model.safetensors`.
 fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, SnapshotError> {
     let weights = options.source.join("model.safetensors");
+    if crate::is_snapshot(&options.source) {
+        // A snapshot as the source: its padding is not a weight, and its
+        // q8_0 blocks cannot be converted again.
+        let manifest = crate::open(&options.source, None)?;
+        if manifest.dtype != "f32" && manifest.dtype != "f16" {
+            return Err(SnapshotError::Source(format!(
+                "{} is a {} snapshot; build from the model's original files",
+                options.source.display(),
+                manifest.dtype
+            )));
+        }
+    }
     let tensors = crate::mmap::load_all(&weights)?;
+    if options.source.join(crate::kind::TABULAR_MANIFEST).is_file() {
+        check_tabular(&options.source, &tensors)?;
+    } else if !options.source.join("tokenizer.json").is_file() {
+        return Err(SnapshotError::Source(format!(
+            "{}: an embedding model needs its tokenizer.json",
+            options.source.display()
+        )));
+    }
     let dtype = options.dtype.candle();
     let mut converted: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut quantized = BTreeMap::new();
     for (name, t) in tensors {
+        if name.starts_with("__pad_") {
+            continue;
+        }
         let fail = |e: candle_core::Error| SnapshotError::Convert(format!("{name}: {e}"));
         let quantize = options.dtype == SnapshotDtype::Q8_0
             && t.dtype().is_float()
@@ -385,12 +451,21 @@ fn le_bytes<T: candle_core::WithDType, const N: usize>(
 
 /// Chat models: the GGUF is already laid out for mapping; it is copied.
 fn copy_gguf(source: &Path, staging: &Path) -> Result<(String, String, Sizes), SnapshotError> {
-    let gguf = std::fs::read_dir(source)
+    let mut found: Vec<PathBuf> = std::fs::read_dir(source)
         .map_err(|e| SnapshotError::io(source, e))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .ok_or_else(|| SnapshotError::Source(format!("no .gguf file in {}", source.display())))?;
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    if found.len() != 1 {
+        return Err(SnapshotError::Source(format!(
+            "{} .gguf files in {}; a chat model is one",
+            found.len(),
+            source.display()
+        )));
+    }
+    let gguf = found.remove(0);
+    check_gguf(&gguf)?;
     let name = gguf.file_name().map(|n| n.to_owned()).unwrap_or_default();
     let to = staging.join(&name);
     let size = std::fs::copy(&gguf, &to).map_err(|e| SnapshotError::io(&gguf, e))?;
@@ -402,6 +477,81 @@ fn copy_gguf(source: &Path, staging: &Path) -> Result<(String, String, Sizes), S
             parameters: 0,
         },
     ))
+}
+
+/// Reads a GGUF's header and checks that every tensor it lists lies inside
+/// the file: what a worker maps.
+fn check_gguf(path: &Path) -> Result<(), SnapshotError> {
+    use candle_core::quantized::gguf_file::Content;
+    let bad = |why: String| SnapshotError::Source(format!("{}: {why}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(|e| SnapshotError::io(path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| SnapshotError::io(path, e))?
+        .len();
+    let content = Content::read(&mut file).map_err(|e| bad(format!("not a GGUF file: {e}")))?;
+    if content.tensor_infos.is_empty() {
+        return Err(bad("the GGUF holds no tensors".into()));
+    }
+    for (name, info) in &content.tensor_infos {
+        let dtype = info.ggml_dtype;
+        let bytes = (info.shape.elem_count() / dtype.block_size() * dtype.type_size()) as u64;
+        let end = content.tensor_data_offset + info.offset + bytes;
+        if end > len {
+            return Err(bad(format!(
+                "tensor {name} ends at byte {end}, past the file's {len}: truncated"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a tabular model's weights against its manifest: the
+/// standardisation vectors and every layer of the MLP it describes, with
+/// their shapes, as the worker will read them.
+fn check_tabular(source: &Path, tensors: &[(String, Tensor)]) -> Result<(), SnapshotError> {
+    let path = source.join(crate::kind::TABULAR_MANIFEST);
+    let bad = |why: String| SnapshotError::Source(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(&path).map_err(|e| SnapshotError::io(&path, e))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let width = manifest["input"]["features"]
+        .as_array()
+        .map(Vec::len)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| bad("input.features must list the features".into()))?;
+    let hidden: Vec<usize> = manifest["hidden"]
+        .as_array()
+        .ok_or_else(|| bad("hidden must be an array of layer widths".into()))?
+        .iter()
+        .map(|h| h.as_u64().filter(|&h| h > 0).map(|h| h as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad("hidden must hold positive layer widths".into()))?;
+    let dims: Vec<usize> = std::iter::once(width)
+        .chain(hidden)
+        .chain(std::iter::once(1))
+        .collect();
+    let mut wanted = vec![
+        ("norm.mean".to_string(), vec![width]),
+        ("norm.std".to_string(), vec![width]),
+    ];
+    for (i, d) in dims.windows(2).enumerate() {
+        wanted.push((format!("layers.{i}.weight"), vec![d[1], d[0]]));
+        wanted.push((format!("layers.{i}.bias"), vec![d[1]]));
+    }
+    for (name, shape) in wanted {
+        match tensors.iter().find(|(n, _)| *n == name).map(|(_, t)| t) {
+            Some(t) if t.dims() == shape.as_slice() => {}
+            Some(t) => {
+                return Err(bad(format!(
+                    "{name} is {:?} in the weights, the manifest makes it {shape:?}",
+                    t.dims()
+                )))
+            }
+            None => return Err(bad(format!("the weights have no {name}"))),
+        }
+    }
+    Ok(())
 }
 
 fn point_manifest_at_weights(staging: &Path) -> Result<(), SnapshotError> {

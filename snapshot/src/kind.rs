@@ -77,6 +77,24 @@ pub fn detect_kind(dir: &Path) -> Result<ModelKind, KindError> {
     if !dir.is_dir() {
         return Err(undetected("not a directory"));
     }
+    let has_gguf = std::fs::read_dir(dir)
+        .map_err(|e| undetected(&e.to_string()))?
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "gguf"));
+    let markers: Vec<&str> = [
+        (dir.join(TABULAR_MANIFEST).is_file(), TABULAR_MANIFEST),
+        (dir.join("config.json").is_file(), "config.json"),
+        (has_gguf, "a .gguf file"),
+    ]
+    .into_iter()
+    .filter_map(|(there, name)| there.then_some(name))
+    .collect();
+    if markers.len() > 1 {
+        return Err(undetected(&format!(
+            "it holds {}: one model per directory",
+            markers.join(" and ")
+        )));
+    }
     if dir.join(TABULAR_MANIFEST).is_file() {
         return Ok(ModelKind::Tabular);
     }
@@ -91,10 +109,6 @@ pub fn detect_kind(dir: &Path) -> Result<ModelKind, KindError> {
             "config.json has model_type {model_type:?}, not a BERT-family encoder"
         )));
     }
-    let has_gguf = std::fs::read_dir(dir)
-        .map_err(|e| undetected(&e.to_string()))?
-        .flatten()
-        .any(|e| e.path().extension().is_some_and(|x| x == "gguf"));
     if has_gguf {
         return Ok(ModelKind::Chat);
     }
@@ -134,11 +148,18 @@ mod tests {
         std::fs::write(p.join("config.json"), r#"{"model_type":"t5"}"#).expect("write");
         assert!(detect_kind(p).is_err(), "t5 is not served as an embedding");
 
+        // Two models' files in one directory: which one is meant is not
+        // guessed.
         std::fs::write(p.join(TABULAR_MANIFEST), "{}").expect("write");
+        let e = detect_kind(p).expect_err("ambiguous");
+        assert!(e.to_string().contains("one model per directory"), "{e}");
+        std::fs::remove_file(p.join("config.json")).expect("remove");
         assert_eq!(detect_kind(p).ok(), Some(ModelKind::Tabular));
 
         let g = tempfile::tempdir().expect("temp dir");
         std::fs::write(g.path().join("m.gguf"), b"GGUF").expect("write");
         assert_eq!(detect_kind(g.path()).ok(), Some(ModelKind::Chat));
+        std::fs::write(g.path().join(TABULAR_MANIFEST), "{}").expect("write");
+        assert!(detect_kind(g.path()).is_err());
     }
 }

@@ -158,6 +158,7 @@ fn tiny_bert(dir: &Path) -> BTreeMap<String, Tensor> {
     let ids = Tensor::arange(0i64, 8, &Device::Cpu).expect("ids");
     tensors.insert("embeddings.position_ids".into(), ids);
     std::fs::write(dir.join("config.json"), r#"{"model_type":"bert"}"#).expect("config");
+    std::fs::write(dir.join("tokenizer.json"), "{}").expect("tokenizer");
     build::write_aligned(
         &dir.join("model.safetensors"),
         &tensors,
@@ -267,4 +268,136 @@ fn quantized_linears_are_the_large_matrices() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn an_output_that_is_holds_or_lies_in_the_source_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("par/src");
+    std::fs::create_dir_all(&source).expect("mkdir");
+    for entry in std::fs::read_dir(credit_score()).expect("credit-score") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), source.join(entry.file_name())).expect("copy");
+    }
+    for out in [source.clone(), dir.path().join("par"), source.join("snap")] {
+        let e = build(&BuildOptions {
+            source: source.clone(),
+            out: out.clone(),
+            dtype: SnapshotDtype::F32,
+            progress: None,
+        })
+        .expect_err("refused");
+        assert!(
+            e.to_string().contains("the source"),
+            "{}: {e}",
+            out.display()
+        );
+        assert!(
+            source.join("model.safetensors").is_file(),
+            "the source is intact"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_rebuilds_from_a_snapshot() {
+    let (dir, first, _) = built(SnapshotDtype::F32);
+    let again = dir.path().join("again");
+    let m = build(&BuildOptions {
+        source: first.clone(),
+        out: again.clone(),
+        dtype: SnapshotDtype::F32,
+        progress: None,
+    })
+    .expect("rebuilds");
+    assert_eq!(verify(&again).expect("verifies"), m);
+    // The same tensors, without the first build's padding among them.
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = crate::mmap::load_all(&dir.join("model.safetensors"))
+            .expect("loads")
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !n.starts_with("__pad_"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&again), names(&first));
+}
+
+#[test]
+fn a_manifest_listing_what_no_build_writes_is_refused() {
+    let (_d, out, _) = built(SnapshotDtype::F32);
+    let path = out.join(manifest::MANIFEST);
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    let original: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 7] = [
+        ("lists no model.safetensors", |m| {
+            m["files"] = serde_json::json!([])
+        }),
+        ("is not inside the snapshot", |m| {
+            m["files"][0]["path"] = "../outside".into()
+        }),
+        ("is not inside the snapshot", |m| {
+            m["files"][0]["path"] = "/etc/hostname".into()
+        }),
+        ("listed twice", |m| {
+            let first = m["files"][0].clone();
+            m["files"].as_array_mut().expect("files").push(first);
+        }),
+        ("lists no config.json", |m| m["kind"] = "embedding".into()),
+        ("architecture", |m| m["architecture"] = "bert".into()),
+        ("dtype", |m| m["dtype"] = "q8_0".into()),
+    ];
+    for (want, edit) in edits {
+        let mut m = original.clone();
+        edit(&mut m);
+        std::fs::write(&path, m.to_string()).expect("write");
+        let e = verify(&out).expect_err(want);
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+    std::fs::write(&path, text).expect("restore");
+    verify(&out).expect("whole again");
+}
+
+#[test]
+fn sources_no_worker_could_load_are_refused_at_build() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let try_build = |source: &Path| {
+        build(&BuildOptions {
+            source: source.to_path_buf(),
+            out: dir.path().join("out"),
+            dtype: SnapshotDtype::F32,
+            progress: None,
+        })
+        .expect_err("refused")
+        .to_string()
+    };
+    // GGUFs: garbage, truncated after the header, two in one directory.
+    let chat = dir.path().join("chat");
+    std::fs::create_dir_all(&chat).expect("mkdir");
+    std::fs::write(chat.join("x.gguf"), [7u8; 1000]).expect("write");
+    assert!(try_build(&chat).contains("not a GGUF"));
+    std::fs::write(chat.join("y.gguf"), [7u8; 10]).expect("write");
+    assert!(try_build(&chat).contains("2 .gguf files"));
+    // A tabular manifest whose MLP the weights do not hold.
+    let tab = dir.path().join("tab");
+    std::fs::create_dir_all(&tab).expect("mkdir");
+    for f in ["model.safetensors", kind::TABULAR_MANIFEST] {
+        std::fs::copy(credit_score().join(f), tab.join(f)).expect("copy");
+    }
+    let manifest = tab.join(kind::TABULAR_MANIFEST);
+    let text = std::fs::read_to_string(&manifest).expect("read");
+    let mut m: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    m["hidden"] = serde_json::json!([32, 8]);
+    std::fs::write(&manifest, m.to_string()).expect("write");
+    let e = try_build(&tab);
+    assert!(e.contains("layers.0.weight is [16, 10]"), "{e}");
+    // An embedding model without its tokenizer.
+    let bert = dir.path().join("bert");
+    std::fs::create_dir_all(&bert).expect("mkdir");
+    tiny_bert(&bert);
+    std::fs::remove_file(bert.join("tokenizer.json")).expect("remove");
+    assert!(try_build(&bert).contains("tokenizer.json"));
 }

@@ -48,6 +48,7 @@ pub fn open(dir: &Path, kind: Option<ModelKind>) -> Result<Manifest, SnapshotErr
             )));
         }
     }
+    check_listing(&manifest, &path)?;
     for file in &manifest.files {
         let p = dir.join(&file.path);
         let size = std::fs::metadata(&p)
@@ -67,6 +68,66 @@ pub fn open(dir: &Path, kind: Option<ModelKind>) -> Result<Manifest, SnapshotErr
         }
     }
     Ok(manifest)
+}
+
+/// Refuses a manifest whose listing a build cannot have written: a path
+/// that leaves the snapshot, a file listed twice, a file its kind needs
+/// missing from the list, an architecture or dtype foreign to its kind.
+fn check_listing(manifest: &Manifest, path: &Path) -> Result<(), SnapshotError> {
+    use std::path::Component;
+    let refuse = |why: String| SnapshotError::Invalid(format!("{}: {why}", path.display()));
+    let mut seen = std::collections::HashSet::new();
+    for file in &manifest.files {
+        let inside = !file.path.is_empty()
+            && Path::new(&file.path)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !inside {
+            return Err(refuse(format!(
+                "file {:?} is not inside the snapshot",
+                file.path
+            )));
+        }
+        if !seen.insert(file.path.as_str()) {
+            return Err(refuse(format!("file {:?} is listed twice", file.path)));
+        }
+    }
+    let (needed, architectures, dtypes): (&[&str], &[&str], &[&str]) = match manifest.kind {
+        ModelKind::Embedding => (
+            &["model.safetensors", "config.json", "tokenizer.json"],
+            &["bert"],
+            &["f32", "f16", "q8_0"],
+        ),
+        ModelKind::Tabular => (
+            &["model.safetensors", crate::kind::TABULAR_MANIFEST],
+            &["mlp"],
+            &["f32", "f16"],
+        ),
+        ModelKind::Chat => (&[], &[], &[]),
+    };
+    if let Some(missing) = needed.iter().find(|n| !seen.contains(**n)) {
+        return Err(refuse(format!(
+            "this {} snapshot lists no {missing}",
+            manifest.kind
+        )));
+    }
+    if manifest.kind == ModelKind::Chat && seen.iter().filter(|p| p.ends_with(".gguf")).count() != 1
+    {
+        return Err(refuse("a chat snapshot lists one .gguf file".into()));
+    }
+    if !architectures.is_empty() && !architectures.contains(&manifest.architecture.as_str()) {
+        return Err(refuse(format!(
+            "architecture {:?} is not one of this {} snapshot's",
+            manifest.architecture, manifest.kind
+        )));
+    }
+    if !dtypes.is_empty() && !dtypes.contains(&manifest.dtype.as_str()) {
+        return Err(refuse(format!(
+            "dtype {:?} is not one of this {} snapshot's",
+            manifest.dtype, manifest.kind
+        )));
+    }
+    Ok(())
 }
 
 /// `open`, then every file's sha256 against the manifest.

@@ -124,7 +124,8 @@ fn the_admin_token_guards_every_admin_request() {
         dir.path(),
         &config(
             dir.path(),
-            "admin_token = \"s3cret\"",
+            // A secret written with its file's newline: compared trimmed.
+            "admin_token = \"s3cret\\n\"",
             &credit_score("credit-score", None, ""),
         ),
     );

@@ -462,4 +462,11 @@ fn a_removed_model_finishes_its_requests_then_answers_404_and_stops() {
     );
     wait_gone(&gone_pids, "the removed model's workers and template");
     assert_eq!(g.score("keep").status, 200);
+    // Its gauges are gone from the metrics; the kept model's are there.
+    let metrics = String::from_utf8(g.admin.get("/metrics").body).expect("text");
+    assert!(
+        !metrics.contains("thaw_instances{model=\"gone\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("thaw_instances{model=\"keep\",state=\"ready\"}"));
 }

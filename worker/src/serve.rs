@@ -107,7 +107,22 @@ async fn bind(addr: &ListenAddr) -> Result<(Listener, String), ServeError> {
             Ok((Listener::Tcp(l), local.to_string()))
         }
         ListenAddr::Unix(path) => {
-            if path.exists() {
+            // A socket left by a process that is gone is replaced; anything
+            // else there is not ours to remove.
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if !meta.file_type().is_socket() {
+                    return Err(fail(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "the path exists and is not a socket",
+                    )));
+                }
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(fail(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process is listening on it",
+                    )));
+                }
                 std::fs::remove_file(path).map_err(fail)?;
             }
             let l = UnixListener::bind(path).map_err(fail)?;
@@ -359,5 +374,31 @@ mod tests {
         for bad in ["", "unix:", "8080", "host:port", ":80"] {
             assert!(bad.parse::<ListenAddr>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn a_unix_path_is_taken_only_from_a_socket_nobody_listens_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("data");
+        std::fs::write(&file, "keep me").expect("write");
+        let err = bind(&ListenAddr::Unix(file.clone()))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).expect("intact"), "keep me");
+
+        let path = dir.path().join("w.sock");
+        let (first, _) = bind(&ListenAddr::Unix(path.clone())).await.expect("binds");
+        let err = bind(&ListenAddr::Unix(path.clone()))
+            .await
+            .err()
+            .expect("in use");
+        assert!(err.to_string().contains("listening"), "{err}");
+        drop(first);
+        // Left behind by a listener that is gone: replaced.
+        bind(&ListenAddr::Unix(path))
+            .await
+            .expect("a stale socket is replaced");
     }
 }

@@ -346,7 +346,17 @@ fn bad_requests_get_400_in_openai_shape() {
             chat(json!({"temperature": 3})),
             "temperature",
         ),
-        ("/v1/chat/completions", chat(json!({"top_p": 0})), "top_p"),
+        ("/v1/chat/completions", chat(json!({"top_p": 1.5})), "top_p"),
+        (
+            "/v1/chat/completions",
+            chat(json!({"logprobs": true})),
+            "'logprobs'",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"seed": 1u64 << 63})),
+            "seed",
+        ),
         (
             "/v1/chat/completions",
             chat(json!({"stream": "yes"})),

@@ -71,7 +71,8 @@ enum Route<'a> {
     Reload,
     Scale(&'a str),
     Drain(&'a str),
-    MethodNotAllowed,
+    /// With the methods the path takes (the `Allow` header).
+    MethodNotAllowed(&'static str),
     NotFound,
 }
 
@@ -92,8 +93,10 @@ fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
     };
     if method == want || (want == "GET" && method == "HEAD") {
         route
+    } else if want == "GET" {
+        Route::MethodNotAllowed("GET, HEAD")
     } else {
-        Route::MethodNotAllowed
+        Route::MethodNotAllowed("POST")
     }
 }
 
@@ -121,7 +124,12 @@ impl ServeHttp for Admin {
                 Ok(()) => json_response(200, &json!({"model": model, "override": "drained"})),
                 Err(e) => op_error(&e),
             },
-            Route::MethodNotAllowed => error(405, format!("{method} is not allowed on {path}")),
+            Route::MethodNotAllowed(allow) => {
+                let mut r = error(405, format!("{method} is not allowed on {path}"));
+                r.headers_mut()
+                    .insert("allow", http::HeaderValue::from_static(allow));
+                r
+            }
             Route::NotFound => error(404, format!("no route for {method} {path}")),
         }
     }
@@ -243,10 +251,15 @@ mod tests {
             ("HEAD", "/metrics", Route::Metrics),
             ("GET", "/admin/status", Route::Status),
             ("POST", "/admin/reload", Route::Reload),
-            ("GET", "/admin/reload", Route::MethodNotAllowed),
+            ("GET", "/admin/reload", Route::MethodNotAllowed("POST")),
             ("POST", "/admin/models/minilm/scale", Route::Scale("minilm")),
             ("POST", "/admin/models/minilm/drain", Route::Drain("minilm")),
-            ("GET", "/admin/models/minilm/drain", Route::MethodNotAllowed),
+            (
+                "GET",
+                "/admin/models/minilm/drain",
+                Route::MethodNotAllowed("POST"),
+            ),
+            ("POST", "/metrics", Route::MethodNotAllowed("GET, HEAD")),
             ("POST", "/admin/models//drain", Route::NotFound),
             ("POST", "/admin/models/minilm/other", Route::NotFound),
             ("GET", "/", Route::NotFound),

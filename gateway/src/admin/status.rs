@@ -12,6 +12,9 @@ use crate::models::Model;
 impl Admin {
     /// Mirrors live state into the gauges before a scrape.
     pub(super) fn refresh_gauges(&self) {
+        // Only the models configured now: a removed model's series go.
+        self.metrics.queue_depth.reset();
+        self.metrics.instances.reset();
         for m in self.models.all() {
             let name = m.config.name.as_str();
             let stats = m.admission.stats();

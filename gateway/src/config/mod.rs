@@ -267,7 +267,9 @@ impl Ctx<'_> {
             Some(t) if t.get_ref().trim().is_empty() => {
                 return self.at(t.span(), "gateway.admin_token", "must not be empty".into())
             }
-            Some(t) => Some(Secret(t.into_inner())),
+            // Compared as the bearer token arrives: trimmed (a secret file's
+            // newline must not lock the admin API).
+            Some(t) => Some(Secret(t.into_inner().trim().to_string())),
             None => None,
         };
         let shutdown_grace = match &g.shutdown_grace {

@@ -20,8 +20,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h)")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+    let duration =
+        Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))?;
+    // Deadlines are instants now + this: far beyond any use, and never
+    // past what an instant can hold.
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than the longest allowed (8760h: a year)"
+        ));
+    }
+    Ok(duration)
 }
+
+/// The longest duration a config may give.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a size: a number and a unit (`B`, `KB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -60,7 +72,16 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        for bad in ["60", "s", "ten s", "5 weeks", "-1s"] {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for bad in [
+            "60",
+            "s",
+            "ten s",
+            "5 weeks",
+            "-1s",
+            "8761h",
+            "3000000000000000h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }

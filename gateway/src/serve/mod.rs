@@ -77,7 +77,8 @@ pub(crate) fn announce(message: serde_json::Value) {
 /// without one.
 fn admin_token(gateway: &config::Gateway, admin: &str) -> anyhow::Result<Option<Secret>> {
     let token = match std::env::var(ADMIN_TOKEN_ENV) {
-        Ok(t) if !t.trim().is_empty() => Some(Secret(t)),
+        // Trimmed, as the bearer token it is compared with is.
+        Ok(t) if !t.trim().is_empty() => Some(Secret(t.trim().to_string())),
         _ => gateway.admin_token.clone(),
     };
     let addr: SocketAddr = admin

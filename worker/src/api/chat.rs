@@ -806,7 +806,10 @@ mod tests {
                    "frequency_penalty": 0.0, "modalities": ["text"], "user": "u", "foo": 1}),
             json!({"logprobs": null}),
         ] {
-            assert!(refuse_unsupported(&fields(neutral.clone())).is_ok(), "{neutral}");
+            assert!(
+                refuse_unsupported(&fields(neutral.clone())).is_ok(),
+                "{neutral}"
+            );
         }
     }
 

@@ -329,6 +329,9 @@ mod tests {
         for _ in 0..100 {
             let mut logits = vec![0.0, 5.0, 4.0, 1.0];
             assert_eq!(sample(&mut logits, &sampling(1.0, 0.1), &mut rng), 1);
+            // top_p = 0 (OpenAI allows it): greedy.
+            let mut logits = vec![0.0, 5.0, 4.9, 1.0];
+            assert_eq!(sample(&mut logits, &sampling(1.5, 0.0), &mut rng), 1);
         }
     }
 
