@@ -281,9 +281,13 @@ fn a_replacement_that_cannot_start_changes_nothing_even_at_zero_instances() {
     let r = g.reload();
     let body = r.json();
     assert_eq!(body["result"], "failed", "{body}");
-    assert!(body["error"]
-        .as_str()
-        .is_some_and(|e| e.contains("cannot start")));
+    // With the worker's own reason.
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot start") && e.contains("expected tabular")),
+        "{body}"
+    );
     assert_eq!(g.status()["config"]["version"], 1);
     assert_eq!(g.score("cs").json(), first.json());
 

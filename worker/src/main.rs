@@ -140,6 +140,18 @@ fn main() -> anyhow::Result<()> {
         println!("{}", thaw_worker::gpu::upload_bench(file, 0));
         return Ok(());
     }
+    let result = serve(args);
+    if let Err(e) = &result {
+        // The gateway reads stdout for this process's events: the reason
+        // it did not become ready, for its 503s, status and reloads.
+        let line = serde_json::json!({"event": "error", "message": format!("{e:#}")});
+        println!("{line}");
+    }
+    result
+}
+
+/// The serving modes: a worker, a template, a standby process.
+fn serve(args: Args) -> anyhow::Result<()> {
     die_with_parent()?;
     let batch = BatchConfig {
         max_batch_size: args.max_batch_size,

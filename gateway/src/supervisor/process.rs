@@ -248,16 +248,31 @@ pub(crate) async fn launch(
     };
     let mut lines = BufReader::new(stdout).lines();
     let waiting = wait_event(&mut lines, event);
-    let ready = tokio::select! {
-        r = tokio::time::timeout(timeout, waiting) => r,
-        status = child.wait() => {
-            let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            return Err(SpawnError::Died { model: model.to_string(), status });
+    let exited = tokio::select! {
+        r = tokio::time::timeout(timeout, waiting) => Ok(r),
+        status = child.wait() => Err(status),
+    };
+    let ready = match exited {
+        Ok(ready) => ready,
+        Err(status) => {
+            // It exited: the reason it printed may still be unread.
+            let mut status = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            if let Err(why) = wait_event(&mut lines, event).await {
+                if !why.starts_with(CLOSED) {
+                    status = format!("{status}: {why}");
+                }
+            }
+            return Err(SpawnError::Died {
+                model: model.to_string(),
+                status,
+            });
         }
     };
     let message = match ready {
         Ok(Ok(message)) => message,
-        Ok(Err(_)) => {
+        Ok(Err(why)) => {
             let status = child
                 .wait()
                 .await
@@ -265,7 +280,7 @@ pub(crate) async fn launch(
                 .unwrap_or_default();
             return Err(SpawnError::Died {
                 model: model.to_string(),
-                status,
+                status: format!("{status}: {why}"),
             });
         }
         Err(_) => {
@@ -363,8 +378,11 @@ pub(crate) async fn wait_event<R: AsyncRead + Unpin>(
             return Err(msg["message"].as_str().unwrap_or("error").to_string());
         }
     }
-    Err("closed before it was ready".into())
+    Err(CLOSED.into())
 }
+
+/// Why [`wait_event`] found no event: the output ended without one.
+const CLOSED: &str = "closed before it was ready";
 
 /// Owns the child after ready: drains its stdout and publishes its exit.
 pub(crate) async fn reap(mut child: Child, mut lines: Lines, exit: watch::Sender<Option<String>>) {
