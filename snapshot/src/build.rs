@@ -66,13 +66,15 @@ impl SnapshotDtype {
                 "the tabular backend (a small MLP) runs f32 products only, and its \
                  weights are a few kilobytes: build it as f32"
             }
-            (SnapshotDtype::Q8_0, ModelKind::Chat) => {
+            (SnapshotDtype::F32, _) => return Ok(()),
+            (_, ModelKind::Chat) => {
                 "a chat snapshot copies the GGUF with the quantization it already has"
             }
             _ => return Ok(()),
         };
         Err(SnapshotError::Unsupported(format!(
-            "q8_0 for a {kind} model: {why}"
+            "{} for a {kind} model: {why}",
+            self.as_str()
         )))
     }
 }

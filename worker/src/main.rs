@@ -152,6 +152,19 @@ fn main() -> anyhow::Result<()> {
 
 /// The serving modes: a worker, a template, a standby process.
 fn serve(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.max_batch_size >= 1,
+        "--max-batch-size must be at least 1"
+    );
+    anyhow::ensure!(args.max_inputs >= 1, "--max-inputs must be at least 1");
+    anyhow::ensure!(
+        args.max_body_bytes >= 1,
+        "--max-body-bytes must be at least 1"
+    );
+    anyhow::ensure!(
+        args.max_wait_ms <= 10_000,
+        "--max-wait-ms must be at most 10000 (a batch waits milliseconds, not longer)"
+    );
     die_with_parent()?;
     let batch = BatchConfig {
         max_batch_size: args.max_batch_size,

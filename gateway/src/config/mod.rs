@@ -252,8 +252,16 @@ impl Ctx<'_> {
     fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let g = raw.gateway;
         let listen = self.address(g.listen, "gateway.listen", "127.0.0.1:8080")?;
+        let admin_span = g.admin_listen.as_ref().map(Spanned::span);
         let admin_listen =
             self.address(g.admin_listen, "gateway.admin_listen", "127.0.0.1:9090")?;
+        if admin_listen == listen && !listen.ends_with(":0") {
+            return self.at(
+                admin_span.unwrap_or_default(),
+                "gateway.admin_listen",
+                format!("{admin_listen} is also the public listener's address"),
+            );
+        }
         let models_dir = match std::env::var_os("THAW_MODELS") {
             Some(dir) => PathBuf::from(dir),
             None => expand_home(g.models_dir.as_deref().unwrap_or("~/.cache/thaw/models")),
@@ -381,8 +389,14 @@ impl Ctx<'_> {
         Ok(HealthCheck { interval, failures })
     }
 
+    /// A size, at least one byte (no field of the config means anything
+    /// by zero).
     fn size(&self, s: &Spanned<String>, field: &str) -> Result<u64, ConfigError> {
-        parse_size(s.get_ref()).or_else(|m| self.at(s.span(), field, m))
+        match parse_size(s.get_ref()) {
+            Ok(0) => self.at(s.span(), field, "must be at least 1 byte".into()),
+            Ok(n) => Ok(n),
+            Err(m) => self.at(s.span(), field, m),
+        }
     }
 
     fn duration(&self, s: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {

@@ -135,6 +135,21 @@ fn errors_name_file_line_and_field() {
     assert!(e.message.contains("missing field"), "{e}");
     refused("[gateway]\nlisten = \"localhost\"\n", 2, "gateway.listen");
     refused(
+        "[gateway]\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7000\"\n",
+        3,
+        "gateway.admin_listen",
+    );
+    refused(
+        "[gateway]\nmax_body_bytes = \"0\"\n",
+        2,
+        "gateway.max_body_bytes",
+    );
+    refused(
+        "[defaults.queue]\ntimeout = \"3000000000000000h\"\n",
+        2,
+        "defaults.queue.timeout",
+    );
+    refused(
         "[defaults.scaling]\nmin_instances = 5\nmax_instances = 2\n",
         2,
         "defaults.scaling.min_instances",
