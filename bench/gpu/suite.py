@@ -498,12 +498,20 @@ scale_down_delay = "1s"
             _, ready = g.wait("ready", timeout=120)
             public, admin = ready["address"], ready["admin"]
             request = {"model": "synthetic", "input": ["the same words"]}
-            t = time.perf_counter()
-            status, headers, body = http(public, "POST", "/v1/embeddings", request)
-            first_ms = (time.perf_counter() - t) * 1e3
-            if status != 200:
-                return {**made, "error": f"first request {status}: {body[-300:]!r}"}
-            before = json.loads(body)["data"][0]["embedding"]
+
+            def embed(what):
+                """The request, timed: (ms, headers, embedding), or an error."""
+                t = time.perf_counter()
+                status, headers, body = http(public, "POST", "/v1/embeddings", request)
+                ms = (time.perf_counter() - t) * 1e3
+                if status != 200:
+                    return {**made, "error": f"{what} {status}: {body[-300:]!r}"}
+                return ms, headers, json.loads(body)["data"][0]["embedding"]
+
+            first = embed("first request")
+            if isinstance(first, dict):
+                return first
+            first_ms, headers, before = first
             worker_before = headers.get("x-thaw-worker")
             # Idle: the autoscaler scales to zero; wait for the tier change.
             deadline = time.perf_counter() + 90
@@ -522,12 +530,10 @@ scale_down_delay = "1s"
             if state != "hibernated":
                 return {**made, "hibernation": support, "state_after_idle": state,
                         "error": "the worker did not hibernate"}
-            t = time.perf_counter()
-            status, headers, body = http(public, "POST", "/v1/embeddings", request)
-            resumed_ms = (time.perf_counter() - t) * 1e3
-            if status != 200:
-                return {**made, "error": f"request after hibernation {status}: {body[-300:]!r}"}
-            after = json.loads(body)["data"][0]["embedding"]
+            resumed = embed("request after hibernation")
+            if isinstance(resumed, dict):
+                return resumed
+            resumed_ms, headers, after = resumed
             _, _, raw = http(admin, "GET", "/admin/status")
             st = json.loads(raw)
             instance = next(m for m in st["models"] if m["name"] == "synthetic")["instances"][0]

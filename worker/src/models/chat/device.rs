@@ -15,7 +15,7 @@ use candle_core::quantized::{ggml_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use thaw_snapshot::mmap::MappedFile;
 
-use super::llama::{LlamaConfig, Step};
+use super::llama::{LayerCache, LlamaConfig, Step};
 use crate::models::ModelError;
 
 struct Layer {
@@ -55,31 +55,12 @@ pub struct DeviceLlama {
 
 /// One sequence's keys and values on the device, per layer:
 /// `[kv_heads, positions, head_dim]`.
-#[derive(Debug, Clone)]
-pub struct DeviceCache {
-    keys: Vec<Option<Tensor>>,
-    values: Vec<Option<Tensor>>,
-    len: usize,
-}
+pub type DeviceCache = LayerCache<Option<Tensor>>;
 
 impl DeviceCache {
     /// An empty cache for `model`.
     pub fn new(model: &DeviceLlama) -> Self {
-        DeviceCache {
-            keys: vec![None; model.config.layers],
-            values: vec![None; model.config.layers],
-            len: 0,
-        }
-    }
-
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no position is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+        Self::empty(model.config.layers)
     }
 }
 

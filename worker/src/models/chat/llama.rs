@@ -141,24 +141,37 @@ pub struct Llama {
     layers: Vec<Layer>,
 }
 
-/// One sequence's keys and values, per layer, for the positions seen.
+/// One sequence's keys and values, per layer, for the positions seen; `T`
+/// is a layer's store in the decoder that made it.
 #[derive(Debug, Clone)]
-pub struct KvCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
-    len: usize,
+pub struct LayerCache<T> {
+    pub(super) keys: Vec<T>,
+    pub(super) values: Vec<T>,
+    pub(super) len: usize,
+}
+
+/// The CPU decoder's cache: each layer's keys and values in host memory.
+pub type KvCache = LayerCache<Vec<f32>>;
+
+impl<T: Clone + Default> LayerCache<T> {
+    /// An empty cache of `layers` layers.
+    pub(super) fn empty(layers: usize) -> Self {
+        LayerCache {
+            keys: vec![T::default(); layers],
+            values: vec![T::default(); layers],
+            len: 0,
+        }
+    }
 }
 
 impl KvCache {
     /// An empty cache for `model`.
     pub fn new(model: &Llama) -> Self {
-        KvCache {
-            keys: vec![Vec::new(); model.config.layers],
-            values: vec![Vec::new(); model.config.layers],
-            len: 0,
-        }
+        Self::empty(model.config.layers)
     }
+}
 
+impl<T> LayerCache<T> {
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len
