@@ -6,6 +6,8 @@
 #  - llama.cpp (llama-cpp-python, built from source by pip with cmake into
 #    a cached venv): prompt processing and decode of one sequence, same
 #    prompt, same thread count;
+#  - both again with a long prompt (LONG_PROMPT tokens, 2048 by default),
+#    where attention's cost grows with the square of the length;
 #  - time to first token of a streamed completion, straight to a worker and
 #    through the gateway (thaw-bench ttft), one request at a time.
 # Goals: decode >= 0.8x llama.cpp; 4 streams >= 2x one stream's aggregate
@@ -13,7 +15,7 @@
 #
 #   bench/chat.sh
 #
-# Env: REPS (20), THREADS (nproc), THAW_LLAMA_CPP_PYTHON (a Python with
+# Env: REPS (20), THREADS (nproc), LONG_PROMPT (2048), THAW_LLAMA_CPP_PYTHON (a Python with
 # llama-cpp-python; default: ~/.cache/thaw-llamacpp-venv, created if
 # missing, which takes ~10 minutes of compiling on 2 cores), THAW_MODELS.
 set -euo pipefail
@@ -46,6 +48,10 @@ echo "== thaw, no HTTP" >&2
 RAYON_NUM_THREADS="$threads" "$bin/examples/decode_speed" "$gguf" 1 4 >"$work/thaw.jsonl"
 echo "== llama.cpp" >&2
 "$python" "$root/bench/baselines/llama_cpp_speed.py" "$gguf" "$threads" >"$work/llama.json"
+long="${LONG_PROMPT:-2048}"
+echo "== a $long-token prompt: thaw, then llama.cpp" >&2
+PROMPT_TOKENS="$long" RAYON_NUM_THREADS="$threads" "$bin/examples/decode_speed" "$gguf" 1 >"$work/thaw-long.json"
+PROMPT_TOKENS="$long" "$python" "$root/bench/baselines/llama_cpp_speed.py" "$gguf" "$threads" >"$work/llama-long.json"
 
 echo "== time to first token: direct, then through the gateway" >&2
 printf '{"model":"smollm2","prompt":"The three primary colors are","max_tokens":32,"temperature":0,"stream":true}' >"$work/body.json"
@@ -87,6 +93,7 @@ done
 
 jq -n --slurpfile thaw "$work/thaw.jsonl" --slurpfile llama "$work/llama.json" \
     --slurpfile direct "$work/direct.json" --slurpfile gateway "$work/gateway.json" \
+    --slurpfile thaw_long "$work/thaw-long.json" --slurpfile llama_long "$work/llama-long.json" \
     --arg threads "$threads" '
   ($thaw[] | select(.streams == 1)) as $one | ($thaw[] | select(.streams == 4)) as $four |
   {
@@ -94,6 +101,12 @@ jq -n --slurpfile thaw "$work/thaw.jsonl" --slurpfile llama "$work/llama.json" \
     thaw_one_stream: $one, thaw_four_streams: $four, llama_cpp: $llama[0],
     decode_vs_llama_cpp: ($one.decode_tokens_per_s / $llama[0].decode_tokens_per_s),
     prompt_vs_llama_cpp: ($one.prompt_tokens_per_s / $llama[0].prompt_tokens_per_s),
+    long_prompt: {
+      tokens: $thaw_long[0].prompt_tokens,
+      thaw_tokens_per_s: $thaw_long[0].prompt_tokens_per_s,
+      llama_cpp_tokens_per_s: $llama_long[0].prompt_tokens_per_s,
+      ratio: ($thaw_long[0].prompt_tokens_per_s / $llama_long[0].prompt_tokens_per_s)
+    },
     four_streams_vs_one: ($four.decode_tokens_per_s / $one.decode_tokens_per_s),
     ttft_direct: $direct[0], ttft_gateway: $gateway[0],
     ttft_added_p50_ms: ($gateway[0].first_token.p50_ms - $direct[0].first_token.p50_ms)

@@ -1,11 +1,12 @@
 """llama.cpp on the same GGUF, the baseline of bench/chat.sh: prompt
-processing tokens/s (the same 128-token prompt thaw's decode_speed runs) and
-greedy decode tokens/s of one sequence, on THREADS threads. Prints one JSON
-object.
+processing tokens/s (the same 128-token prompt thaw's decode_speed runs,
+PROMPT_TOKENS to change it) and greedy decode tokens/s of one sequence, on
+THREADS threads. Prints one JSON object.
 
     python bench/baselines/llama_cpp_speed.py GGUF [THREADS]
 """
 import json
+import os
 import sys
 import time
 
@@ -16,9 +17,10 @@ DECODE = 64
 
 path = sys.argv[1]
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-model = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-              n_batch=512, verbose=False)
-long = (PROMPT * 10)[:128]
+prompt_tokens = int(os.environ.get("PROMPT_TOKENS", "128"))
+model = Llama(model_path=path, n_ctx=max(1024, prompt_tokens), n_threads=threads,
+              n_threads_batch=threads, n_batch=512, verbose=False)
+long = (PROMPT * (prompt_tokens // len(PROMPT) + 1))[:prompt_tokens]
 
 prefill = None
 for _ in range(2):  # the first run warms up
@@ -44,6 +46,7 @@ print(json.dumps({
     "version": getattr(sys.modules["llama_cpp"], "__version__", "?"),
     "threads": threads,
     "streams": 1,
-    "prompt_tokens_per_s": round(128 / prefill, 1),
+    "prompt_tokens": prompt_tokens,
+    "prompt_tokens_per_s": round(prompt_tokens / prefill, 1),
     "decode_tokens_per_s": round(DECODE / decode, 1),
 }))

@@ -38,8 +38,13 @@ fn main() -> anyhow::Result<()> {
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map_or(0, |(i, _)| i as u32)
     };
-    // Prompt processing: a 128-token prompt, once to warm up, then timed.
-    let long: Vec<u32> = PROMPT.iter().cycle().take(128).copied().collect();
+    // Prompt processing: a 128-token prompt (PROMPT_TOKENS to change it),
+    // once to warm up, then timed.
+    let prompt_tokens: usize = match std::env::var("PROMPT_TOKENS") {
+        Ok(n) => n.parse().context("PROMPT_TOKENS")?,
+        Err(_) => 128,
+    };
+    let long: Vec<u32> = PROMPT.iter().cycle().take(prompt_tokens).copied().collect();
     let mut prefill_ms = 0.0;
     for _ in 0..2 {
         let mut cache = KvCache::new(&model);
@@ -80,8 +85,8 @@ fn main() -> anyhow::Result<()> {
         }
         let seconds = start.elapsed().as_secs_f64();
         println!(
-            "{{\"engine\":\"thaw\",\"threads\":{threads},\"streams\":{n},\"prompt_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.1},\"per_stream_tokens_per_s\":{:.1}}}",
-            128.0 / prefill_ms * 1e3,
+            "{{\"engine\":\"thaw\",\"threads\":{threads},\"streams\":{n},\"prompt_tokens\":{prompt_tokens},\"prompt_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.1},\"per_stream_tokens_per_s\":{:.1}}}",
+            prompt_tokens as f64 / prefill_ms * 1e3,
             (n * DECODE) as f64 / seconds,
             DECODE as f64 / seconds
         );

@@ -77,7 +77,12 @@ fn decoders() -> [Under; 3] {
         Under {
             name: "thaw",
             decoder: model(),
-            tolerance: 0.5,
+            // llama.cpp keeps its cache in f16, and 8-bit activations turn
+            // rounding into steps: the order of attention's sums alone
+            // (fused or separate multiply-adds, both exact to f32) moves the
+            // worst of these logits between 0.47 and 0.57, against
+            // logits up to 28.
+            tolerance: 0.75,
             batching: 0.0,
         },
         Under {
@@ -255,4 +260,24 @@ fn refuses_beyond_context(name: &str, model: &Decoder) {
         model.config().vocab
     );
     assert_eq!(cache.len(), 2, "{name}");
+}
+
+/// thaw's decoder does the same arithmetic for a row whether it comes whole
+/// in a prompt, in a chunk of it, or alone: the engine's chunking (which
+/// depends on the other requests waiting) never changes an answer.
+#[test]
+fn a_prompt_gets_the_same_logits_whole_or_in_chunks() {
+    let model = model();
+    for case in fixture().cases {
+        let mut cache = model.new_cache();
+        let whole = run(&model, &mut cache, &case.ids);
+        for chunk in [1, 3, 9] {
+            let mut cache = model.new_cache();
+            let mut logits = Vec::new();
+            for piece in case.ids.chunks(chunk) {
+                logits = run(&model, &mut cache, piece);
+            }
+            assert!(logits == whole, "{:?} in chunks of {chunk}", case.prompt);
+        }
+    }
 }

@@ -13,9 +13,9 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
 use thaw_snapshot::mmap::MappedFile;
 
+use super::attention::{self, attend};
 use super::quant::{Format, Q8Rows, QMatrix};
 use crate::models::ModelError;
 
@@ -371,6 +371,7 @@ impl Llama {
             embed.dequantize_row(id as usize, row);
         }
         let rope = Rope::new(c, rows.iter().map(|&(_, p)| p));
+        let work = attention::tasks(steps.iter().map(|s| (s.cache.len, s.tokens.len())));
 
         let mut h = vec![0.0f32; t * d];
         let mut q8 = Q8Rows::default();
@@ -399,15 +400,7 @@ impl Llama {
                 .iter()
                 .map(|s| (s.cache.keys[l].as_slice(), s.cache.values[l].as_slice()))
                 .collect();
-            let attend = |(i, out): (usize, &mut [f32])| {
-                let (s, pos) = rows[i];
-                attention(c, &q[i * d..(i + 1) * d], caches[s], pos, out);
-            };
-            if parallel && t > 1 {
-                attn.par_chunks_mut(d).enumerate().for_each(attend);
-            } else {
-                attn.chunks_mut(d).enumerate().for_each(attend);
-            }
+            attend(c, &q, &caches, &work, &mut attn, parallel);
             q8.quantize(&attn, d);
             self.matrix(&layer.o).product(&q8, &mut h, parallel);
             add(&mut x, &h);
@@ -519,60 +512,4 @@ impl Rope {
             }
         }
     }
-}
-
-/// One row's attention over its sequence's positions `0..=pos`, all heads.
-fn attention(
-    c: &LlamaConfig,
-    q: &[f32],
-    (keys, values): (&[f32], &[f32]),
-    pos: usize,
-    out: &mut [f32],
-) {
-    let hd = c.head_dim;
-    let kv_dim = c.kv_dim();
-    let group = c.heads / c.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0.0f32; pos + 1];
-    for (h, out) in out.chunks_exact_mut(hd).enumerate() {
-        let qh = &q[h * hd..(h + 1) * hd];
-        let kv = (h / group) * hd;
-        let mut max = f32::NEG_INFINITY;
-        for (t, score) in scores.iter_mut().enumerate() {
-            let key = &keys[t * kv_dim + kv..t * kv_dim + kv + hd];
-            *score = dot(qh, key) * scale;
-            max = max.max(*score);
-        }
-        let mut total = 0.0;
-        for score in scores.iter_mut() {
-            *score = (*score - max).exp();
-            total += *score;
-        }
-        out.fill(0.0);
-        for (t, &weight) in scores.iter().enumerate() {
-            let value = &values[t * kv_dim + kv..t * kv_dim + kv + hd];
-            let weight = weight / total;
-            for (o, v) in out.iter_mut().zip(value) {
-                *o += weight * v;
-            }
-        }
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums, so that the loop vectorizes.
-    let mut acc = [0.0f32; 8];
-    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += a[i] * b[i];
-        }
-    }
-    let tail: f32 = a
-        .chunks_exact(8)
-        .remainder()
-        .iter()
-        .zip(b.chunks_exact(8).remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }

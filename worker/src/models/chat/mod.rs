@@ -3,6 +3,7 @@
 //! tokenizer and the prompt template built from the GGUF's own metadata,
 //! and the generation loop that runs several sequences together.
 
+mod attention;
 pub mod device;
 pub mod engine;
 pub mod llama;
