@@ -142,11 +142,7 @@ impl<'a> QMatrix<'a> {
         }
         let mut transposed = vec![0.0f32; self.rows * m];
         self.product_output_major(x, &mut transposed, parallel);
-        for (j, column) in transposed.chunks_exact(m).enumerate() {
-            for (r, &v) in column.iter().enumerate() {
-                out[r * self.rows + j] = v;
-            }
-        }
+        transpose(&transposed, self.rows, m, out);
     }
 
     /// The product into `dst` as `rows × m` (output-major), in tasks of
@@ -183,6 +179,22 @@ impl<'a> QMatrix<'a> {
                     kernel(self.format, w, x, r, n, &mut sums);
                     dst[i * m + r..i * m + r + n].copy_from_slice(&sums[..n]);
                     r += n;
+                }
+            }
+        }
+    }
+}
+
+/// `out = srcᵀ`, `src` being `rows × cols`: in square tiles, so that the
+/// writes, strided by `rows`, stay within a few cache lines at a time (an
+/// untiled transpose of a long prompt's product took 7 % of its time).
+fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    const TILE: usize = 16;
+    for j0 in (0..rows).step_by(TILE) {
+        for r0 in (0..cols).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(rows) {
+                for r in r0..(r0 + TILE).min(cols) {
+                    out[r * rows + j] = src[j * cols + r];
                 }
             }
         }
@@ -620,6 +632,20 @@ mod tests {
                     (g - e).abs() <= 1e-4 * e.abs().max(1.0),
                     "{format:?}: {g} vs {e}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols) in [(1, 1), (3, 40), (17, 16), (33, 5)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut out = vec![-1.0; rows * cols];
+            transpose(&src, rows, cols, &mut out);
+            for j in 0..rows {
+                for r in 0..cols {
+                    assert_eq!(out[r * rows + j], src[j * cols + r], "{rows}×{cols}");
+                }
             }
         }
     }
