@@ -106,6 +106,20 @@ fn exit_codes() {
     );
     assert_eq!(code(g.ctl(&["scale", "credit-score"])), Some(2), "usage");
     assert_eq!(code(g.ctl(&["frobnicate"])), Some(2), "usage");
+    assert_eq!(code(g.ctl(&["drain", ""])), Some(2), "no model name");
+    assert_eq!(
+        code(g.ctl(&["scale", "a/b", "--min", "1"])),
+        Some(2),
+        "not a model name"
+    );
+    // The public listener is not the admin API, whatever it answers.
+    let public = format!("http://{}", g.public.address());
+    let out = ctl(&public, &["status"], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not thaw's admin API"),
+        "{out:?}"
+    );
     // Nothing listens on a port just freed.
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = free.local_addr().expect("address").port();

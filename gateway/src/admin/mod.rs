@@ -45,8 +45,15 @@ fn response(status: u16, content_type: &str, body: Vec<u8>) -> Response {
     }
     let len = r.body().len();
     r.headers_mut().insert("content-length", len.into());
+    // How `thaw ctl` tells the admin API from anything else at the address
+    // (the public listener answers unknown paths with 404s of its own).
+    r.headers_mut()
+        .insert(API_HEADER, http::HeaderValue::from_static("admin"));
     r
 }
+
+/// The header every admin response carries, with the value `admin`.
+pub const API_HEADER: &str = "thaw-api";
 
 fn json_response(status: u16, body: &Value) -> Response {
     response(status, "application/json", body.to_string().into_bytes())

@@ -200,6 +200,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path)
 }
 
+/// Whether `name` can name a model: letters, digits, '-', '_' and '.'
+/// (it goes in URL paths and file names as it is).
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// Parses and validates config text; `path` names the file in errors and
 /// anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -608,11 +617,7 @@ impl Ctx<'_> {
     ) -> Result<ModelConfig, ConfigError> {
         let field = |f: &str| format!("models[{i}].{f}");
         let name = m.name.get_ref().clone();
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !valid_name {
+        if !valid_model_name(&name) {
             return self.at(
                 m.name.span(),
                 &field("name"),

@@ -15,6 +15,8 @@ pub struct Reply {
     pub status: u16,
     /// The body.
     pub body: Vec<u8>,
+    /// Whether it carries the admin API's mark ([`crate::admin::API_HEADER`]).
+    pub admin: bool,
 }
 
 /// How long a reply may take: a reload waits for replacements to be ready.
@@ -86,18 +88,28 @@ pub fn parse(raw: &[u8]) -> Result<Reply, String> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or("not an HTTP response")?;
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(n, v)| {
-            n.trim().eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")
-        })
-    });
+    let headers: Vec<(&str, &str)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim(), v.trim()))
+        .collect();
+    let has = |name: &str, value: &str| {
+        headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.contains(value))
+    };
+    let chunked = has("transfer-encoding", "chunked");
+    let admin = has(crate::admin::API_HEADER, "admin");
     let rest = &raw[end + 4..];
     let body = if chunked {
         dechunk(rest)?
     } else {
         rest.to_vec()
     };
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        body,
+        admin,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {

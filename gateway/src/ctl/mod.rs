@@ -47,6 +47,14 @@ pub enum Command {
 /// Runs `command` against the admin API at `admin` (`http://HOST:PORT`),
 /// printing the result; returns the exit code.
 pub fn run(admin: &str, token: Option<&str>, command: &Command) -> i32 {
+    if let Command::Scale { model, .. } | Command::Drain { model } = command {
+        if !crate::config::valid_model_name(model) {
+            eprintln!(
+                "thaw ctl: {model:?} is not a model name (letters, digits, '-', '_' and '.')"
+            );
+            return EXIT_UNREACHABLE;
+        }
+    }
     let (method, path, body) = match command {
         Command::Status { .. } => ("GET", "/admin/status".to_string(), None),
         Command::Reload => ("POST", "/admin/reload".to_string(), None),
@@ -64,6 +72,14 @@ pub fn run(admin: &str, token: Option<&str>, command: &Command) -> i32 {
             return EXIT_UNREACHABLE;
         }
     };
+    if !reply.admin {
+        eprintln!(
+            "thaw ctl: {admin} answered {} but is not thaw's admin API (the public listener?): {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        return EXIT_UNREACHABLE;
+    }
     let Ok(value) = serde_json::from_slice::<Value>(&reply.body) else {
         eprintln!(
             "thaw ctl: {admin} answered {} with a body that is not JSON: {}",
