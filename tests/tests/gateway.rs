@@ -694,3 +694,30 @@ fn a_listen_address_in_use_fails_the_start_and_names_it() {
     proc.wait_stderr(&format!("cannot listen on {address}"), START);
     assert!(!proc.wait_exit(START).success());
 }
+
+#[test]
+fn listen_flags_take_what_the_config_takes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (args, says) in [
+        (
+            &["--listen", "localhost:8080"][..],
+            "--listen \"localhost:8080\" is not an IP:PORT address",
+        ),
+        (&["--admin-listen", "9090"][..], "--admin-listen \"9090\""),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:18081",
+                "--admin-listen",
+                "127.0.0.1:18081",
+            ][..],
+            "would both be 127.0.0.1:18081",
+        ),
+    ] {
+        let mut cmd = serve(&dir, "", "", "");
+        cmd.args(args);
+        let mut proc = Proc::spawn(cmd).expect("thaw starts");
+        proc.wait_stderr(says, START);
+        assert!(!proc.wait_exit(START).success(), "{args:?}");
+    }
+}

@@ -117,11 +117,28 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", options.config.display()))?;
     let file_config = config::parse(&text, &options.config)?;
     let mut cfg = file_config.clone();
+    // The flags take what the config's fields take.
+    for (flag, value) in [
+        ("--listen", &options.listen),
+        ("--admin-listen", &options.admin_listen),
+    ] {
+        if let Some(v) = value {
+            if v.parse::<std::net::SocketAddr>().is_err() {
+                anyhow::bail!("{flag} {v:?} is not an IP:PORT address");
+            }
+        }
+    }
     if let Some(l) = options.listen {
         cfg.gateway.listen = l;
     }
     if let Some(l) = options.admin_listen {
         cfg.gateway.admin_listen = l;
+    }
+    if cfg.gateway.listen == cfg.gateway.admin_listen && !cfg.gateway.listen.ends_with(":0") {
+        anyhow::bail!(
+            "the public and admin listeners would both be {} (--listen, --admin-listen)",
+            cfg.gateway.listen
+        );
     }
     let token = admin_token(&cfg.gateway, &cfg.gateway.admin_listen)?;
     let (public, public_addr) = socket(&cfg.gateway.listen, options.upgrade)?;
