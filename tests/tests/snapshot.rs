@@ -115,3 +115,41 @@ fn build_verify_serve_and_refuse() {
     ]);
     assert!(!bad_dtype.status.success());
 }
+
+/// A failure is one line on stderr, the whole chain of reasons in it, even
+/// where RUST_BACKTRACE is set: for `thaw` and for `thaw-worker`.
+#[test]
+fn errors_are_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("src");
+    std::fs::create_dir(&source).expect("mkdir");
+    // A tabular model whose weights are cut short.
+    let credit = repo_root().join("configs/models/credit-score");
+    std::fs::copy(
+        credit.join("thaw-model.json"),
+        source.join("thaw-model.json"),
+    )
+    .expect("copy");
+    let weights = std::fs::read(credit.join("model.safetensors")).expect("read");
+    std::fs::write(source.join("model.safetensors"), &weights[..100]).expect("write");
+    let source = source.to_string_lossy().into_owned();
+    let out = dir.path().join("out").to_string_lossy().into_owned();
+    for mut cmd in [Command::new(bin("thaw")), Command::new(bin("thaw-worker"))] {
+        match cmd.get_program().to_string_lossy().ends_with("thaw") {
+            true => cmd.args(["snapshot", "build", &source, "--out", &out]),
+            false => cmd.args(["--model", &source, "--listen", "127.0.0.1:0"]),
+        };
+        let run = cmd
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{cmd:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{cmd:?}: {stderr}");
+        assert!(
+            stderr.starts_with("Error: ") && stderr.contains("truncated"),
+            "{cmd:?}: {stderr}"
+        );
+    }
+}
