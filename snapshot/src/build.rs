@@ -265,7 +265,7 @@ fn build_into(
 /// q8_0 build, quantizes the large linear weights) and writes them, each
 /// aligned, to `model.safetensors`.
 fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, SnapshotError> {
-    let weights = options.source.join("model.safetensors");
+    let weights = options.source.join(source_weights(&options.source)?);
     if crate::is_snapshot(&options.source) {
         // A snapshot as the source: its padding is not a weight, and its
         // q8_0 blocks cannot be converted again.
@@ -511,6 +511,29 @@ fn check_gguf(path: &Path) -> Result<(), SnapshotError> {
 /// Checks a tabular model's weights against its manifest: the
 /// standardisation vectors and every layer of the MLP it describes, with
 /// their shapes, as the worker will read them.
+/// The source's weights file, relative to it: a tabular manifest's
+/// `weights` (what a worker serving the source loads), else
+/// `model.safetensors`.
+fn source_weights(source: &Path) -> Result<String, SnapshotError> {
+    let path = source.join(crate::kind::TABULAR_MANIFEST);
+    if !path.is_file() {
+        return Ok("model.safetensors".into());
+    }
+    let bad = |why: String| SnapshotError::Source(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(&path).map_err(|e| SnapshotError::io(&path, e))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let Some(name) = manifest["weights"].as_str() else {
+        return Err(bad("weights must name the safetensors file".into()));
+    };
+    if !crate::kind::is_inside_name(name) {
+        return Err(bad(format!(
+            "weights {name:?} must be a file in the model's directory"
+        )));
+    }
+    Ok(name.to_string())
+}
+
 fn check_tabular(source: &Path, tensors: &[(String, Tensor)]) -> Result<(), SnapshotError> {
     let path = source.join(crate::kind::TABULAR_MANIFEST);
     let bad = |why: String| SnapshotError::Source(format!("{}: {why}", path.display()));

@@ -124,6 +124,16 @@ fn is_bert_family(model_type: &str) -> bool {
     )
 }
 
+/// Whether `name`, from a model's own files (a tabular manifest's
+/// `weights`), names a file inside the model's directory: relative, no
+/// `..`, not empty.
+pub fn is_inside_name(name: &str) -> bool {
+    !name.is_empty()
+        && std::path::Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -401,3 +401,57 @@ fn sources_no_worker_could_load_are_refused_at_build() {
     std::fs::remove_file(bert.join("tokenizer.json")).expect("remove");
     assert!(try_build(&bert).contains("tokenizer.json"));
 }
+
+/// A tabular source's weights are the file its manifest names, as for a
+/// worker serving the source itself; a name out of the directory is
+/// refused.
+#[test]
+fn a_tabular_build_reads_the_weights_its_manifest_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("src");
+    std::fs::create_dir(&source).expect("mkdir");
+    let manifest_with = |weights: &str| {
+        let text =
+            std::fs::read_to_string(credit_score().join(kind::TABULAR_MANIFEST)).expect("manifest");
+        let mut m: serde_json::Value = serde_json::from_str(&text).expect("json");
+        m["weights"] = serde_json::json!(weights);
+        std::fs::write(source.join(kind::TABULAR_MANIFEST), m.to_string()).expect("write");
+    };
+    std::fs::copy(
+        credit_score().join("model.safetensors"),
+        source.join("scorer.safetensors"),
+    )
+    .expect("copy");
+    manifest_with("scorer.safetensors");
+    let out = dir.path().join("snap");
+    let options = |source: &Path| BuildOptions {
+        source: source.to_path_buf(),
+        out: out.clone(),
+        dtype: SnapshotDtype::F32,
+        progress: None,
+    };
+    let m = build(&options(&source)).expect("builds from scorer.safetensors");
+    let (_d, _, reference) = built(SnapshotDtype::F32);
+    let weights = |m: &Manifest| {
+        m.files
+            .iter()
+            .find(|f| f.path == "model.safetensors")
+            .map(|f| f.sha256.clone())
+    };
+    assert_eq!(weights(&m), weights(&reference), "the same weights");
+
+    // Another file by the default name is not what the manifest says.
+    std::fs::write(source.join("model.safetensors"), b"not these").expect("write");
+    manifest_with("missing.safetensors");
+    let e = build(&options(&source)).expect_err("the named file is missing");
+    assert!(e.to_string().contains("missing.safetensors"), "{e}");
+    for outside in ["../x.safetensors", "/etc/hostname", ""] {
+        manifest_with(outside);
+        let e = build(&options(&source)).expect_err("outside the directory");
+        assert!(
+            e.to_string()
+                .contains("must be a file in the model's directory"),
+            "{e}"
+        );
+    }
+}

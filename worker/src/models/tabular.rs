@@ -75,6 +75,13 @@ impl TabularModel {
                 )))
             }
         };
+        if !thaw_snapshot::kind::is_inside_name(&manifest.weights) {
+            return Err(ModelError::Load(format!(
+                "{}: weights {:?} must be a file in the model's directory",
+                manifest_path.display(),
+                manifest.weights
+            )));
+        }
         let vb = thaw_snapshot::map_safetensors(&[dir.join(&manifest.weights)], DType::F32, device)
             .map_err(ModelError::load)?;
         let width = manifest.input.features.len();
@@ -152,5 +159,35 @@ impl BatchModel for TabularModel {
 
     fn forward(&mut self, batch: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
         self.score(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_outside_the_model_directory_are_refused() {
+        let credit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models/credit-score");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = std::fs::read_to_string(credit.join(thaw_snapshot::kind::TABULAR_MANIFEST))
+            .expect("manifest");
+        let mut m: serde_json::Value = serde_json::from_str(&text).expect("json");
+        for weights in ["../model.safetensors", "/etc/hostname"] {
+            m["weights"] = serde_json::json!(weights);
+            std::fs::write(
+                dir.path().join(thaw_snapshot::kind::TABULAR_MANIFEST),
+                m.to_string(),
+            )
+            .expect("write");
+            let Err(e) = TabularModel::load(dir.path(), &Device::Cpu) else {
+                panic!("{weights}: loaded");
+            };
+            assert!(
+                e.to_string()
+                    .contains("must be a file in the model's directory"),
+                "{e}"
+            );
+        }
     }
 }
