@@ -7,7 +7,8 @@
 #    a cached venv): prompt processing and decode of one sequence, same
 #    prompt, same thread count;
 #  - both again with a long prompt (LONG_PROMPT tokens, 2048 by default),
-#    where attention's cost grows with the square of the length;
+#    where attention's cost grows with the square of the length, and decode
+#    after it (each new token attends to the whole prompt);
 #  - time to first token of a streamed completion, straight to a worker and
 #    through the gateway (thaw-bench ttft), one request at a time.
 # Goals: decode >= 0.8x llama.cpp; 4 streams >= 2x one stream's aggregate
@@ -50,8 +51,10 @@ echo "== llama.cpp" >&2
 "$python" "$root/bench/baselines/llama_cpp_speed.py" "$gguf" "$threads" >"$work/llama.json"
 long="${LONG_PROMPT:-2048}"
 echo "== a $long-token prompt: thaw, then llama.cpp" >&2
-PROMPT_TOKENS="$long" RAYON_NUM_THREADS="$threads" "$bin/examples/decode_speed" "$gguf" 1 >"$work/thaw-long.json"
-PROMPT_TOKENS="$long" "$python" "$root/bench/baselines/llama_cpp_speed.py" "$gguf" "$threads" >"$work/llama-long.json"
+PROMPT_TOKENS="$long" DECODE_CONTEXT="$long" RAYON_NUM_THREADS="$threads" \
+    "$bin/examples/decode_speed" "$gguf" 1 >"$work/thaw-long.json"
+PROMPT_TOKENS="$long" DECODE_CONTEXT="$long" \
+    "$python" "$root/bench/baselines/llama_cpp_speed.py" "$gguf" "$threads" >"$work/llama-long.json"
 
 echo "== time to first token: direct, then through the gateway" >&2
 printf '{"model":"smollm2","prompt":"The three primary colors are","max_tokens":32,"temperature":0,"stream":true}' >"$work/body.json"
@@ -105,7 +108,12 @@ jq -n --slurpfile thaw "$work/thaw.jsonl" --slurpfile llama "$work/llama.json" \
       tokens: $thaw_long[0].prompt_tokens,
       thaw_tokens_per_s: $thaw_long[0].prompt_tokens_per_s,
       llama_cpp_tokens_per_s: $llama_long[0].prompt_tokens_per_s,
-      ratio: ($thaw_long[0].prompt_tokens_per_s / $llama_long[0].prompt_tokens_per_s)
+      ratio: ($thaw_long[0].prompt_tokens_per_s / $llama_long[0].prompt_tokens_per_s),
+      decode_after_it: {
+        thaw_tokens_per_s: $thaw_long[0].decode_tokens_per_s,
+        llama_cpp_tokens_per_s: $llama_long[0].decode_tokens_per_s,
+        ratio: ($thaw_long[0].decode_tokens_per_s / $llama_long[0].decode_tokens_per_s)
+      }
     },
     four_streams_vs_one: ($four.decode_tokens_per_s / $one.decode_tokens_per_s),
     ttft_direct: $direct[0], ttft_gateway: $gateway[0],

@@ -57,13 +57,22 @@ fn main() -> anyhow::Result<()> {
         pool.install(|| model.forward(&mut steps, threads > 1))?;
         prefill_ms = start.elapsed().as_secs_f64() * 1e3;
     }
+    // Decode after the 14-token prompt, or after DECODE_CONTEXT tokens (each
+    // new token then attends to that many more).
+    let context: Vec<u32> = match std::env::var("DECODE_CONTEXT") {
+        Ok(n) => {
+            let n: usize = n.parse().context("DECODE_CONTEXT")?;
+            PROMPT.iter().cycle().take(n).copied().collect()
+        }
+        Err(_) => PROMPT.to_vec(),
+    };
     for n in streams {
         let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::new(&model)).collect();
         let mut steps: Vec<Step> = caches
             .iter_mut()
             .map(|cache| Step {
                 cache,
-                tokens: &PROMPT,
+                tokens: &context,
                 logits: true,
             })
             .collect();
@@ -85,7 +94,8 @@ fn main() -> anyhow::Result<()> {
         }
         let seconds = start.elapsed().as_secs_f64();
         println!(
-            "{{\"engine\":\"thaw\",\"threads\":{threads},\"streams\":{n},\"prompt_tokens\":{prompt_tokens},\"prompt_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.1},\"per_stream_tokens_per_s\":{:.1}}}",
+            "{{\"engine\":\"thaw\",\"threads\":{threads},\"streams\":{n},\"prompt_tokens\":{prompt_tokens},\"decode_context\":{},\"prompt_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.1},\"per_stream_tokens_per_s\":{:.1}}}",
+            context.len(),
             prompt_tokens as f64 / prefill_ms * 1e3,
             (n * DECODE) as f64 / seconds,
             DECODE as f64 / seconds

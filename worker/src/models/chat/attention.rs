@@ -2,7 +2,9 @@
 //!
 //! A decode row (a step of one token) attends on its own, [`row`]: its
 //! query against every cached key, with the head's width across the SIMD
-//! lanes. A prompt's rows go in blocks of [`LANES`] consecutive positions,
+//! lanes, its weighted values summed in eight registers in one pass over
+//! the cache, and its heads in parallel when it is alone in the pass (at
+//! a long context, a lone row's attention outweighs its products). A prompt's rows go in blocks of [`LANES`] consecutive positions,
 //! [`block`], with the block's rows across the lanes: each key and value is
 //! read once per block instead of once per row. (A long prompt's keys
 //! outgrow the caches, and reading them again for every row made attention
@@ -32,6 +34,9 @@ const PARTIALS: usize = 8;
 
 /// Outputs per pass of the weighted-values kernel: one register each.
 const OUTPUTS: usize = 8;
+
+/// Outputs per pass of a lone row's weighted values: eight registers.
+const ROW_OUTPUTS: usize = 64;
 
 /// A unit of attention work in a forward pass: rows `rows` of the pass,
 /// all of step `step`, at positions from `first`.
@@ -81,11 +86,14 @@ pub(super) fn attend(
         work.push((task, mine));
         rest = later;
     }
+    // Too few tasks to keep the pool busy (one decoding sequence): a row's
+    // heads go in parallel too.
+    let spread = parallel && tasks.len() < rayon::current_num_threads();
     let run = |scratch: &mut Scratch, (task, out): (&Task, &mut [f32])| {
         let q = &q[task.rows.start * d..task.rows.end * d];
         let cache = caches[task.step];
         if task.rows.len() == 1 {
-            row(c, q, cache, task.first, out, scratch);
+            row(c, q, cache, task.first, out, scratch, spread);
         } else {
             block(c, q, cache, task.first, out, scratch);
         }
@@ -113,51 +121,112 @@ pub(super) struct Scratch {
 
 /// One row's attention over its sequence's positions `0..=pos`, all heads:
 /// `q` is the row's queries (`heads × head_dim`), `keys` and `values` the
-/// cache (`positions × kv_dim`), `out` the row's result.
+/// cache (`positions × kv_dim`), `out` the row's result. `parallel`: the
+/// heads on rayon's current pool (a lone decode row would otherwise keep
+/// one thread busy while the others wait, and at long contexts its
+/// attention outweighs its products).
 pub(super) fn row(
     c: &LlamaConfig,
     q: &[f32],
-    (keys, values): (&[f32], &[f32]),
+    cache: (&[f32], &[f32]),
     pos: usize,
     out: &mut [f32],
     scratch: &mut Scratch,
+    parallel: bool,
+) {
+    let hd = c.head_dim;
+    if parallel {
+        out.par_chunks_exact_mut(hd)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (h, out)| {
+                head(c, h, &q[h * hd..(h + 1) * hd], cache, pos, out, scores);
+            });
+    } else {
+        for (h, out) in out.chunks_exact_mut(hd).enumerate() {
+            head(
+                c,
+                h,
+                &q[h * hd..(h + 1) * hd],
+                cache,
+                pos,
+                out,
+                &mut scratch.row,
+            );
+        }
+    }
+}
+
+/// Head `h` of a row: `qh` its query, `out` its result.
+fn head(
+    c: &LlamaConfig,
+    h: usize,
+    qh: &[f32],
+    (keys, values): (&[f32], &[f32]),
+    pos: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
 ) {
     let hd = c.head_dim;
     let kv_dim = c.kv_dim();
-    let group = c.heads / c.kv_heads;
+    let kv = (h / (c.heads / c.kv_heads)) * hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = &mut scratch.row;
     scores.resize(pos + 1, 0.0);
-    for (h, out) in out.chunks_exact_mut(hd).enumerate() {
-        let qh = &q[h * hd..(h + 1) * hd];
-        let kv = (h / group) * hd;
-        let mut max = f32::NEG_INFINITY;
-        for (t, score) in scores.iter_mut().enumerate() {
-            let key = &keys[t * kv_dim + kv..t * kv_dim + kv + hd];
-            *score = dot(qh, key) * scale;
-            max = max.max(*score);
+    let mut max = f32::NEG_INFINITY;
+    for (t, score) in scores.iter_mut().enumerate() {
+        let key = &keys[t * kv_dim + kv..t * kv_dim + kv + hd];
+        *score = dot(qh, key) * scale;
+        max = max.max(*score);
+    }
+    for chunk in scores.chunks_mut(LANES) {
+        let mut x = [f32::NEG_INFINITY; LANES];
+        for (x, s) in x.iter_mut().zip(chunk.iter()) {
+            *x = s - max;
         }
-        let mut total = 0.0;
-        for chunk in scores.chunks_mut(LANES) {
-            let mut x = [f32::NEG_INFINITY; LANES];
-            for (x, s) in x.iter_mut().zip(chunk.iter()) {
-                *x = s - max;
-            }
-            let e = exp(x);
-            chunk.copy_from_slice(&e[..chunk.len()]);
-        }
-        for &e in scores.iter() {
-            total += e;
-        }
-        out.fill(0.0);
-        for (t, &e) in scores.iter().enumerate() {
-            let value = &values[t * kv_dim + kv..t * kv_dim + kv + hd];
-            let weight = e / total;
-            for (o, v) in out.iter_mut().zip(value) {
-                *o = v.mul_add(weight, *o);
-            }
+        let e = exp(x);
+        chunk.copy_from_slice(&e[..chunk.len()]);
+    }
+    let mut total = 0.0;
+    for &e in scores.iter() {
+        total += e;
+    }
+    for e in scores.iter_mut() {
+        *e /= total;
+    }
+    // Each output sums over positions in order, OUTPUTS of them at a time
+    // in registers.
+    let mut i = 0;
+    while i < hd {
+        let values = &values[kv + i..];
+        if hd - i >= ROW_OUTPUTS {
+            // Eight registers: eight independent chains of multiply-adds,
+            // and each position's values read once.
+            let sums = weighted_row::<ROW_OUTPUTS>(scores, values, kv_dim);
+            out[i..i + ROW_OUTPUTS].copy_from_slice(&sums);
+            i += ROW_OUTPUTS;
+        } else if hd - i >= OUTPUTS {
+            let sums = weighted_row::<OUTPUTS>(scores, values, kv_dim);
+            out[i..i + OUTPUTS].copy_from_slice(&sums);
+            i += OUTPUTS;
+        } else {
+            out[i] = weighted_row::<1>(scores, values, kv_dim)[0];
+            i += 1;
         }
     }
+}
+
+/// `K` consecutive outputs of one row: each the sum over positions, in
+/// order, of the position's weight times its value (`values[t * stride..]`
+/// starts at position t's).
+#[inline(always)]
+fn weighted_row<const K: usize>(weights: &[f32], values: &[f32], stride: usize) -> [f32; K] {
+    let mut acc = [0.0f32; K];
+    for (t, &w) in weights.iter().enumerate() {
+        let Some(v) = values[t * stride..].first_chunk::<K>() else {
+            unreachable!("the cache holds every position's values");
+        };
+        acc = std::array::from_fn(|j| v[j].mul_add(w, acc[j]));
+    }
+    acc
 }
 
 /// A score's dot product: [`PARTIALS`] partial sums, added in order, then
@@ -415,6 +484,10 @@ mod tests {
 
     #[test]
     fn rows_match_the_definition_and_blocks_match_rows_bit_for_bit() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool");
         // SmolLM2's shape, and a head width that is not a multiple of 8.
         for (c, first, n) in [
             (config(9, 3, 64), 0, 8),
@@ -447,7 +520,22 @@ mod tests {
                     first + r,
                     &mut alone,
                     &mut Scratch::default(),
+                    false,
                 );
+                // The heads in parallel: the same.
+                let mut spread = vec![0.0f32; d];
+                pool.install(|| {
+                    row(
+                        &c,
+                        q,
+                        (&keys, &values),
+                        first + r,
+                        &mut spread,
+                        &mut Scratch::default(),
+                        true,
+                    )
+                });
+                assert_eq!(spread, alone, "first {first}, row {r}");
                 for (i, want) in want.iter().enumerate() {
                     let got = alone[i];
                     assert!(
