@@ -265,7 +265,11 @@ fn build_into(
 /// q8_0 build, quantizes the large linear weights) and writes them, each
 /// aligned, to `model.safetensors`.
 fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, SnapshotError> {
-    let weights = options.source.join(source_weights(&options.source)?);
+    let tabular = tabular_manifest(&options.source)?;
+    let weights = options.source.join(match &tabular {
+        Some((path, manifest)) => tabular_weights(path, manifest)?,
+        None => "model.safetensors",
+    });
     if crate::is_snapshot(&options.source) {
         // A snapshot as the source: its padding is not a weight, and its
         // q8_0 blocks cannot be converted again.
@@ -279,8 +283,8 @@ fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, Sn
         }
     }
     let tensors = crate::mmap::load_all(&weights)?;
-    if options.source.join(crate::kind::TABULAR_MANIFEST).is_file() {
-        check_tabular(&options.source, &tensors)?;
+    if let Some((path, manifest)) = &tabular {
+        check_tabular(path, manifest, &tensors)?;
     } else if !options.source.join("tokenizer.json").is_file() {
         return Err(SnapshotError::Source(format!(
             "{}: an embedding model needs its tokenizer.json",
@@ -511,18 +515,26 @@ fn check_gguf(path: &Path) -> Result<(), SnapshotError> {
 /// Checks a tabular model's weights against its manifest: the
 /// standardisation vectors and every layer of the MLP it describes, with
 /// their shapes, as the worker will read them.
-/// The source's weights file, relative to it: a tabular manifest's
-/// `weights` (what a worker serving the source loads), else
-/// `model.safetensors`.
-fn source_weights(source: &Path) -> Result<String, SnapshotError> {
+/// The source's tabular manifest, parsed, with its path; `None` for a
+/// source without one.
+fn tabular_manifest(source: &Path) -> Result<Option<(PathBuf, serde_json::Value)>, SnapshotError> {
     let path = source.join(crate::kind::TABULAR_MANIFEST);
     if !path.is_file() {
-        return Ok("model.safetensors".into());
+        return Ok(None);
     }
-    let bad = |why: String| SnapshotError::Source(format!("{}: {why}", path.display()));
     let text = std::fs::read_to_string(&path).map_err(|e| SnapshotError::io(&path, e))?;
-    let manifest: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let manifest = serde_json::from_str(&text)
+        .map_err(|e| SnapshotError::Source(format!("{}: {e}", path.display())))?;
+    Ok(Some((path, manifest)))
+}
+
+/// A tabular source's weights file, relative to it: the manifest's
+/// `weights`, what a worker serving the source loads.
+fn tabular_weights<'m>(
+    path: &Path,
+    manifest: &'m serde_json::Value,
+) -> Result<&'m str, SnapshotError> {
+    let bad = |why: String| SnapshotError::Source(format!("{}: {why}", path.display()));
     let Some(name) = manifest["weights"].as_str() else {
         return Err(bad("weights must name the safetensors file".into()));
     };
@@ -531,15 +543,15 @@ fn source_weights(source: &Path) -> Result<String, SnapshotError> {
             "weights {name:?} must be a file in the model's directory"
         )));
     }
-    Ok(name.to_string())
+    Ok(name)
 }
 
-fn check_tabular(source: &Path, tensors: &[(String, Tensor)]) -> Result<(), SnapshotError> {
-    let path = source.join(crate::kind::TABULAR_MANIFEST);
+fn check_tabular(
+    path: &Path,
+    manifest: &serde_json::Value,
+    tensors: &[(String, Tensor)],
+) -> Result<(), SnapshotError> {
     let bad = |why: String| SnapshotError::Source(format!("{}: {why}", path.display()));
-    let text = std::fs::read_to_string(&path).map_err(|e| SnapshotError::io(&path, e))?;
-    let manifest: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let width = manifest["input"]["features"]
         .as_array()
         .map(Vec::len)

@@ -209,6 +209,18 @@ pub fn valid_model_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// Whether `value` is what `gateway.listen` and `gateway.admin_listen` take:
+/// an `IP:PORT`.
+pub fn is_listen_address(value: &str) -> bool {
+    value.parse::<std::net::SocketAddr>().is_ok()
+}
+
+/// Whether the public and admin listeners would be one socket (the same
+/// address, not an ephemeral port).
+pub fn listeners_clash(listen: &str, admin_listen: &str) -> bool {
+    listen == admin_listen && !listen.ends_with(":0")
+}
+
 /// Parses and validates config text; `path` names the file in errors and
 /// anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -264,7 +276,7 @@ impl Ctx<'_> {
         let admin_span = g.admin_listen.as_ref().map(Spanned::span);
         let admin_listen =
             self.address(g.admin_listen, "gateway.admin_listen", "127.0.0.1:9090")?;
-        if admin_listen == listen && !listen.ends_with(":0") {
+        if listeners_clash(&listen, &admin_listen) {
             return self.at(
                 admin_span.unwrap_or_default(),
                 "gateway.admin_listen",
@@ -357,9 +369,9 @@ impl Ctx<'_> {
         let Some(value) = value else {
             return Ok(default.to_string());
         };
-        match value.get_ref().parse::<std::net::SocketAddr>() {
-            Ok(_) => Ok(value.into_inner()),
-            Err(_) => self.at(
+        match is_listen_address(value.get_ref()) {
+            true => Ok(value.into_inner()),
+            false => self.at(
                 value.span(),
                 field,
                 format!("{:?} is not an IP:PORT address", value.get_ref()),

@@ -123,7 +123,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         ("--admin-listen", &options.admin_listen),
     ] {
         if let Some(v) = value {
-            if v.parse::<std::net::SocketAddr>().is_err() {
+            if !config::is_listen_address(v) {
                 anyhow::bail!("{flag} {v:?} is not an IP:PORT address");
             }
         }
@@ -134,7 +134,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(l) = options.admin_listen {
         cfg.gateway.admin_listen = l;
     }
-    if cfg.gateway.listen == cfg.gateway.admin_listen && !cfg.gateway.listen.ends_with(":0") {
+    if config::listeners_clash(&cfg.gateway.listen, &cfg.gateway.admin_listen) {
         anyhow::bail!(
             "the public and admin listeners would both be {} (--listen, --admin-listen)",
             cfg.gateway.listen

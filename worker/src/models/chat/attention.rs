@@ -442,16 +442,11 @@ mod tests {
         }
     }
 
-    /// Deterministic values in [-2, 2).
+    /// Deterministic values in [-2, 2): the products' test data, doubled.
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-            })
+        super::super::quant::tests::data(n, seed)
+            .into_iter()
+            .map(|v| v * 2.0)
             .collect()
     }
 
@@ -511,30 +506,17 @@ mod tests {
             );
             for r in 0..n {
                 let want = reference(&c, &q[r * d..(r + 1) * d], &keys, &values, first + r);
-                let mut alone = vec![0.0f32; d];
                 let q = &q[r * d..(r + 1) * d];
-                row(
-                    &c,
-                    q,
-                    (&keys, &values),
-                    first + r,
-                    &mut alone,
-                    &mut Scratch::default(),
-                    false,
-                );
+                let one_row = |parallel: bool| {
+                    let mut out = vec![0.0f32; d];
+                    let mut scratch = Scratch::default();
+                    let cache = (&keys[..], &values[..]);
+                    row(&c, q, cache, first + r, &mut out, &mut scratch, parallel);
+                    out
+                };
+                let alone = one_row(false);
                 // The heads in parallel: the same.
-                let mut spread = vec![0.0f32; d];
-                pool.install(|| {
-                    row(
-                        &c,
-                        q,
-                        (&keys, &values),
-                        first + r,
-                        &mut spread,
-                        &mut Scratch::default(),
-                        true,
-                    )
-                });
+                let spread = pool.install(|| one_row(true));
                 assert_eq!(spread, alone, "first {first}, row {r}");
                 for (i, want) in want.iter().enumerate() {
                     let got = alone[i];

@@ -442,44 +442,7 @@ mod avx2 {
         let Some(simd) = V3::try_new() else {
             return super::portable::q8_0(format, w, x, first, n, sums);
         };
-        match n {
-            1 => simd.vectorize(|| q8_0_one(simd, w, x, first, sums)),
-            _ => rows_of!(n, simd, q8_0_rows(simd, w, x, first, sums)),
-        }
-    }
-
-    /// [`q8_0_rows`] for one row (decode's output layer, the largest
-    /// matrix), two blocks per iteration: the same sums in the same order,
-    /// but a loop that does not depend on the compiler's unrolling.
-    #[inline(always)]
-    fn q8_0_one(simd: V3, w: &[u8], x: &Q8Rows, first: usize, sums: &mut [f32; ROWS]) {
-        let V3 { avx, avx2, fma, .. } = simd;
-        let (xq, xd, _) = rows::<1>(x, first);
-        let (xq, xd) = (xq[0], xd[0]);
-        let ones = avx._mm256_set1_epi16(1);
-        let block_bytes = Format::Q8_0.block_bytes();
-        let one = |acc: __m256, b: usize, block: &[u8]| {
-            let d = half_at(block, 0);
-            let weights = load256(&block[2..]);
-            let magnitude = avx2._mm256_sign_epi8(weights, weights);
-            let xv = load256(bytemuck::cast_slice(&xq[b * BLOCK..(b + 1) * BLOCK]));
-            let pairs = avx2._mm256_maddubs_epi16(magnitude, avx2._mm256_sign_epi8(xv, weights));
-            let dot = avx._mm256_cvtepi32_ps(avx2._mm256_madd_epi16(pairs, ones));
-            fma._mm256_fmadd_ps(avx._mm256_set1_ps(d * xd[b]), dot, acc)
-        };
-        let mut acc = avx._mm256_setzero_ps();
-        let pairs = w.chunks_exact(2 * block_bytes);
-        let rest = pairs.remainder();
-        let mut b = 0;
-        for pair in pairs {
-            acc = one(acc, b, &pair[..block_bytes]);
-            acc = one(acc, b + 1, &pair[block_bytes..]);
-            b += 2;
-        }
-        if !rest.is_empty() {
-            acc = one(acc, b, rest);
-        }
-        sums[0] = horizontal_sum(simd, acc);
+        rows_of!(n, simd, q8_0_rows(simd, w, x, first, sums))
     }
 
     /// `N` rows of activations: quantized values, scales, scaled sums.
@@ -597,11 +560,11 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A deterministic spread of values in [-1, 1).
-    fn data(n: usize, seed: u64) -> Vec<f32> {
+    pub(in crate::models::chat) fn data(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..n)
             .map(|_| {
@@ -722,8 +685,7 @@ mod tests {
     #[test]
     fn a_rows_sum_does_not_depend_on_how_many_rows_share_the_pass() {
         for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
-            // An odd number of blocks too: the one-row Q8_0 kernel takes
-            // them in pairs.
+            // An even and an odd number of blocks.
             for cols in [576, 608] {
                 let bytes = quantize(format, &data(cols, 7));
                 let w = QMatrix::new(format, 1, cols, &bytes).expect("matrix");
