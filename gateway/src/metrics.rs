@@ -32,6 +32,8 @@ pub struct Metrics {
     pub cold_start_seconds: HistogramVec,
     /// Workers that exited without being asked to.
     pub worker_crashes: IntCounterVec,
+    /// Requests sent again because their worker did not take them, by model.
+    pub replayed: IntCounterVec,
     /// Workers that failed to start.
     pub worker_start_failures: IntCounterVec,
     /// Templates started, demoted and crashed, by model.
@@ -113,6 +115,11 @@ impl Metrics {
             worker_crashes: counter(
                 "thaw_worker_crashes_total",
                 "Workers that exited without being asked to",
+                &["model"],
+            )?,
+            replayed: counter(
+                "thaw_requests_replayed_total",
+                "Requests sent again because the worker's connection failed before the worker took the whole request",
                 &["model"],
             )?,
             worker_start_failures: counter(

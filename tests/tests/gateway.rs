@@ -469,6 +469,42 @@ fn a_body_larger_than_pingoras_replay_buffer_is_forwarded_whole() {
 }
 
 #[test]
+fn a_body_the_gateway_admits_is_not_refused_by_the_worker() {
+    // Over the workers' own 2 MiB default, under the gateway's limit.
+    let g = gateway_with(
+        "max_body_bytes = \"4MiB\"",
+        &credit_score("[models.scaling]\nmin_instances = 1"),
+        "",
+    );
+    let mut body = score_request().to_string().into_bytes();
+    body.splice(1..1, std::iter::repeat_n(b' ', 3 << 20));
+    let r = g
+        .public
+        .request("POST", "/v2/models/credit-score/infer", Some(&body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // Streamed without a declared length past the gateway's limit: its 413,
+    // in KServe's shape (the worker would take it).
+    let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, " ".repeat(1 << 20));
+    let mut raw = b"POST /v2/models/credit-score/infer HTTP/1.1\r\nhost: t\r\n\
+                    transfer-encoding: chunked\r\n\r\n1\r\n[\r\n"
+        .to_vec();
+    for _ in 0..5 {
+        raw.extend_from_slice(chunk.as_bytes());
+    }
+    raw.extend_from_slice(b"1\r\n]\r\n0\r\n\r\n");
+    let r = g.public.raw(&raw).expect("a response");
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("4194304")),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+#[test]
 fn protocol_edges_each_get_one_proper_response() {
     let g = gateway(
         &(credit_score("[models.scaling]\nmin_instances = 1") + &minilm("")),

@@ -39,7 +39,7 @@ pub struct Gateway {
     pub models_dir: PathBuf,
     /// Sockets and built snapshots (private, 0700).
     pub state_dir: PathBuf,
-    /// Largest body read to find a request's model (413 beyond).
+    /// Largest request body, read here or streamed to a worker (413 beyond).
     pub max_body_bytes: u64,
     /// How workers' liveness is checked.
     pub health: HealthCheck,

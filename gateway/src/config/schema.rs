@@ -34,7 +34,7 @@ pub struct RawGateway {
     pub models_dir: Option<String>,
     /// Sockets and built snapshots.
     pub state_dir: Option<String>,
-    /// Largest request body read to find the model.
+    /// Largest request body, read or streamed (413 beyond).
     pub max_body_bytes: Option<Spanned<String>>,
     /// How often each worker's liveness is probed (also each probe's timeout).
     pub health_interval: Option<Spanned<String>>,

@@ -34,6 +34,10 @@ pub const REPLAYABLE_BODY: usize = 64 * 1024;
 /// Header a client may send to wait less than the model's queue timeout.
 pub const QUEUE_TIMEOUT_HEADER: &str = "x-thaw-queue-timeout-ms";
 
+/// How many times one request is sent again after its worker did not take
+/// it (each try on a connection that may be pooled, hence stale too).
+const MAX_REPLAYS: u8 = 3;
+
 /// The proxy.
 pub struct Gateway {
     /// The models.
@@ -58,6 +62,14 @@ pub struct Ctx {
     http10: bool,
     /// Why a request sent on after a failed connection got no other slot.
     refusal: Option<GatewayError>,
+    /// A worker's response head arrived: the request is never sent again.
+    answered: bool,
+    /// Times the request was sent again because its worker did not take it.
+    replays: u8,
+    /// The largest body this request may have (the limit when it came).
+    body_limit: u64,
+    /// Body bytes sent to the worker on this try.
+    body_sent: u64,
 }
 
 #[async_trait]
@@ -73,6 +85,10 @@ impl ProxyHttp for Gateway {
             cold: false,
             http10: false,
             refusal: None,
+            answered: false,
+            replays: 0,
+            body_limit: 0,
+            body_sent: 0,
         }
     }
 
@@ -81,6 +97,7 @@ impl ProxyHttp for Gateway {
         // order, one after another (RFC 9112 §9.3.2), instead of the
         // next one's bytes ending this one.
         session.as_downstream_mut().set_pipelining_enabled(true);
+        ctx.body_limit = self.live.max_body_bytes();
         let header = session.req_header();
         ctx.http10 = header.version == http::Version::HTTP_10;
         let method = header.method.as_str().to_string();
@@ -90,11 +107,14 @@ impl ProxyHttp for Gateway {
         let body_after_model = matches!(r, Route::V2Model(_));
         let mut unreplayable = None;
         let result = match r {
-            Route::OpenAiBody => self.read_body(session).await.and_then(|body| {
-                let model = self.model(&model_of(&body)?)?;
-                unreplayable = (body.len() > REPLAYABLE_BODY).then_some(body);
-                Ok(model)
-            }),
+            Route::OpenAiBody => self
+                .read_body(session, ctx.body_limit)
+                .await
+                .and_then(|body| {
+                    let model = self.model(&model_of(&body)?)?;
+                    unreplayable = (body.len() > REPLAYABLE_BODY).then_some(body);
+                    Ok(model)
+                }),
             Route::V2Model(name) => self.model(&name),
             other => {
                 self.answer_here(session, other, &path).await?;
@@ -108,7 +128,7 @@ impl ProxyHttp for Gateway {
         if body_after_model {
             // A free slot now: no queueing, so the body streams through
             // to the worker as it comes.
-            let limit = self.live.max_body_bytes();
+            let limit = ctx.body_limit;
             if declared_length(session).is_some_and(|n| n > limit) {
                 ctx.model = Some(model);
                 return self
@@ -126,7 +146,7 @@ impl ProxyHttp for Gateway {
             }
             // Read the body before queueing, so a client that hangs up
             // while queued can be noticed (the connection is then idle).
-            match self.read_body(session).await {
+            match self.read_body(session, ctx.body_limit).await {
                 Ok(body) => unreplayable = (body.len() > REPLAYABLE_BODY).then_some(body),
                 Err(e) => return self.reject(session, ctx, &e).await,
             }
@@ -152,6 +172,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Each try sends the body from its start.
+        ctx.body_sent = 0;
         if ctx.permit.is_none() {
             // Sent on after a failed connection.
             if let Err(refusal) = reacquire(session, ctx).await {
@@ -174,12 +196,31 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
+    /// Holds a body streamed to the worker (one without a declared length)
+    /// to the limit, as one read here is held: the workers have none of
+    /// their own.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.body_sent += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_sent > ctx.body_limit {
+            ctx.refusal = Some(GatewayError::TooLarge(ctx.body_limit));
+            return Error::e_explain(ErrorType::HTTPStatus(413), "the request body is too large");
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.answered = true;
         decorate(&self.metrics, ctx, upstream)?;
         frame_for_client(session, ctx, upstream)
     }
@@ -200,14 +241,19 @@ impl ProxyHttp for Gateway {
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
-        _session: &mut Session,
+        session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
-        // Model requests are not idempotent: never replay one on another worker.
+        // A model request costs a worker's time and may not give the same
+        // answer twice: it is sent again only when the worker did not take
+        // it, and only while the body is still whole in the retry buffer.
+        // The try keeps its slot: a dead worker's socket then refuses the
+        // connection and `fail_to_connect` sends it to another slot.
         let mut e = e.more_context(format!("worker {peer}"));
-        e.set_retry(false);
+        let replay = !session.as_ref().retry_buffer_truncated() && self.replay(session, ctx, &e);
+        e.set_retry(replay);
         e
     }
 
@@ -239,6 +285,11 @@ impl ProxyHttp for Gateway {
         if session.response_written().is_none() {
             // The connection ends with this answer: say so.
             session.set_keepalive(None);
+            if matches!(err, GatewayError::TooLarge(_)) {
+                // A client still sending the body reads the 413 instead
+                // of a reset.
+                drain_body(session).await;
+            }
             if let Err(write) = respond::error(session, &err, ctx.openai).await {
                 tracing::debug!("writing the {code}: {write}");
             }
@@ -334,8 +385,7 @@ impl Gateway {
     /// Reads the whole body under the size limit. A body that fits
     /// pingora's retry buffer is replayed to the worker by the proxy; a
     /// larger one is forwarded by `large_body`.
-    async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
-        let limit = self.live.max_body_bytes();
+    async fn read_body(&self, session: &mut Session, limit: u64) -> Result<Bytes, GatewayError> {
         if declared_length(session).is_some_and(|n| n > limit) {
             return Err(GatewayError::TooLarge(limit));
         }
@@ -366,10 +416,72 @@ impl Gateway {
         }
     }
 
+    /// Whether to send the request again after `e`: the worker did not take
+    /// it, no response has begun, and it has not been sent too many times.
+    /// Counted and logged when so.
+    fn replay(&self, session: &Session, ctx: &mut Ctx, e: &Error) -> bool {
+        if !untaken(e)
+            || ctx.answered
+            || session.response_written().is_some()
+            || ctx.replays >= MAX_REPLAYS
+        {
+            return false;
+        }
+        ctx.replays += 1;
+        let model = ctx.model.as_ref().map_or("-", |m| m.config.name.as_str());
+        self.metrics.replayed.with_label_values(&[model]).inc();
+        tracing::warn!(
+            model,
+            error = %e,
+            "the worker did not take the request: sending it again"
+        );
+        true
+    }
+
     async fn forward_large(&self, session: &mut Session, ctx: &mut Ctx, body: Bytes) -> Result<()> {
+        loop {
+            let Some((upstream, peer)) = self.connect_large(session, ctx).await? else {
+                return Ok(());
+            };
+            let result = large_body::forward(
+                &self.connector,
+                upstream,
+                session,
+                &peer,
+                body.clone(),
+                |s, h| {
+                    ctx.answered = true;
+                    decorate(&self.metrics, ctx, h)?;
+                    frame_for_client(s, ctx, h)
+                },
+            )
+            .await;
+            let Err(e) = result else {
+                return Ok(());
+            };
+            if self.replay(session, ctx, &e) {
+                continue;
+            }
+            if session.response_written().is_none() {
+                let err =
+                    GatewayError::BadGateway(format!("the worker failed: {}", e.etype().as_str()));
+                respond::error(session, &err, ctx.openai).await?;
+            }
+            return Ok(());
+        }
+    }
+
+    /// A connection to the request's worker for `forward_large`; `None`
+    /// when the request got its answer here instead (no other slot, or
+    /// the connection failed otherwise).
+    async fn connect_large(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<Option<(pingora::protocols::http::client::HttpSession, HttpPeer)>> {
         // A worker whose socket has no listener is left for another slot,
         // as the proxy path does (`fail_to_connect`).
-        let (upstream, peer) = loop {
+        loop {
             let Some(permit) = ctx.permit.as_ref() else {
                 return Error::e_explain(
                     ErrorType::InternalError,
@@ -378,10 +490,11 @@ impl Gateway {
             };
             let peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
             match self.connector.get_http_session(&peer).await {
-                Ok((upstream, _reused)) => break (upstream, peer),
+                Ok((upstream, _reused)) => return Ok(Some((upstream, peer))),
                 Err(e) if unreachable(ctx, &e) => {
                     if let Err(refusal) = reacquire(session, ctx).await {
-                        return respond::error(session, &refusal, ctx.openai).await;
+                        respond::error(session, &refusal, ctx.openai).await?;
+                        return Ok(None);
                     }
                 }
                 Err(e) => {
@@ -389,24 +502,11 @@ impl Gateway {
                         "the worker failed: {}",
                         e.etype().as_str()
                     ));
-                    return respond::error(session, &err, ctx.openai).await;
+                    respond::error(session, &err, ctx.openai).await?;
+                    return Ok(None);
                 }
             }
-        };
-        let result =
-            large_body::forward(&self.connector, upstream, session, &peer, body, |s, h| {
-                decorate(&self.metrics, ctx, h)?;
-                frame_for_client(s, ctx, h)
-            })
-            .await;
-        if let Err(e) = result {
-            if session.response_written().is_none() {
-                let err =
-                    GatewayError::BadGateway(format!("the worker failed: {}", e.etype().as_str()));
-                respond::error(session, &err, ctx.openai).await?;
-            }
         }
-        Ok(())
     }
 
     async fn reject(&self, session: &mut Session, ctx: &Ctx, e: &GatewayError) -> Result<bool> {
@@ -529,6 +629,27 @@ fn unreachable(ctx: &mut Ctx, e: &Error) -> bool {
         "no listener on a ready worker's socket: sending the request elsewhere"
     );
     true
+}
+
+/// Whether `e` shows that the worker did not take the whole request, so it
+/// cannot have acted on it: writing the request to it failed (its end of
+/// the connection is closed: a pooled connection to a worker that has
+/// died), or its end closed with part of the request unread, which a unix
+/// socket reports as a reset (an end closed after reading it all reads as
+/// an orderly close: that request may have been served, and is not sent
+/// again).
+fn untaken(e: &Error) -> bool {
+    if e.esource() != &pingora::ErrorSource::Upstream {
+        return false;
+    }
+    match e.etype() {
+        ErrorType::WriteError => true,
+        ErrorType::ReadError => e
+            .root_cause()
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset),
+        _ => false,
+    }
 }
 
 /// Another slot for a request whose worker was unreachable, within what is

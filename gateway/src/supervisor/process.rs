@@ -197,6 +197,14 @@ pub(crate) fn glibc_tunables() -> String {
     }
 }
 
+/// The body limit of the workers the gateway starts: none of their own.
+/// The gateway holds every body to `gateway.max_body_bytes` (declared, read
+/// or streamed), so a reload that raises it applies to running workers too,
+/// and a body it admits is never refused behind it.
+pub(crate) fn unlimited_body() -> String {
+    usize::MAX.to_string()
+}
+
 /// The arguments every worker and template gets.
 pub(crate) fn command(bin: &Path, spec: &WorkerSpec) -> Command {
     let mut cmd = Command::new(bin);
@@ -206,6 +214,8 @@ pub(crate) fn command(bin: &Path, spec: &WorkerSpec) -> Command {
         .arg(&spec.model)
         .arg("--device")
         .arg(&spec.device)
+        .arg("--max-body-bytes")
+        .arg(unlimited_body())
         .env("THAW_PARENT_PID", std::process::id().to_string())
         .env("GLIBC_TUNABLES", glibc_tunables())
         .stdin(Stdio::null())

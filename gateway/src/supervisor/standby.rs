@@ -71,7 +71,9 @@ impl StandbyProcess {
         let what = format!("standby process on {device}");
         let start = Instant::now();
         let mut cmd = Command::new(bin);
-        cmd.args(["--standby", "--lifeline", "--device", device]);
+        cmd.args(["--standby", "--lifeline", "--device", device])
+            .arg("--max-body-bytes")
+            .arg(process::unlimited_body());
         for file in preregister {
             cmd.arg("--preregister").arg(file);
         }

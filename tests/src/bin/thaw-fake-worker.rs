@@ -1,0 +1,165 @@
+//! A stand-in for `thaw-worker` in whole-system tests of the gateway's
+//! proxy. It starts the way a worker does (`--listen unix:PATH`, a `ready`
+//! line on stdout, HTTP/1.1 on the socket, liveness answered) and then fails
+//! on purpose, as `THAW_FAKE_WORKER` says, so that a test reproduces a
+//! worker's failure exactly instead of racing one.
+//!
+//! Each connection's first model request is answered 200 and the connection
+//! kept alive; what comes next on it depends on the mode:
+//!
+//! - `stale`: the worker stops reading the connection (a shutdown of its
+//!   read side), so the next request cannot be written to it: a pooled
+//!   connection to a worker that has gone.
+//! - `reset`: the worker reads the next request but the last byte of its
+//!   body and closes the connection with that byte unread (died while
+//!   reading it).
+//! - `drop`: the worker reads the next request whole and closes the
+//!   connection without answering (died while serving it).
+//!
+//! Every model request read whole is logged as a line to `THAW_FAKE_LOG`.
+//! Asked to start as a template, it refuses, so the gateway execs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Stale,
+    Reset,
+    Drop,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--template") {
+        println!(r#"{{"event":"error","message":"the fake worker has no template mode"}}"#);
+        std::process::exit(1);
+    }
+    let socket = args
+        .iter()
+        .position(|a| a == "--listen")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|a| a.strip_prefix("unix:"))
+        .expect("--listen unix:PATH");
+    let mode = match std::env::var("THAW_FAKE_WORKER").as_deref() {
+        Ok("stale") => Mode::Stale,
+        Ok("reset") => Mode::Reset,
+        Ok("drop") => Mode::Drop,
+        other => panic!("THAW_FAKE_WORKER must be stale, reset or drop, not {other:?}"),
+    };
+    let listener = UnixListener::bind(socket).expect("bind the socket");
+    println!(r#"{{"event":"ready","load_ms":0}}"#);
+    std::io::stdout().flush().expect("stdout");
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || serve(stream, mode));
+    }
+}
+
+/// Serves one connection.
+fn serve(stream: UnixStream, mode: Mode) {
+    // Unbuffered (a byte at a time): what the fake does not read stays in
+    // the socket, where the gateway's side of it can tell.
+    let mut reader = BufReader::with_capacity(1, stream.try_clone().expect("clone the stream"));
+    let mut writer = stream;
+    // Liveness probes come first on their own connections.
+    let mut answered = false;
+    loop {
+        if answered {
+            match mode {
+                // Held open: the gateway sees no end of the connection.
+                Mode::Stale => loop {
+                    std::thread::park();
+                },
+                Mode::Reset => {
+                    let _ = read_request(&mut reader, 1);
+                    return;
+                }
+                Mode::Drop => {
+                    if read_request(&mut reader, 0).is_some() {
+                        log("dropped");
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(request) = read_request(&mut reader, 0) else {
+            return;
+        };
+        let body = if request.live {
+            r#"{"live":true}"#
+        } else {
+            log("answered");
+            answered = true;
+            if let Mode::Stale = mode {
+                // Before the answer: once the gateway has read it, the
+                // connection it pools takes no more.
+                let _ = writer.shutdown(Shutdown::Read);
+            }
+            r#"{"model_name":"fake","outputs":[]}"#
+        };
+        let close = if request.close {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() || request.close {
+            return;
+        }
+    }
+}
+
+/// What the fake needs of a request it read whole.
+struct Request {
+    /// A liveness probe.
+    live: bool,
+    /// The client asked to close the connection after it.
+    close: bool,
+}
+
+/// Reads one request, head and `content-length` body but its last `unread`
+/// bytes; `None` at the end of the connection.
+fn read_request(reader: &mut BufReader<UnixStream>, unread: usize) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let live = line.starts_with("GET /v2/health/live ");
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = value.parse().ok()?,
+            "connection" => close = value.eq_ignore_ascii_case("close"),
+            "transfer-encoding" => panic!("the fake worker reads content-length bodies only"),
+            _ => {}
+        }
+    }
+    let mut body = vec![0u8; length.checked_sub(unread)?];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request { live, close })
+}
+
+/// Appends `what` to the log the test reads.
+fn log(what: &str) {
+    let path = std::env::var_os("THAW_FAKE_LOG").expect("THAW_FAKE_LOG");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open the log");
+    writeln!(file, "{what}").expect("write the log");
+}

@@ -1,0 +1,152 @@
+//! A worker that fails under a request, reproduced on cue by
+//! `thaw-fake-worker`: the gateway sends a request again only when the
+//! worker cannot have acted on it (it did not take the whole request), and
+//! answers 502 when it may have; either way each request gets one answer
+//! and reaches a worker whole at most once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thaw_tests::bin;
+use thaw_tests::served::{config, credit_score, Served};
+
+/// Requests sent one after another: each but the first can find the
+/// connection the one before it left in the gateway's pool.
+const REQUESTS: usize = 8;
+
+/// A gateway whose one model is served by the fake worker in `mode`, one
+/// instance ready; and the worker's log.
+fn serve_fake(dir: &Path, mode: &str) -> (Served, PathBuf) {
+    let text = config(
+        dir,
+        "",
+        &credit_score("fake", None, "[models.scaling]\nmin_instances = 1"),
+    );
+    let config_file = dir.join("thaw.toml");
+    std::fs::write(&config_file, text).expect("config written");
+    let log = dir.join("worker.log");
+    let mut cmd = Command::new(bin("thaw"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--worker-bin")
+        .arg(bin("thaw-fake-worker"))
+        .env("THAW_FAKE_WORKER", mode)
+        .env("THAW_FAKE_LOG", &log)
+        .env("RUST_LOG", "warn");
+    let g = Served::spawn(cmd, config_file);
+    g.wait("the fake worker ready", |s| {
+        s["models"][0]["ready_instances"] == 1
+    });
+    (g, log)
+}
+
+/// A model request: small (the proxy path, which replays the body from
+/// pingora's buffer) or larger than that buffer (the gateway forwards the
+/// body it read to find the model).
+fn send(g: &Served, large: bool) -> thaw_tests::Response {
+    if !large {
+        return g.score("fake");
+    }
+    let input = "x".repeat(REPLAYABLE_BODY + 1);
+    g.public.post_json(
+        "/v1/embeddings",
+        &serde_json::json!({"model": "fake", "input": input}),
+    )
+}
+
+/// pingora's retry buffer (`thaw_gateway::proxy::REPLAYABLE_BODY`).
+const REPLAYABLE_BODY: usize = 64 * 1024;
+
+/// How many lines of the worker's log say `what`.
+fn logged(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == what)
+        .count()
+}
+
+/// The value of the gateway's metric line that starts with `series`.
+fn metric(g: &Served, series: &str) -> u64 {
+    let text = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_request_its_worker_did_not_take_is_sent_again() {
+    // `stale`: the pooled connection cannot be written to (a worker that
+    // has gone); `reset`: the worker closes it with the request unread.
+    for (mode, large) in [
+        ("stale", false),
+        ("reset", false),
+        ("stale", true),
+        ("reset", true),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (g, log) = serve_fake(dir.path(), mode);
+        for i in 0..REQUESTS {
+            let r = send(&g, large);
+            assert_eq!(
+                r.status,
+                200,
+                "{mode}, large {large}: request {i}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        assert_eq!(
+            logged(&log, "answered"),
+            REQUESTS,
+            "{mode}, large {large}: each request reached the worker whole once"
+        );
+        let replayed = metric(&g, "thaw_requests_replayed_total{model=\"fake\"}");
+        assert!(
+            replayed >= 1,
+            "{mode}, large {large}: no request met a broken pooled connection, so this tested nothing"
+        );
+    }
+}
+
+#[test]
+fn a_request_its_worker_read_whole_is_not_sent_again() {
+    for large in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (g, log) = serve_fake(dir.path(), "drop");
+        let mut failed = 0;
+        for i in 0..REQUESTS {
+            let r = send(&g, large);
+            match r.status {
+                200 => {}
+                502 => {
+                    failed += 1;
+                    // KServe's error shape, or OpenAI's on /v1.
+                    let body = r.json();
+                    let error = &body["error"];
+                    let message = error["message"].as_str().or(error.as_str());
+                    assert!(
+                        message.is_some_and(|e| e.contains("the worker failed")),
+                        "request {i}: {body}"
+                    );
+                }
+                other => panic!("request {i}: {other} {}", String::from_utf8_lossy(&r.body)),
+            }
+        }
+        assert!(
+            failed >= 1,
+            "no request met a worker that dropped it, so this tested nothing"
+        );
+        assert_eq!(logged(&log, "dropped"), failed, "each drop is one 502");
+        assert_eq!(
+            logged(&log, "answered") + logged(&log, "dropped"),
+            REQUESTS,
+            "a request the worker read was sent to it again"
+        );
+        assert_eq!(
+            metric(&g, "thaw_requests_replayed_total{model=\"fake\"}"),
+            0
+        );
+    }
+}
