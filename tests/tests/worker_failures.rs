@@ -2,7 +2,8 @@
 //! `thaw-fake-worker`: the gateway sends a request again only when the
 //! worker cannot have acted on it (it did not take the whole request), and
 //! answers 502 when it may have; either way each request gets one answer
-//! and reaches a worker whole at most once.
+//! and reaches a worker whole at most once. A worker that never answers a
+//! request gets it back as a 504 after the model's `response_timeout`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,11 +18,8 @@ const REQUESTS: usize = 8;
 /// A gateway whose one model is served by the fake worker in `mode`, one
 /// instance ready; and the worker's log.
 fn serve_fake(dir: &Path, mode: &str) -> (Served, PathBuf) {
-    let text = config(
-        dir,
-        "",
-        &credit_score("fake", None, "[models.scaling]\nmin_instances = 1"),
-    );
+    let model = "[models.scaling]\nmin_instances = 1\n[models.queue]\nresponse_timeout = \"300ms\"";
+    let text = config(dir, "", &credit_score("fake", None, model));
     let config_file = dir.join("thaw.toml");
     std::fs::write(&config_file, text).expect("config written");
     let log = dir.join("worker.log");
@@ -149,4 +147,40 @@ fn a_request_its_worker_read_whole_is_not_sent_again() {
             0
         );
     }
+}
+
+#[test]
+fn a_request_its_worker_never_answers_gets_a_504() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (g, log) = serve_fake(dir.path(), "silent");
+    for large in [false, true] {
+        let r = send(&g, large);
+        assert_eq!(
+            r.status,
+            504,
+            "large {large}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let body = r.json();
+        let error = &body["error"];
+        let message = error["message"].as_str().or(error.as_str());
+        assert!(
+            message.is_some_and(|e| e.contains("0.3s") && e.contains("response_timeout")),
+            "large {large}: {body}"
+        );
+        if large {
+            assert_eq!(error["code"], "worker_timeout", "{body}");
+        }
+    }
+    assert_eq!(
+        logged(&log, "silent"),
+        2,
+        "a request the worker read was sent again"
+    );
+    // The slots are given back.
+    g.wait("no request in flight", |s| s["models"][0]["in_flight"] == 0);
+    assert_eq!(
+        metric(&g, "thaw_requests_total{model=\"fake\",status=\"504\"}"),
+        2
+    );
 }

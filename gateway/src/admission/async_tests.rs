@@ -24,6 +24,7 @@ fn admission(n: u64, cap: u32, depth: usize, timeout: u64) -> Admission {
         QueuePolicy {
             max_depth: depth,
             timeout: secs(timeout),
+            ..QueuePolicy::default()
         },
         cap,
     );

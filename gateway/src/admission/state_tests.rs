@@ -14,6 +14,7 @@ fn policy(max_depth: usize, timeout_s: u64) -> QueuePolicy {
     QueuePolicy {
         max_depth,
         timeout: Duration::from_secs(timeout_s),
+        ..QueuePolicy::default()
     }
 }
 

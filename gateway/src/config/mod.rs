@@ -136,6 +136,9 @@ pub struct QueuePolicy {
     pub max_depth: usize,
     /// Longest wait in the queue, separate from execution time.
     pub timeout: Duration,
+    /// Longest a worker may send nothing of a request's response (its
+    /// head, or the next part of a stream): then 504, or the stream ends.
+    pub response_timeout: Duration,
 }
 
 impl Default for QueuePolicy {
@@ -143,6 +146,7 @@ impl Default for QueuePolicy {
         QueuePolicy {
             max_depth: 10_000,
             timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -385,17 +389,7 @@ impl Ctx<'_> {
         failures: Option<&Spanned<u32>>,
     ) -> Result<HealthCheck, ConfigError> {
         let d = HealthCheck::default();
-        let interval = match interval {
-            Some(s) => {
-                let field = "gateway.health_interval";
-                let t = self.duration(s, field)?;
-                if t.is_zero() {
-                    return self.at(s.span(), field, "must be longer than zero".into());
-                }
-                t
-            }
-            None => d.interval,
-        };
+        let interval = self.positive(interval, "gateway.health_interval", d.interval)?;
         let failures = match failures {
             Some(n) if *n.get_ref() == 0 => {
                 return self.at(
@@ -603,21 +597,37 @@ impl Ctx<'_> {
             Some(s) => usize::try_from(*s.get_ref()).unwrap_or(usize::MAX),
             None => d.max_depth,
         };
-        let timeout = match over.timeout.as_ref().or(base.timeout.as_ref()) {
-            Some(s) => {
-                let t = self.duration(s, &format!("{prefix}.timeout"))?;
-                if t.is_zero() {
-                    return self.at(
-                        s.span(),
-                        &format!("{prefix}.timeout"),
-                        "must be longer than zero".into(),
-                    );
-                }
-                t
-            }
-            None => d.timeout,
+        let timeout = over.timeout.as_ref().or(base.timeout.as_ref());
+        let response_timeout = over
+            .response_timeout
+            .as_ref()
+            .or(base.response_timeout.as_ref());
+        Ok(QueuePolicy {
+            max_depth,
+            timeout: self.positive(timeout, &format!("{prefix}.timeout"), d.timeout)?,
+            response_timeout: self.positive(
+                response_timeout,
+                &format!("{prefix}.response_timeout"),
+                d.response_timeout,
+            )?,
+        })
+    }
+
+    /// A duration longer than zero, or `default` when absent.
+    fn positive(
+        &self,
+        s: Option<&Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(s) = s else {
+            return Ok(default);
         };
-        Ok(QueuePolicy { max_depth, timeout })
+        let t = self.duration(s, field)?;
+        if t.is_zero() {
+            return self.at(s.span(), field, "must be longer than zero".into());
+        }
+        Ok(t)
     }
 
     fn model(

@@ -101,6 +101,8 @@ pub struct RawQueue {
     pub max_depth: Option<Spanned<u64>>,
     /// Longest a request may wait in the queue.
     pub timeout: Option<Spanned<String>>,
+    /// Longest a worker may send nothing of a request's response.
+    pub response_timeout: Option<Spanned<String>>,
 }
 
 /// `[[models]]`.

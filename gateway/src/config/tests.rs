@@ -35,6 +35,7 @@ target_concurrency = 2
 min_instances = 1
 [models.queue]
 max_depth = 7
+response_timeout = "90s"
 "#;
 
 #[test]
@@ -53,6 +54,8 @@ fn models_override_defaults_field_by_field() {
     assert_eq!(b.scaling.min_instances, 1);
     assert_eq!(b.scaling.scale_to_zero_after, Duration::from_secs(2));
     assert_eq!(b.queue.max_depth, 7);
+    assert_eq!(b.queue.response_timeout, Duration::from_secs(90));
+    assert_eq!(a.queue.response_timeout, Duration::from_secs(300));
     assert_eq!(b.kind, Some(ModelKind::Tabular));
     assert_eq!(a.device, "cpu");
     assert_eq!(c.gateway.gpu_placement, Policy::Spread);
@@ -244,6 +247,11 @@ fn errors_name_file_line_and_field() {
         "[defaults.queue]\ntimeout = \"0s\"\n",
         2,
         "defaults.queue.timeout",
+    );
+    refused(
+        "[defaults.queue]\nresponse_timeout = \"0s\"\n",
+        2,
+        "defaults.queue.response_timeout",
     );
     refused(
         "[gateway]\nadmin_listen = \"127.0.0.1\"\n",

@@ -23,6 +23,7 @@ pub async fn forward(
     body: Bytes,
     decorate: impl FnOnce(&mut Session, &mut ResponseHeader) -> Result<()>,
 ) -> Result<u16> {
+    upstream.set_read_timeout(peer.options.read_timeout);
     let mut request = session.req_header().clone();
     strip_hop_by_hop(&mut request);
     request.insert_header("content-length", body.len().to_string())?;

@@ -185,15 +185,7 @@ impl ProxyHttp for Gateway {
                 );
             }
         }
-        let Some(permit) = ctx.permit.as_ref() else {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                "no permit for an admitted request",
-            );
-        };
-        let mut peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
-        peer.options.connection_timeout = Some(Duration::from_secs(5));
-        Ok(Box::new(peer))
+        worker_peer(ctx).map(Box::new)
     }
 
     /// Holds a body streamed to the worker (one without a declared length)
@@ -274,9 +266,7 @@ impl ProxyHttp for Gateway {
             (None, etype, pingora::ErrorSource::Downstream) => {
                 GatewayError::BadRequest(format!("reading the request: {}", etype.as_str()))
             }
-            (None, etype, _) => {
-                GatewayError::BadGateway(format!("the worker failed: {}", etype.as_str()))
-            }
+            (None, ..) => worker_failed(ctx, e),
         };
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -463,9 +453,7 @@ impl Gateway {
                 continue;
             }
             if session.response_written().is_none() {
-                let err =
-                    GatewayError::BadGateway(format!("the worker failed: {}", e.etype().as_str()));
-                respond::error(session, &err, ctx.openai).await?;
+                respond::error(session, &worker_failed(ctx, &e), ctx.openai).await?;
             }
             return Ok(());
         }
@@ -482,13 +470,7 @@ impl Gateway {
         // A worker whose socket has no listener is left for another slot,
         // as the proxy path does (`fail_to_connect`).
         loop {
-            let Some(permit) = ctx.permit.as_ref() else {
-                return Error::e_explain(
-                    ErrorType::InternalError,
-                    "no permit for an admitted request",
-                );
-            };
-            let peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
+            let peer = worker_peer(ctx)?;
             match self.connector.get_http_session(&peer).await {
                 Ok((upstream, _reused)) => return Ok(Some((upstream, peer))),
                 Err(e) if unreachable(ctx, &e) => {
@@ -498,11 +480,7 @@ impl Gateway {
                     }
                 }
                 Err(e) => {
-                    let err = GatewayError::BadGateway(format!(
-                        "the worker failed: {}",
-                        e.etype().as_str()
-                    ));
-                    respond::error(session, &err, ctx.openai).await?;
+                    respond::error(session, &worker_failed(ctx, &e), ctx.openai).await?;
                     return Ok(None);
                 }
             }
@@ -629,6 +607,31 @@ fn unreachable(ctx: &mut Ctx, e: &Error) -> bool {
         "no listener on a ready worker's socket: sending the request elsewhere"
     );
     true
+}
+
+/// The address of the request's worker (its slot's), with the model's
+/// timeouts.
+fn worker_peer(ctx: &Ctx) -> Result<HttpPeer> {
+    let (Some(model), Some(permit)) = (&ctx.model, &ctx.permit) else {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "no permit for an admitted request",
+        );
+    };
+    let mut peer = HttpPeer::new_uds(permit.address(), false, String::new())?;
+    peer.options.connection_timeout = Some(Duration::from_secs(5));
+    peer.options.read_timeout = Some(model.config.queue.response_timeout);
+    Ok(peer)
+}
+
+/// What a client is told when its worker failed with `e`.
+fn worker_failed(ctx: &Ctx, e: &Error) -> GatewayError {
+    match (e.etype(), &ctx.model) {
+        (ErrorType::ReadTimedout, Some(model)) => {
+            GatewayError::WorkerTimeout(model.config.queue.response_timeout)
+        }
+        (etype, _) => GatewayError::BadGateway(format!("the worker failed: {}", etype.as_str())),
+    }
 }
 
 /// Whether `e` shows that the worker did not take the whole request, so it

@@ -44,6 +44,9 @@ pub enum GatewayError {
     },
     /// The worker failed mid-request (502).
     BadGateway(String),
+    /// The worker sent nothing of the response for the model's
+    /// `response_timeout` (504).
+    WorkerTimeout(Duration),
 }
 
 impl From<Rejection> for GatewayError {
@@ -74,7 +77,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTimeout(_) => 408,
             GatewayError::Shed { .. } => 429,
-            GatewayError::QueueTimeout => 504,
+            GatewayError::QueueTimeout | GatewayError::WorkerTimeout(_) => 504,
             GatewayError::Unavailable { .. } => 503,
             GatewayError::BadGateway(_) => 502,
         }
@@ -101,6 +104,10 @@ impl GatewayError {
             GatewayError::QueueTimeout => {
                 "the request waited in the queue past its deadline".into()
             }
+            GatewayError::WorkerTimeout(t) => format!(
+                "the worker sent no response for {:.1}s (the model's queue.response_timeout)",
+                t.as_secs_f64()
+            ),
             GatewayError::Unavailable { message, .. } => message.clone(),
         }
     }
@@ -128,6 +135,7 @@ impl GatewayError {
             GatewayError::QueueTimeout => ("server_error", "queue_timeout"),
             GatewayError::Unavailable { .. } => ("server_error", "unavailable"),
             GatewayError::BadGateway(_) => ("server_error", "worker_failed"),
+            GatewayError::WorkerTimeout(_) => ("server_error", "worker_timeout"),
         }
     }
 

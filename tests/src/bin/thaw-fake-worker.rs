@@ -16,6 +16,9 @@
 //! - `drop`: the worker reads the next request whole and closes the
 //!   connection without answering (died while serving it).
 //!
+//! In mode `silent`, the worker reads each model request whole and never
+//! answers it (hung on that request while its liveness is answered).
+//!
 //! Every model request read whole is logged as a line to `THAW_FAKE_LOG`.
 //! Asked to start as a template, it refuses, so the gateway execs it.
 
@@ -28,6 +31,7 @@ enum Mode {
     Stale,
     Reset,
     Drop,
+    Silent,
 }
 
 fn main() {
@@ -46,7 +50,8 @@ fn main() {
         Ok("stale") => Mode::Stale,
         Ok("reset") => Mode::Reset,
         Ok("drop") => Mode::Drop,
-        other => panic!("THAW_FAKE_WORKER must be stale, reset or drop, not {other:?}"),
+        Ok("silent") => Mode::Silent,
+        other => panic!("THAW_FAKE_WORKER must be stale, reset, drop or silent, not {other:?}"),
     };
     let listener = UnixListener::bind(socket).expect("bind the socket");
     println!(r#"{{"event":"ready","load_ms":0}}"#);
@@ -68,7 +73,7 @@ fn serve(stream: UnixStream, mode: Mode) {
         if answered {
             match mode {
                 // Held open: the gateway sees no end of the connection.
-                Mode::Stale => loop {
+                Mode::Stale | Mode::Silent => loop {
                     std::thread::park();
                 },
                 Mode::Reset => {
@@ -88,6 +93,10 @@ fn serve(stream: UnixStream, mode: Mode) {
         };
         let body = if request.live {
             r#"{"live":true}"#
+        } else if let Mode::Silent = mode {
+            log("silent");
+            answered = true;
+            continue;
         } else {
             log("answered");
             answered = true;
