@@ -5,7 +5,10 @@
 //!     cargo run --release -p thaw-worker --example decode_speed -- \
 //!         ~/.cache/thaw/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf 1 4
 //!
-//! Prints one JSON object per stream count.
+//! Prints one JSON object per stream count. `PROMPT_TOKENS` sets the timed
+//! prompt's length, `DECODE_CONTEXT` the context decode starts from, and
+//! `DECODE_TOKENS` how many tokens each stream decodes (64; more makes a
+//! profile of decode outweigh the prefill of a long context).
 
 use std::time::Instant;
 
@@ -16,6 +19,7 @@ use thaw_worker::models::chat::llama::{KvCache, Llama, Step};
 const PROMPT: [u32; 14] = [
     1, 9690, 198, 2683, 359, 253, 5356, 5646, 28, 2, 198, 1, 4093, 198,
 ];
+/// Tokens decoded per stream (DECODE_TOKENS to change it).
 const DECODE: usize = 64;
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +70,10 @@ fn main() -> anyhow::Result<()> {
         }
         Err(_) => PROMPT.to_vec(),
     };
+    let decode: usize = match std::env::var("DECODE_TOKENS") {
+        Ok(n) => n.parse().context("DECODE_TOKENS")?,
+        Err(_) => DECODE,
+    };
     for n in streams {
         let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::new(&model)).collect();
         let mut steps: Vec<Step> = caches
@@ -79,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         let logits = pool.install(|| model.forward(&mut steps, threads > 1))?;
         let mut next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l)]).collect();
         let start = Instant::now();
-        for _ in 0..DECODE {
+        for _ in 0..decode {
             let mut steps: Vec<Step> = caches
                 .iter_mut()
                 .zip(&next)
@@ -97,8 +105,8 @@ fn main() -> anyhow::Result<()> {
             "{{\"engine\":\"thaw\",\"threads\":{threads},\"streams\":{n},\"prompt_tokens\":{prompt_tokens},\"decode_context\":{},\"prompt_tokens_per_s\":{:.1},\"decode_tokens_per_s\":{:.1},\"per_stream_tokens_per_s\":{:.1}}}",
             context.len(),
             prompt_tokens as f64 / prefill_ms * 1e3,
-            (n * DECODE) as f64 / seconds,
-            DECODE as f64 / seconds
+            (n * decode) as f64 / seconds,
+            decode as f64 / seconds
         );
     }
     Ok(())
