@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use serde_json::json;
@@ -466,7 +467,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-    ) -> Result<Option<(pingora::protocols::http::client::HttpSession, HttpPeer)>> {
+    ) -> Result<Option<(HttpSession, HttpPeer)>> {
         // A worker whose socket has no listener is left for another slot,
         // as the proxy path does (`fail_to_connect`).
         loop {
