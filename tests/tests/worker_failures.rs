@@ -3,7 +3,8 @@
 //! worker cannot have acted on it (it did not take the whole request), and
 //! answers 502 when it may have; either way each request gets one answer
 //! and reaches a worker whole at most once. A worker that never answers a
-//! request gets it back as a 504 after the model's `response_timeout`.
+//! request gets it back as a 504 after the model's `response_timeout`; a
+//! stream that stalls for as long ends.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -183,4 +184,32 @@ fn a_request_its_worker_never_answers_gets_a_504() {
         metric(&g, "thaw_requests_total{model=\"fake\",status=\"504\"}"),
         2
     );
+}
+
+#[test]
+fn a_stream_its_worker_stalls_ends() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (g, log) = serve_fake(dir.path(), "stall");
+    let body = thaw_tests::served::score_request().to_string();
+    let mut stream = std::net::TcpStream::connect(g.public.address()).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /v2/models/fake/infer HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    // The connection ends (the read would time out at 60 s otherwise).
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).expect("the stream ends");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains(r#"data: {"first":true}"#), "{got}");
+    assert!(!got.ends_with("0\r\n\r\n"), "ended as if complete: {got}");
+    assert_eq!(logged(&log, "stalled"), 1);
+    g.wait("no request in flight", |s| s["models"][0]["in_flight"] == 0);
 }

@@ -17,7 +17,9 @@
 //!   connection without answering (died while serving it).
 //!
 //! In mode `silent`, the worker reads each model request whole and never
-//! answers it (hung on that request while its liveness is answered).
+//! answers it (hung on that request while its liveness is answered); in
+//! mode `stall`, it sends a streamed answer's head and first event, then
+//! nothing more.
 //!
 //! Every model request read whole is logged as a line to `THAW_FAKE_LOG`.
 //! Asked to start as a template, it refuses, so the gateway execs it.
@@ -32,6 +34,7 @@ enum Mode {
     Reset,
     Drop,
     Silent,
+    Stall,
 }
 
 fn main() {
@@ -51,7 +54,10 @@ fn main() {
         Ok("reset") => Mode::Reset,
         Ok("drop") => Mode::Drop,
         Ok("silent") => Mode::Silent,
-        other => panic!("THAW_FAKE_WORKER must be stale, reset, drop or silent, not {other:?}"),
+        Ok("stall") => Mode::Stall,
+        other => {
+            panic!("THAW_FAKE_WORKER must be stale, reset, drop, silent or stall, not {other:?}")
+        }
     };
     let listener = UnixListener::bind(socket).expect("bind the socket");
     println!(r#"{{"event":"ready","load_ms":0}}"#);
@@ -73,7 +79,7 @@ fn serve(stream: UnixStream, mode: Mode) {
         if answered {
             match mode {
                 // Held open: the gateway sees no end of the connection.
-                Mode::Stale | Mode::Silent => loop {
+                Mode::Stale | Mode::Silent | Mode::Stall => loop {
                     std::thread::park();
                 },
                 Mode::Reset => {
@@ -96,6 +102,15 @@ fn serve(stream: UnixStream, mode: Mode) {
         } else if let Mode::Silent = mode {
             log("silent");
             answered = true;
+            continue;
+        } else if let Mode::Stall = mode {
+            log("stalled");
+            answered = true;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            let event = "data: {\"first\":true}\n\n";
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            let _ = writer.write_all(format!("{head}{chunk}").as_bytes());
             continue;
         } else {
             log("answered");
