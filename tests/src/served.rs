@@ -78,12 +78,18 @@ pub fn score_request() -> Value {
 
 /// `thaw serve --config <config> [args]`, with the test's worker binary.
 pub fn serve_command(config: &Path, args: &[&str]) -> Command {
+    serve_with_worker(config, "thaw-worker", args)
+}
+
+/// `thaw serve --config <config> [args]` with `worker` (a binary of this
+/// workspace) as its worker binary.
+pub fn serve_with_worker(config: &Path, worker: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("thaw"));
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
         .arg("--worker-bin")
-        .arg(bin("thaw-worker"))
+        .arg(bin(worker))
         .args(args)
         .env("RUST_LOG", "warn");
     cmd

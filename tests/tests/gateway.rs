@@ -5,8 +5,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use thaw_tests::served::Slow;
-use thaw_tests::{bin, registry_model, repo_root, Client, Proc};
+use thaw_tests::served::{serve_command, Slow};
+use thaw_tests::{registry_model, repo_root, Client, Proc};
 
 const START: Duration = Duration::from_secs(60);
 
@@ -66,14 +66,7 @@ scale_to_zero_after = "2s"
     );
     let path = dir.path().join("thaw.toml");
     std::fs::write(&path, config).expect("config written");
-    let mut cmd = Command::new(bin("thaw"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .arg("--worker-bin")
-        .arg(bin("thaw-worker"))
-        .env("RUST_LOG", "warn");
-    cmd
+    serve_command(&path, &[])
 }
 
 fn credit_score(extra: &str) -> String {

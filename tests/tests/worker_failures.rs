@@ -7,10 +7,9 @@
 //! stream that stalls for as long ends.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use thaw_tests::bin;
-use thaw_tests::served::{config, credit_score, Served};
+use serde_json::Value;
+use thaw_tests::served::{config, credit_score, serve_with_worker, Served};
 
 /// Requests sent one after another: each but the first can find the
 /// connection the one before it left in the gateway's pool.
@@ -24,15 +23,8 @@ fn serve_fake(dir: &Path, mode: &str) -> (Served, PathBuf) {
     let config_file = dir.join("thaw.toml");
     std::fs::write(&config_file, text).expect("config written");
     let log = dir.join("worker.log");
-    let mut cmd = Command::new(bin("thaw"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config_file)
-        .arg("--worker-bin")
-        .arg(bin("thaw-fake-worker"))
-        .env("THAW_FAKE_WORKER", mode)
-        .env("THAW_FAKE_LOG", &log)
-        .env("RUST_LOG", "warn");
+    let mut cmd = serve_with_worker(&config_file, "thaw-fake-worker", &[]);
+    cmd.env("THAW_FAKE_WORKER", mode).env("THAW_FAKE_LOG", &log);
     let g = Served::spawn(cmd, config_file);
     g.wait("the fake worker ready", |s| {
         s["models"][0]["ready_instances"] == 1
@@ -56,6 +48,12 @@ fn send(g: &Served, large: bool) -> thaw_tests::Response {
 
 /// pingora's retry buffer (`thaw_gateway::proxy::REPLAYABLE_BODY`).
 const REPLAYABLE_BODY: usize = 64 * 1024;
+
+/// An error body's message: KServe's shape, or OpenAI's on /v1.
+fn error_message(body: &Value) -> Option<&str> {
+    let error = &body["error"];
+    error["message"].as_str().or(error.as_str())
+}
 
 /// How many lines of the worker's log say `what`.
 fn logged(log: &Path, what: &str) -> usize {
@@ -121,12 +119,9 @@ fn a_request_its_worker_read_whole_is_not_sent_again() {
                 200 => {}
                 502 => {
                     failed += 1;
-                    // KServe's error shape, or OpenAI's on /v1.
                     let body = r.json();
-                    let error = &body["error"];
-                    let message = error["message"].as_str().or(error.as_str());
                     assert!(
-                        message.is_some_and(|e| e.contains("the worker failed")),
+                        error_message(&body).is_some_and(|e| e.contains("the worker failed")),
                         "request {i}: {body}"
                     );
                 }
@@ -163,14 +158,13 @@ fn a_request_its_worker_never_answers_gets_a_504() {
             String::from_utf8_lossy(&r.body)
         );
         let body = r.json();
-        let error = &body["error"];
-        let message = error["message"].as_str().or(error.as_str());
         assert!(
-            message.is_some_and(|e| e.contains("0.3s") && e.contains("response_timeout")),
+            error_message(&body)
+                .is_some_and(|e| e.contains("0.3s") && e.contains("response_timeout")),
             "large {large}: {body}"
         );
         if large {
-            assert_eq!(error["code"], "worker_timeout", "{body}");
+            assert_eq!(body["error"]["code"], "worker_timeout", "{body}");
         }
     }
     assert_eq!(
