@@ -353,7 +353,10 @@ fn a_worker_killed_mid_request_yields_a_502_and_a_replacement() {
 
 #[test]
 fn a_request_that_cannot_connect_to_its_worker_goes_to_another() {
-    let g = gateway(
+    // Health checks far apart: only the failed connection can tell the
+    // gateway that an instance is lost.
+    let g = gateway_with(
+        "health_interval = \"1h\"",
         &minilm("[models.scaling]\nmin_instances = 3\nmax_instances = 3\n"),
         "",
     );
@@ -402,18 +405,46 @@ fn a_request_that_cannot_connect_to_its_worker_goes_to_another() {
     padded.extend(std::iter::repeat_n(b' ', 100 * 1024));
     padded.extend_from_slice(br#", "model": "minilm"}"#);
     let small = json!({"model": "minilm", "input": "after the failure"}).to_string();
+    let mut lost = Vec::new();
     for (i, body) in [small.as_bytes(), &padded].into_iter().enumerate() {
-        std::fs::remove_file(run.join(format!("minilm-{}.sock", order[i]))).expect("removed");
+        // The lost instance is replaced at once (the health checks are an
+        // hour apart), and its replacement, free, is the next pick.
+        let s = wait_status(&g, "minilm", "three ready", |s| {
+            s["ready_instances"] == 3 && s["starting_instances"] == 0
+        });
+        let free = s["instances"].as_array().and_then(|a| {
+            a.iter()
+                .find(|i| i["state"] == "ready" && i["in_flight"] == 0)
+                .and_then(|i| i["id"].as_u64())
+        });
+        let next = free.unwrap_or(order[i]);
+        std::fs::remove_file(run.join(format!("minilm-{next}.sock"))).expect("removed");
         let r = g.public.request("POST", "/v1/embeddings", Some(body));
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        // The next instance in line served it.
-        let next = format!("minilm/{}", order[i + 1]);
-        assert_eq!(r.header("x-thaw-worker"), Some(next.as_str()));
+        let worker = r.header("x-thaw-worker").expect("a worker served it");
+        assert_ne!(worker, format!("minilm/{next}"));
+        lost.push(next);
     }
+    // The requests the lost instances held still finish: they drain.
     for slow in held {
         assert_eq!(slow.finish().expect("answered").status, 200);
     }
-    assert_eq!(status(&g, "minilm")["ready_instances"], 1);
+    let s = wait_status(&g, "minilm", "both replaced, the lost ones gone", |s| {
+        s["ready_instances"] == 3 && s["instances"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    for id in &lost {
+        assert!(
+            !s["instances"]
+                .to_string()
+                .contains(&format!("\"id\":{id},")),
+            "{s}"
+        );
+    }
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains(r#"thaw_worker_crashes_total{model="minilm"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -18,8 +18,13 @@ const REQUESTS: usize = 8;
 /// A gateway whose one model is served by the fake worker in `mode`, one
 /// instance ready; and the worker's log.
 fn serve_fake(dir: &Path, mode: &str) -> (Served, PathBuf) {
+    serve_fake_with(dir, mode, "")
+}
+
+/// As `serve_fake`, with `settings` (more TOML) in `[gateway]`.
+fn serve_fake_with(dir: &Path, mode: &str, settings: &str) -> (Served, PathBuf) {
     let model = "[models.scaling]\nmin_instances = 1\n[models.queue]\nresponse_timeout = \"300ms\"";
-    let text = config(dir, "", &credit_score("fake", None, model));
+    let text = config(dir, settings, &credit_score("fake", None, model));
     let config_file = dir.join("thaw.toml");
     std::fs::write(&config_file, text).expect("config written");
     let log = dir.join("worker.log");
@@ -206,4 +211,36 @@ fn a_stream_its_worker_stalls_ends() {
     assert!(!got.ends_with("0\r\n\r\n"), "ended as if complete: {got}");
     assert_eq!(logged(&log, "stalled"), 1);
     g.wait("no request in flight", |s| s["models"][0]["in_flight"] == 0);
+}
+
+#[test]
+fn a_request_sent_on_from_a_lost_worker_gets_the_reason_no_other_starts() {
+    for large in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Health checks far apart: only the failed connection can tell the
+        // gateway that its worker is lost.
+        let (g, log) = serve_fake_with(dir.path(), "deaf", "health_interval = \"1h\"");
+        assert_eq!(send(&g, large).status, 200, "large {large}");
+        // The worker's socket is gone: the request waits for another,
+        // which the gateway starts at once and which fails to start.
+        let r = send(&g, large);
+        assert_eq!(
+            r.status,
+            503,
+            "large {large}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let body = r.json();
+        assert!(
+            error_message(&body).is_some_and(|e| e.contains("model \"fake\" cannot start")
+                && e.contains("a deaf fake worker starts only once")),
+            "large {large}: {body}"
+        );
+        assert_eq!(logged(&log, "answered"), 1, "large {large}");
+        assert_eq!(
+            metric(&g, "thaw_worker_crashes_total{model=\"fake\"}"),
+            1,
+            "large {large}"
+        );
+    }
 }

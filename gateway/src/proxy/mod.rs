@@ -177,7 +177,7 @@ impl ProxyHttp for Gateway {
         ctx.body_sent = 0;
         if ctx.permit.is_none() {
             // Sent on after a failed connection.
-            if let Err(refusal) = reacquire(session, ctx).await {
+            if let Err(refusal) = self.reacquire(session, ctx).await {
                 let status = refusal.status();
                 ctx.refusal = Some(refusal);
                 return Error::e_explain(
@@ -354,17 +354,50 @@ impl Gateway {
                         .observe(permit.waited().as_secs_f64());
                     return Some(Ok(permit));
                 }
-                Err(Rejection::Closed) => match self.models.get(&model.config.name) {
-                    Some(next) if next.generation() != model.generation() => model = next,
-                    Some(_) => return Some(Err(closed(&model))),
-                    None => {
-                        return Some(Err(GatewayError::UnknownModel(model.config.name.clone())))
-                    }
+                Err(Rejection::Closed) => match self.successor(&model) {
+                    Ok(next) => model = next,
+                    Err(refusal) => return Some(Err(refusal)),
                 },
                 Err(rejection) => return Some(Err(rejection.into())),
             }
         }
         Some(Err(closed(&model)))
+    }
+
+    /// Where a request that `model` refused as closed goes: to the model a
+    /// reload replaced it with; else it is answered (503 with the reason,
+    /// or 404 once the model is removed).
+    fn successor(&self, model: &Model) -> Result<Arc<Model>, GatewayError> {
+        match self.models.get(&model.config.name) {
+            Some(next) if next.generation() != model.generation() => Ok(next),
+            Some(_) => Err(closed(model)),
+            None => Err(GatewayError::UnknownModel(model.config.name.clone())),
+        }
+    }
+
+    /// Another slot for a request whose worker was unreachable, within what
+    /// is left of its queue deadline; like `admit`, it follows the model to
+    /// its successor.
+    async fn reacquire(&self, session: &Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+        let Some(mut model) = ctx.model.clone() else {
+            return Err(GatewayError::BadGateway("no model for the request".into()));
+        };
+        let left =
+            deadline(session, model.config.queue.timeout).saturating_sub(ctx.start.elapsed());
+        let deadline_at = Instant::now() + left;
+        for _ in 0..8 {
+            let left = deadline_at.saturating_duration_since(Instant::now());
+            match model.admission.acquire(left).await {
+                Ok(permit) => {
+                    ctx.permit = Some(permit);
+                    ctx.model = Some(model);
+                    return Ok(());
+                }
+                Err(Rejection::Closed) => model = self.successor(&model)?,
+                Err(rejection) => return Err(rejection.into()),
+            }
+        }
+        Err(closed(&model))
     }
 
     fn model(&self, name: &str) -> Result<Arc<Model>, GatewayError> {
@@ -475,7 +508,7 @@ impl Gateway {
             match self.connector.get_http_session(&peer).await {
                 Ok((upstream, _reused)) => return Ok(Some((upstream, peer))),
                 Err(e) if unreachable(ctx, &e) => {
-                    if let Err(refusal) = reacquire(session, ctx).await {
+                    if let Err(refusal) = self.reacquire(session, ctx).await {
                         respond::error(session, &refusal, ctx.openai).await?;
                         return Ok(None);
                     }
@@ -588,9 +621,9 @@ impl Gateway {
 /// Whether a failed connection to the request's worker means its socket has
 /// no listener: it died and the supervisor has not seen the exit yet (its
 /// requests fail at once, so it would look least loaded). Nothing reached
-/// it, so the request may go to another slot; the worker leaves routing
-/// (the supervisor replaces it; a live one that lost its socket fails its
-/// health checks) and the request's permit is given back.
+/// it, so the request may go to another slot; the worker leaves routing,
+/// the supervisor replaces it at once (`Pool::unreachable`), and the
+/// request's permit is given back.
 fn unreachable(ctx: &mut Ctx, e: &Error) -> bool {
     if !matches!(
         e.etype(),
@@ -602,6 +635,7 @@ fn unreachable(ctx: &mut Ctx, e: &Error) -> bool {
         return false;
     };
     model.admission.remove_instance(permit.instance());
+    model.pool.unreachable(permit.instance());
     tracing::warn!(
         model = %model.config.name,
         instance = permit.instance().0,
@@ -654,17 +688,6 @@ fn untaken(e: &Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset),
         _ => false,
     }
-}
-
-/// Another slot for a request whose worker was unreachable, within what is
-/// left of its queue deadline.
-async fn reacquire(session: &Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
-    let Some(model) = ctx.model.clone() else {
-        return Err(GatewayError::BadGateway("no model for the request".into()));
-    };
-    let left = deadline(session, model.config.queue.timeout).saturating_sub(ctx.start.elapsed());
-    ctx.permit = Some(model.admission.acquire(left).await?);
-    Ok(())
 }
 
 /// The 503 of a model that admits nothing: drained by an operator, or

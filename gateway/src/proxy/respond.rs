@@ -60,7 +60,7 @@ impl From<Rejection> for GatewayError {
             }
             Rejection::Timeout => GatewayError::QueueTimeout,
             Rejection::Closed => GatewayError::Unavailable {
-                message: "the model is being removed".into(),
+                message: "the model admits no requests now".into(),
                 retry_after: Duration::from_secs(1),
             },
         }

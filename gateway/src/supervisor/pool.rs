@@ -718,9 +718,25 @@ impl Pool {
     ) -> (Result<WorkerProcess, SpawnError>, &'static str) {
         if self.use_templates && forkable {
             match self.template(spec).await {
-                Ok((template, fresh)) => {
-                    let tier = if fresh { tier } else { "template" };
+                Ok((template, true)) => {
                     return (template.fork(id.0, socket, self.start_timeout).await, tier);
+                }
+                Ok((template, false)) => {
+                    match template.fork(id.0, socket, self.start_timeout).await {
+                        Ok(process) => return (Ok(process), "template"),
+                        // A template already running that cannot fork has
+                        // died (not yet reaped) or broken: it is replaced
+                        // (its watcher restarts it), and this worker is
+                        // started by exec rather than failing the requests
+                        // that wait for it.
+                        Err(e) => {
+                            tracing::warn!(
+                                model = %self.spec.model, pid = template.pid,
+                                "the template cannot fork ({e}): replacing it, and starting a worker by exec instead"
+                            );
+                            template.handle().kill();
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(
                     model = %self.spec.model,
@@ -744,6 +760,24 @@ impl Pool {
         }
         let process = process::spawn(&self.bin, spec, socket, self.start_timeout).await;
         (process, "exec")
+    }
+
+    /// A ready worker whose socket has no listener (a connection to it was
+    /// refused): it died and its exit is not seen yet, or it lost its
+    /// socket. Either way it takes no new request: it is counted as a
+    /// crash, drained and stopped, and its replacement starts now rather
+    /// than after its health checks fail.
+    pub fn unreachable(self: &Arc<Self>, id: InstanceId) {
+        let marked = self
+            .lock()
+            .get_mut(&id)
+            .is_some_and(|i| !std::mem::replace(&mut i.draining, true));
+        if marked {
+            tracing::warn!(model = %self.spec.model, instance = %id, "no listener on its socket: replacing it");
+            self.events.crashed(&self.spec.model);
+            tokio::spawn(self.clone().drain_and_stop(id));
+            self.changed.notify_one();
+        }
     }
 
     /// Learns of a worker's exit: an unrequested one is a crash, counted

@@ -21,6 +21,11 @@
 //! mode `stall`, it sends a streamed answer's head and first event, then
 //! nothing more.
 //!
+//! In mode `deaf`, the worker's socket goes as it answers its first model
+//! request (with `connection: close`), while the process lives on (a
+//! worker that lost its socket, or died an instant ago); and only the
+//! first worker in the mode's log directory starts: later ones fail to.
+//!
 //! Every model request read whole is logged as a line to `THAW_FAKE_LOG`.
 //! Asked to start as a template, it refuses, so the gateway execs it.
 
@@ -35,6 +40,7 @@ enum Mode {
     Drop,
     Silent,
     Stall,
+    Deaf,
 }
 
 fn main() {
@@ -55,20 +61,32 @@ fn main() {
         Ok("drop") => Mode::Drop,
         Ok("silent") => Mode::Silent,
         Ok("stall") => Mode::Stall,
-        other => {
-            panic!("THAW_FAKE_WORKER must be stale, reset, drop, silent or stall, not {other:?}")
-        }
+        Ok("deaf") => Mode::Deaf,
+        other => panic!(
+            "THAW_FAKE_WORKER must be stale, reset, drop, silent, stall or deaf, not {other:?}"
+        ),
     };
+    if let Mode::Deaf = mode {
+        let path = std::env::var_os("THAW_FAKE_LOG").expect("THAW_FAKE_LOG");
+        let mut first = std::path::PathBuf::from(path);
+        first.set_extension("started");
+        if std::fs::File::create_new(&first).is_err() {
+            println!(r#"{{"event":"error","message":"a deaf fake worker starts only once"}}"#);
+            std::process::exit(1);
+        }
+    }
     let listener = UnixListener::bind(socket).expect("bind the socket");
     println!(r#"{{"event":"ready","load_ms":0}}"#);
     std::io::stdout().flush().expect("stdout");
+    let socket = std::path::PathBuf::from(socket);
     for stream in listener.incoming().flatten() {
-        std::thread::spawn(move || serve(stream, mode));
+        let socket = socket.clone();
+        std::thread::spawn(move || serve(stream, mode, &socket));
     }
 }
 
-/// Serves one connection.
-fn serve(stream: UnixStream, mode: Mode) {
+/// Serves one connection to the worker at `socket`.
+fn serve(stream: UnixStream, mode: Mode, socket: &std::path::Path) {
     // Unbuffered (a byte at a time): what the fake does not read stays in
     // the socket, where the gateway's side of it can tell.
     let mut reader = BufReader::with_capacity(1, stream.try_clone().expect("clone the stream"));
@@ -79,7 +97,7 @@ fn serve(stream: UnixStream, mode: Mode) {
         if answered {
             match mode {
                 // Held open: the gateway sees no end of the connection.
-                Mode::Stale | Mode::Silent | Mode::Stall => loop {
+                Mode::Stale | Mode::Silent | Mode::Stall | Mode::Deaf => loop {
                     std::thread::park();
                 },
                 Mode::Reset => {
@@ -120,9 +138,14 @@ fn serve(stream: UnixStream, mode: Mode) {
                 // connection it pools takes no more.
                 let _ = writer.shutdown(Shutdown::Read);
             }
+            if let Mode::Deaf = mode {
+                // Before the answer too: the gateway's next connection
+                // finds no listener.
+                let _ = std::fs::remove_file(socket);
+            }
             r#"{"model_name":"fake","outputs":[]}"#
         };
-        let close = if request.close {
+        let close = if request.close || (matches!(mode, Mode::Deaf) && answered) {
             "connection: close\r\n"
         } else {
             ""
@@ -131,7 +154,7 @@ fn serve(stream: UnixStream, mode: Mode) {
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{body}",
             body.len()
         );
-        if writer.write_all(response.as_bytes()).is_err() || request.close {
+        if writer.write_all(response.as_bytes()).is_err() || !close.is_empty() {
             return;
         }
     }
