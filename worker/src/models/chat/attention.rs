@@ -10,6 +10,10 @@
 //! outgrow the caches, and reading them again for every row made attention
 //! memory-bound: a 2 048-token prompt spent 40 % of its time there.)
 //!
+//! The cache holds f16 (half the bytes a long context reads for each
+//! token); both paths widen each key and value to f32 exactly as they read
+//! it, and compute in f32 from there.
+//!
 //! Both paths do the same arithmetic for each row, in the same order: a
 //! score is eight partial sums over the head's width (fused multiply-adds,
 //! elements `m, m + 8, …` in partial `m`), added in order; the exponentials
@@ -21,6 +25,7 @@
 
 use std::ops::Range;
 
+use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use super::llama::LlamaConfig;
@@ -68,12 +73,13 @@ pub(super) fn tasks(steps: impl IntoIterator<Item = (usize, usize)>) -> Vec<Task
 }
 
 /// Every task's attention: `q` is the pass's queries (`rows ×
-/// heads·head_dim`), `caches` each step's keys and values, `out` the
-/// results, in `q`'s layout. `parallel`: tasks on rayon's current pool.
+/// heads·head_dim`), `caches` each step's keys and values (f16, widened
+/// exactly to f32 as they are read), `out` the results, in `q`'s layout.
+/// `parallel`: tasks on rayon's current pool.
 pub(super) fn attend(
     c: &LlamaConfig,
     q: &[f32],
-    caches: &[(&[f32], &[f32])],
+    caches: &[(&[f16], &[f16])],
     tasks: &[Task],
     out: &mut [f32],
     parallel: bool,
@@ -128,7 +134,7 @@ pub(super) struct Scratch {
 pub(super) fn row(
     c: &LlamaConfig,
     q: &[f32],
-    cache: (&[f32], &[f32]),
+    cache: (&[f16], &[f16]),
     pos: usize,
     out: &mut [f32],
     scratch: &mut Scratch,
@@ -161,7 +167,7 @@ fn head(
     c: &LlamaConfig,
     h: usize,
     qh: &[f32],
-    (keys, values): (&[f32], &[f32]),
+    (keys, values): (&[f16], &[f16]),
     pos: usize,
     out: &mut [f32],
     scores: &mut Vec<f32>,
@@ -218,22 +224,33 @@ fn head(
 /// order, of the position's weight times its value (`values[t * stride..]`
 /// starts at position t's).
 #[inline(always)]
-fn weighted_row<const K: usize>(weights: &[f32], values: &[f32], stride: usize) -> [f32; K] {
+fn weighted_row<const K: usize>(weights: &[f32], values: &[f16], stride: usize) -> [f32; K] {
     let mut acc = [0.0f32; K];
     for (t, &w) in weights.iter().enumerate() {
         let Some(v) = values[t * stride..].first_chunk::<K>() else {
             unreachable!("the cache holds every position's values");
         };
+        let v = widen(v);
         acc = std::array::from_fn(|j| v[j].mul_add(w, acc[j]));
     }
     acc
 }
 
-/// A score's dot product: [`PARTIALS`] partial sums, added in order, then
-/// the elements past the last whole group.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `K` cached values as f32 (exact; eight at a time by F16C's conversion
+/// where the build has it).
+#[inline(always)]
+fn widen<const K: usize>(h: &[f16; K]) -> [f32; K] {
+    let mut out = [0.0f32; K];
+    h.convert_to_f32_slice(&mut out);
+    out
+}
+
+/// A score's dot product of query `a` and key `b`: [`PARTIALS`] partial
+/// sums, added in order, then the elements past the last whole group.
+fn dot(a: &[f32], b: &[f16]) -> f32 {
     let mut partial = [0.0f32; PARTIALS];
     for (a, b) in a.chunks_exact(PARTIALS).zip(b.chunks_exact(PARTIALS)) {
+        let b = widen::<PARTIALS>(b.try_into().expect("a whole group"));
         for m in 0..PARTIALS {
             partial[m] = a[m].mul_add(b[m], partial[m]);
         }
@@ -244,7 +261,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let whole = a.len() / PARTIALS * PARTIALS;
     for (a, b) in a[whole..].iter().zip(&b[whole..]) {
-        sum = a.mul_add(*b, sum);
+        sum = a.mul_add(b.to_f32(), sum);
     }
     sum
 }
@@ -256,7 +273,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(super) fn block(
     c: &LlamaConfig,
     q: &[f32],
-    (keys, values): (&[f32], &[f32]),
+    (keys, values): (&[f16], &[f16]),
     first: usize,
     out: &mut [f32],
     scratch: &mut Scratch,
@@ -343,13 +360,14 @@ pub(super) fn block(
 /// Each lane's [`dot`] of its query (`queries`: the head's width × lanes)
 /// with `key`, in the same order.
 #[inline(always)]
-fn dot_lanes(queries: &[[f32; LANES]], key: &[f32]) -> [f32; LANES] {
+fn dot_lanes(queries: &[[f32; LANES]], key: &[f16]) -> [f32; LANES] {
     let key = &key[..queries.len()];
     let mut partial = [[0.0f32; LANES]; PARTIALS];
     for (q, k) in queries
         .chunks_exact(PARTIALS)
         .zip(key.chunks_exact(PARTIALS))
     {
+        let k = widen::<PARTIALS>(k.try_into().expect("a whole group"));
         for m in 0..PARTIALS {
             for r in 0..LANES {
                 partial[m][r] = k[m].mul_add(q[m][r], partial[m][r]);
@@ -364,6 +382,7 @@ fn dot_lanes(queries: &[[f32; LANES]], key: &[f32]) -> [f32; LANES] {
     }
     let whole = key.len() / PARTIALS * PARTIALS;
     for (q, k) in queries[whole..].iter().zip(&key[whole..]) {
+        let k = k.to_f32();
         for r in 0..LANES {
             sum[r] = k.mul_add(q[r], sum[r]);
         }
@@ -376,11 +395,11 @@ fn dot_lanes(queries: &[[f32; LANES]], key: &[f32]) -> [f32; LANES] {
 #[inline(always)]
 fn weighted<'v, const K: usize>(
     weights: &[[f32; LANES]],
-    values: impl Fn(usize) -> &'v [f32],
+    values: impl Fn(usize) -> &'v [f16],
 ) -> [[f32; LANES]; K] {
     let mut acc = [[0.0f32; LANES]; K];
     for (t, lanes) in weights.iter().enumerate() {
-        let v: &[f32; K] = values(t)[..K].try_into().expect("K values");
+        let v = widen::<K>(values(t)[..K].try_into().expect("K values"));
         for j in 0..K {
             for r in 0..LANES {
                 acc[j][r] = v[j].mul_add(lanes[r], acc[j][r]);
@@ -450,8 +469,15 @@ mod tests {
             .collect()
     }
 
-    /// Attention in f64, straight from its definition.
-    fn reference(c: &LlamaConfig, q: &[f32], keys: &[f32], values: &[f32], pos: usize) -> Vec<f64> {
+    /// A cache's keys or values: `data` rounded to f16, as the decoder
+    /// stores them.
+    fn cached(n: usize, seed: u64) -> Vec<f16> {
+        data(n, seed).into_iter().map(f16::from_f32).collect()
+    }
+
+    /// Attention in f64, straight from its definition, on the cache's
+    /// values as they are.
+    fn reference(c: &LlamaConfig, q: &[f32], keys: &[f16], values: &[f16], pos: usize) -> Vec<f64> {
         let (hd, kv_dim) = (c.head_dim, c.kv_dim());
         let group = c.heads / c.kv_heads;
         let mut out = vec![0.0f64; c.heads * hd];
@@ -492,8 +518,8 @@ mod tests {
         ] {
             let d = c.heads * c.head_dim;
             let positions = first + n;
-            let keys = data(positions * c.kv_dim(), 1);
-            let values = data(positions * c.kv_dim(), 2);
+            let keys = cached(positions * c.kv_dim(), 1);
+            let values = cached(positions * c.kv_dim(), 2);
             let q = data(n * d, 3);
             let mut blocked = vec![0.0f32; n * d];
             block(
@@ -536,8 +562,8 @@ mod tests {
         let c = config(9, 3, 64);
         let d = c.heads * c.head_dim;
         let (first, n) = (20, 6);
-        let keys = data((first + n) * c.kv_dim(), 4);
-        let values = data((first + n) * c.kv_dim(), 5);
+        let keys = cached((first + n) * c.kv_dim(), 4);
+        let values = cached((first + n) * c.kv_dim(), 5);
         let q = data(n * d, 6);
         let mut whole = vec![0.0f32; n * d];
         block(

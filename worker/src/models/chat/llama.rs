@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
+use half::f16;
+
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
 use thaw_snapshot::mmap::MappedFile;
@@ -150,8 +152,10 @@ pub struct LayerCache<T> {
     pub(super) len: usize,
 }
 
-/// The CPU decoder's cache: each layer's keys and values in host memory.
-pub type KvCache = LayerCache<Vec<f32>>;
+/// The CPU decoder's cache: each layer's keys and values in host memory,
+/// in f16 (as llama.cpp keeps them): at a long context decode reads the
+/// whole cache for every token, and half the bytes is most of its time.
+pub type KvCache = LayerCache<Vec<f16>>;
 
 impl<T: Clone + Default> LayerCache<T> {
     /// An empty cache of `layers` layers.
@@ -392,11 +396,12 @@ impl Llama {
             let mut first = 0;
             for step in steps.iter_mut() {
                 let n = step.tokens.len();
-                step.cache.keys[l].extend_from_slice(&k[first * kv_dim..(first + n) * kv_dim]);
-                step.cache.values[l].extend_from_slice(&v[first * kv_dim..(first + n) * kv_dim]);
+                let rows = first * kv_dim..(first + n) * kv_dim;
+                step.cache.keys[l].extend(k[rows.clone()].iter().map(|&x| f16::from_f32(x)));
+                step.cache.values[l].extend(v[rows].iter().map(|&x| f16::from_f32(x)));
                 first += n;
             }
-            let caches: Vec<(&[f32], &[f32])> = steps
+            let caches: Vec<(&[f16], &[f16])> = steps
                 .iter()
                 .map(|s| (s.cache.keys[l].as_slice(), s.cache.values[l].as_slice()))
                 .collect();
