@@ -10,9 +10,10 @@
 //! outgrow the caches, and reading them again for every row made attention
 //! memory-bound: a 2 048-token prompt spent 40 % of its time there.)
 //!
-//! The cache holds f16 (half the bytes a long context reads for each
-//! token); both paths widen each key and value to f32 exactly as they read
-//! it, and compute in f32 from there.
+//! The cache ([`Heads`]) holds f16, head-major (half the bytes a long
+//! context reads for each token, and one stream per key/value head); both
+//! paths widen each key and value to f32 exactly as they read it, and
+//! compute in f32 from there.
 //!
 //! Both paths do the same arithmetic for each row, in the same order: a
 //! score is eight partial sums over the head's width (fused multiply-adds,
@@ -72,6 +73,55 @@ pub(super) fn tasks(steps: impl IntoIterator<Item = (usize, usize)>) -> Vec<Task
     tasks
 }
 
+/// One layer's keys or values of one sequence, in f16, head-major: each
+/// key/value head's positions lie one after another, so that attention
+/// reads a head's cache as one stream.
+#[derive(Debug, Clone, Default)]
+pub struct Heads {
+    data: Vec<f16>,
+    /// Positions each head has room for.
+    capacity: usize,
+    len: usize,
+    heads: usize,
+    width: usize,
+}
+
+impl Heads {
+    /// Appends `rows` (positions × `heads`·`width`, as the projection
+    /// makes them), rounded to f16.
+    pub(super) fn append(&mut self, rows: &[f32], heads: usize, width: usize) {
+        if self.capacity == 0 {
+            (self.heads, self.width) = (heads, width);
+        }
+        assert_eq!((self.heads, self.width), (heads, width), "a cache's shape");
+        let n = rows.len() / (heads * width);
+        if self.len + n > self.capacity {
+            // Doubling: each position is moved O(1) times on average.
+            let capacity = (self.len + n).max(2 * self.capacity).max(16);
+            let mut data = vec![f16::ZERO; heads * capacity * width];
+            for h in 0..heads {
+                data[h * capacity * width..][..self.len * width]
+                    .copy_from_slice(&self.data[h * self.capacity * width..][..self.len * width]);
+            }
+            (self.data, self.capacity) = (data, capacity);
+        }
+        for (t, row) in rows.chunks_exact(heads * width).enumerate() {
+            for (h, row) in row.chunks_exact(width).enumerate() {
+                let at = (h * self.capacity + self.len + t) * width;
+                for (to, &x) in self.data[at..at + width].iter_mut().zip(row) {
+                    *to = f16::from_f32(x);
+                }
+            }
+        }
+        self.len += n;
+    }
+
+    /// Head `h`'s positions (`len × width`).
+    fn head(&self, h: usize) -> &[f16] {
+        &self.data[h * self.capacity * self.width..][..self.len * self.width]
+    }
+}
+
 /// Every task's attention: `q` is the pass's queries (`rows ×
 /// heads·head_dim`), `caches` each step's keys and values (f16, widened
 /// exactly to f32 as they are read), `out` the results, in `q`'s layout.
@@ -79,7 +129,7 @@ pub(super) fn tasks(steps: impl IntoIterator<Item = (usize, usize)>) -> Vec<Task
 pub(super) fn attend(
     c: &LlamaConfig,
     q: &[f32],
-    caches: &[(&[f16], &[f16])],
+    caches: &[(&Heads, &Heads)],
     tasks: &[Task],
     out: &mut [f32],
     parallel: bool,
@@ -134,7 +184,7 @@ pub(super) struct Scratch {
 pub(super) fn row(
     c: &LlamaConfig,
     q: &[f32],
-    cache: (&[f16], &[f16]),
+    cache: (&Heads, &Heads),
     pos: usize,
     out: &mut [f32],
     scratch: &mut Scratch,
@@ -167,19 +217,19 @@ fn head(
     c: &LlamaConfig,
     h: usize,
     qh: &[f32],
-    (keys, values): (&[f16], &[f16]),
+    (keys, values): (&Heads, &Heads),
     pos: usize,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
     let hd = c.head_dim;
-    let kv_dim = c.kv_dim();
-    let kv = (h / (c.heads / c.kv_heads)) * hd;
+    let kv = h / (c.heads / c.kv_heads);
+    let (keys, values) = (keys.head(kv), values.head(kv));
     let scale = 1.0 / (hd as f32).sqrt();
     scores.resize(pos + 1, 0.0);
     let mut max = f32::NEG_INFINITY;
     for (t, score) in scores.iter_mut().enumerate() {
-        let key = &keys[t * kv_dim + kv..t * kv_dim + kv + hd];
+        let key = &keys[t * hd..(t + 1) * hd];
         *score = dot(qh, key) * scale;
         max = max.max(*score);
     }
@@ -202,19 +252,19 @@ fn head(
     // in registers.
     let mut i = 0;
     while i < hd {
-        let values = &values[kv + i..];
+        let values = &values[i..];
         if hd - i >= ROW_OUTPUTS {
             // Eight registers: eight independent chains of multiply-adds,
             // and each position's values read once.
-            let sums = weighted_row::<ROW_OUTPUTS>(scores, values, kv_dim);
+            let sums = weighted_row::<ROW_OUTPUTS>(scores, values, hd);
             out[i..i + ROW_OUTPUTS].copy_from_slice(&sums);
             i += ROW_OUTPUTS;
         } else if hd - i >= OUTPUTS {
-            let sums = weighted_row::<OUTPUTS>(scores, values, kv_dim);
+            let sums = weighted_row::<OUTPUTS>(scores, values, hd);
             out[i..i + OUTPUTS].copy_from_slice(&sums);
             i += OUTPUTS;
         } else {
-            out[i] = weighted_row::<1>(scores, values, kv_dim)[0];
+            out[i] = weighted_row::<1>(scores, values, hd)[0];
             i += 1;
         }
     }
@@ -273,7 +323,7 @@ fn dot(a: &[f32], b: &[f16]) -> f32 {
 pub(super) fn block(
     c: &LlamaConfig,
     q: &[f32],
-    (keys, values): (&[f16], &[f16]),
+    (keys, values): (&Heads, &Heads),
     first: usize,
     out: &mut [f32],
     scratch: &mut Scratch,
@@ -284,7 +334,6 @@ pub(super) fn block(
         (1..=LANES).contains(&n) && out.len() == q.len(),
         "attention block: shape"
     );
-    let kv_dim = c.kv_dim();
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     // Every lane runs to the block's last position and masks its own later
@@ -297,14 +346,14 @@ pub(super) fn block(
     queries.resize(hd, [0.0; LANES]);
     scores.resize(positions, [0.0; LANES]);
     for h in 0..c.heads {
-        let kv = (h / group) * hd;
+        let (keys, values) = (keys.head(h / group), values.head(h / group));
         for (i, lanes) in queries.iter_mut().enumerate() {
             *lanes = std::array::from_fn(|r| if r < n { q[r * d + h * hd + i] } else { 0.0 });
         }
 
         let mut max = [f32::NEG_INFINITY; LANES];
         for (t, score) in scores.iter_mut().enumerate() {
-            let key = &keys[t * kv_dim + kv..t * kv_dim + kv + hd];
+            let key = &keys[t * hd..(t + 1) * hd];
             let mut sum = dot_lanes(queries, key);
             for r in 0..LANES {
                 // Causal mask: lane r sees positions up to first + r.
@@ -338,7 +387,7 @@ pub(super) fn block(
         // Weighted values, OUTPUTS of the head's width at a time.
         let mut i = 0;
         while i < hd {
-            let value = |t: usize| &values[t * kv_dim + kv + i..];
+            let value = |t: usize| &values[t * hd + i..];
             let (width, sums) = if hd - i >= OUTPUTS {
                 (OUTPUTS, weighted::<OUTPUTS>(scores, value))
             } else {
@@ -469,10 +518,16 @@ mod tests {
             .collect()
     }
 
-    /// A cache's keys or values: `data` rounded to f16, as the decoder
-    /// stores them.
-    fn cached(n: usize, seed: u64) -> Vec<f16> {
-        data(n, seed).into_iter().map(f16::from_f32).collect()
+    /// A cache of `positions` keys or values, appended `step` positions at
+    /// a time (so that it grows), and its values as stored (rounded to
+    /// f16), `positions × kv_dim`.
+    fn cached(c: &LlamaConfig, positions: usize, step: usize, seed: u64) -> (Heads, Vec<f16>) {
+        let rows = data(positions * c.kv_dim(), seed);
+        let mut heads = Heads::default();
+        for part in rows.chunks(step * c.kv_dim()) {
+            heads.append(part, c.kv_heads, c.head_dim);
+        }
+        (heads, rows.into_iter().map(f16::from_f32).collect())
     }
 
     /// Attention in f64, straight from its definition, on the cache's
@@ -518,8 +573,8 @@ mod tests {
         ] {
             let d = c.heads * c.head_dim;
             let positions = first + n;
-            let keys = cached(positions * c.kv_dim(), 1);
-            let values = cached(positions * c.kv_dim(), 2);
+            let (keys, stored_keys) = cached(&c, positions, 7, 1);
+            let (values, stored_values) = cached(&c, positions, 7, 2);
             let q = data(n * d, 3);
             let mut blocked = vec![0.0f32; n * d];
             block(
@@ -531,12 +586,13 @@ mod tests {
                 &mut Scratch::default(),
             );
             for r in 0..n {
-                let want = reference(&c, &q[r * d..(r + 1) * d], &keys, &values, first + r);
+                let q_row = &q[r * d..(r + 1) * d];
+                let want = reference(&c, q_row, &stored_keys, &stored_values, first + r);
                 let q = &q[r * d..(r + 1) * d];
                 let one_row = |parallel: bool| {
                     let mut out = vec![0.0f32; d];
                     let mut scratch = Scratch::default();
-                    let cache = (&keys[..], &values[..]);
+                    let cache = (&keys, &values);
                     row(&c, q, cache, first + r, &mut out, &mut scratch, parallel);
                     out
                 };
@@ -562,8 +618,8 @@ mod tests {
         let c = config(9, 3, 64);
         let d = c.heads * c.head_dim;
         let (first, n) = (20, 6);
-        let keys = cached((first + n) * c.kv_dim(), 4);
-        let values = cached((first + n) * c.kv_dim(), 5);
+        let (keys, _) = cached(&c, first + n, first + n, 4);
+        let (values, _) = cached(&c, first + n, first + n, 5);
         let q = data(n * d, 6);
         let mut whole = vec![0.0f32; n * d];
         block(

@@ -11,13 +11,11 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
-use half::f16;
-
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
 use thaw_snapshot::mmap::MappedFile;
 
-use super::attention::{self, attend};
+use super::attention::{self, attend, Heads};
 use super::quant::{Format, Q8Rows, QMatrix};
 use crate::models::ModelError;
 
@@ -153,9 +151,10 @@ pub struct LayerCache<T> {
 }
 
 /// The CPU decoder's cache: each layer's keys and values in host memory,
-/// in f16 (as llama.cpp keeps them): at a long context decode reads the
-/// whole cache for every token, and half the bytes is most of its time.
-pub type KvCache = LayerCache<Vec<f16>>;
+/// in f16 (as llama.cpp keeps them) and head-major: at a long context
+/// decode reads the whole cache for every token, and that read is most of
+/// its time.
+pub type KvCache = LayerCache<Heads>;
 
 impl<T: Clone + Default> LayerCache<T> {
     /// An empty cache of `layers` layers.
@@ -397,13 +396,13 @@ impl Llama {
             for step in steps.iter_mut() {
                 let n = step.tokens.len();
                 let rows = first * kv_dim..(first + n) * kv_dim;
-                step.cache.keys[l].extend(k[rows.clone()].iter().map(|&x| f16::from_f32(x)));
-                step.cache.values[l].extend(v[rows].iter().map(|&x| f16::from_f32(x)));
+                step.cache.keys[l].append(&k[rows.clone()], c.kv_heads, hd);
+                step.cache.values[l].append(&v[rows], c.kv_heads, hd);
                 first += n;
             }
-            let caches: Vec<(&[f16], &[f16])> = steps
+            let caches: Vec<(&Heads, &Heads)> = steps
                 .iter()
-                .map(|s| (s.cache.keys[l].as_slice(), s.cache.values[l].as_slice()))
+                .map(|s| (&s.cache.keys[l], &s.cache.values[l]))
                 .collect();
             attend(c, &q, &caches, &work, &mut attn, parallel);
             q8.quantize(&attn, d);
