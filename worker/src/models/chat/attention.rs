@@ -87,17 +87,20 @@ pub struct Heads {
 }
 
 impl Heads {
-    /// Appends `rows` (positions × `heads`·`width`, as the projection
-    /// makes them), rounded to f16.
-    pub(super) fn append(&mut self, rows: &[f32], heads: usize, width: usize) {
+    /// Appends `rows` (positions × `c`'s key/value width, as the
+    /// projection makes them), rounded to f16.
+    pub(super) fn append(&mut self, rows: &[f32], c: &LlamaConfig) {
+        let (heads, width) = (c.kv_heads, c.head_dim);
         if self.capacity == 0 {
             (self.heads, self.width) = (heads, width);
         }
         assert_eq!((self.heads, self.width), (heads, width), "a cache's shape");
         let n = rows.len() / (heads * width);
         if self.len + n > self.capacity {
-            // Doubling: each position is moved O(1) times on average.
-            let capacity = (self.len + n).max(2 * self.capacity).max(16);
+            // Doubling (each position is moved O(1) times on average), up
+            // to the model's context, which no sequence outgrows.
+            let needed = self.len + n;
+            let capacity = (2 * self.capacity).clamp(16, c.context.max(16)).max(needed);
             let mut data = vec![f16::ZERO; heads * capacity * width];
             for h in 0..heads {
                 data[h * capacity * width..][..self.len * width]
@@ -525,7 +528,7 @@ mod tests {
         let rows = data(positions * c.kv_dim(), seed);
         let mut heads = Heads::default();
         for part in rows.chunks(step * c.kv_dim()) {
-            heads.append(part, c.kv_heads, c.head_dim);
+            heads.append(part, c);
         }
         (heads, rows.into_iter().map(f16::from_f32).collect())
     }
@@ -610,6 +613,32 @@ mod tests {
                 // The same arithmetic in the same order on both paths.
                 assert_eq!(alone, blocked[r * d..(r + 1) * d], "first {first}, row {r}");
             }
+        }
+    }
+
+    #[test]
+    fn the_cache_grows_to_the_context_and_keeps_each_heads_positions() {
+        let c = LlamaConfig {
+            context: 20,
+            ..config(4, 2, 12)
+        };
+        let (heads, stored) = cached(&c, 7, 7, 8);
+        assert_eq!(heads.capacity, 16);
+        let mut heads = heads;
+        let mut stored = stored;
+        for (positions, seed) in [(7, 9), (6, 10)] {
+            let rows = data(positions * c.kv_dim(), seed);
+            heads.append(&rows, &c);
+            stored.extend(rows.into_iter().map(f16::from_f32));
+        }
+        // Doubling would make 32: the context caps it.
+        assert_eq!(heads.capacity, 20);
+        for h in 0..c.kv_heads {
+            let want: Vec<f16> = stored
+                .chunks_exact(c.kv_dim())
+                .flat_map(|row| row[h * c.head_dim..(h + 1) * c.head_dim].to_vec())
+                .collect();
+            assert_eq!(heads.head(h), want, "head {h}");
         }
     }
 

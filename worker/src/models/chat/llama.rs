@@ -396,8 +396,8 @@ impl Llama {
             for step in steps.iter_mut() {
                 let n = step.tokens.len();
                 let rows = first * kv_dim..(first + n) * kv_dim;
-                step.cache.keys[l].append(&k[rows.clone()], c.kv_heads, hd);
-                step.cache.values[l].append(&v[rows], c.kv_heads, hd);
+                step.cache.keys[l].append(&k[rows.clone()], c);
+                step.cache.values[l].append(&v[rows], c);
                 first += n;
             }
             let caches: Vec<(&Heads, &Heads)> = steps
