@@ -179,8 +179,8 @@ pub(super) struct Scratch {
 }
 
 /// One row's attention over its sequence's positions `0..=pos`, all heads:
-/// `q` is the row's queries (`heads × head_dim`), `keys` and `values` the
-/// cache (`positions × kv_dim`), `out` the row's result. `parallel`: the
+/// `q` is the row's queries (`heads × head_dim`), `cache` its sequence's
+/// keys and values, `out` the row's result. `parallel`: the
 /// heads on rayon's current pool (a lone decode row would otherwise keep
 /// one thread busy while the others wait, and at long contexts its
 /// attention outweighs its products).
