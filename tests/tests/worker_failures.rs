@@ -244,3 +244,33 @@ fn a_request_sent_on_from_a_lost_worker_gets_the_reason_no_other_starts() {
         );
     }
 }
+
+#[test]
+fn a_template_that_refuses_to_fork_is_kept_and_the_worker_started_by_exec() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (g, log) = {
+        let model = "[models.scaling]\nmin_instances = 1";
+        let text = config(dir.path(), "", &credit_score("fake", None, model));
+        let config_file = dir.path().join("thaw.toml");
+        std::fs::write(&config_file, text).expect("config written");
+        let log = dir.path().join("worker.log");
+        let mut cmd = serve_with_worker(&config_file, "thaw-fake-worker", &[]);
+        cmd.env("THAW_FAKE_WORKER", "stale")
+            .env("THAW_FAKE_TEMPLATE", "refuse")
+            .env("THAW_FAKE_LOG", &log);
+        (Served::spawn(cmd, config_file), log)
+    };
+    let s = g.wait("a worker ready", |s| s["models"][0]["ready_instances"] == 1);
+    let model = &s["models"][0];
+    assert_eq!(model["instances"][0]["started_from"], "exec", "{model}");
+    let template = model["template"]["pid"]
+        .as_u64()
+        .expect("the template runs");
+    assert_eq!(logged(&log, "fork refused"), 1);
+    assert_eq!(send(&g, false).status, 200);
+    // It answered: it is not replaced.
+    assert_eq!(
+        g.status()["models"][0]["template"]["pid"].as_u64(),
+        Some(template)
+    );
+}

@@ -718,23 +718,22 @@ impl Pool {
     ) -> (Result<WorkerProcess, SpawnError>, &'static str) {
         if self.use_templates && forkable {
             match self.template(spec).await {
-                Ok((template, true)) => {
-                    return (template.fork(id.0, socket, self.start_timeout).await, tier);
-                }
-                Ok((template, false)) => {
+                // A fork that fails, even from a template that ran before
+                // (it may have died an instant ago, its exit not seen yet),
+                // does not fail the requests waiting for the worker: it is
+                // started by exec instead. A template that cannot be
+                // reached at all is replaced (its watcher restarts it).
+                Ok((template, fresh)) => {
                     match template.fork(id.0, socket, self.start_timeout).await {
-                        Ok(process) => return (Ok(process), "template"),
-                        // A template already running that cannot fork has
-                        // died (not yet reaped) or broken: it is replaced
-                        // (its watcher restarts it), and this worker is
-                        // started by exec rather than failing the requests
-                        // that wait for it.
+                        Ok(process) => return (Ok(process), if fresh { tier } else { "template" }),
                         Err(e) => {
                             tracing::warn!(
                                 model = %self.spec.model, pid = template.pid,
-                                "the template cannot fork ({e}): replacing it, and starting a worker by exec instead"
+                                "{e}: starting a worker by exec instead"
                             );
-                            template.handle().kill();
+                            if matches!(e, SpawnError::TemplateGone { .. }) {
+                                template.handle().kill();
+                            }
                         }
                     }
                 }

@@ -64,6 +64,15 @@ pub enum SpawnError {
         /// The limit.
         timeout: Duration,
     },
+    /// A template's control socket could not be reached: the template died
+    /// (its exit not seen yet) or lost the socket.
+    #[error("the template for {model} cannot be reached: {reason}")]
+    TemplateGone {
+        /// The model.
+        model: String,
+        /// The connection's error.
+        reason: String,
+    },
     /// A template refused or failed a fork.
     #[error("the template for {model} could not fork a worker: {reason}")]
     Fork {

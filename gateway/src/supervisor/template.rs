@@ -127,12 +127,12 @@ impl TemplateProcess {
         };
         let mut line = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
         line.push('\n');
-        let mut conn = UnixStream::connect(&self.control)
-            .await
-            .map_err(|e| fail(format!("control socket {}: {e}", self.control.display())))?;
-        conn.write_all(line.as_bytes())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let gone = |e: std::io::Error| SpawnError::TemplateGone {
+            model: self.model.clone(),
+            reason: format!("control socket {}: {e}", self.control.display()),
+        };
+        let mut conn = UnixStream::connect(&self.control).await.map_err(gone)?;
+        conn.write_all(line.as_bytes()).await.map_err(gone)?;
         let mut lines = BufReader::new(conn).lines();
         let ready =
             match tokio::time::timeout(timeout, process::wait_event(&mut lines, "ready")).await {

@@ -27,7 +27,9 @@
 //! first worker in the mode's log directory starts: later ones fail to.
 //!
 //! Every model request read whole is logged as a line to `THAW_FAKE_LOG`.
-//! Asked to start as a template, it refuses, so the gateway execs it.
+//! Asked to start as a template, it refuses, so the gateway execs it;
+//! with `THAW_FAKE_TEMPLATE=refuse`, it starts as a template that answers
+//! every fork with an error (logged as `fork refused`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
@@ -45,9 +47,15 @@ enum Mode {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--template") {
-        println!(r#"{{"event":"error","message":"the fake worker has no template mode"}}"#);
-        std::process::exit(1);
+    if let Some(i) = args.iter().position(|a| a == "--template") {
+        if std::env::var("THAW_FAKE_TEMPLATE").as_deref() != Ok("refuse") {
+            println!(r#"{{"event":"error","message":"the fake worker has no template mode"}}"#);
+            std::process::exit(1);
+        }
+        let control = args[i + 1]
+            .strip_prefix("unix:")
+            .expect("--template unix:PATH");
+        refuse_forks(control);
     }
     let socket = args
         .iter()
@@ -83,6 +91,26 @@ fn main() {
         let socket = socket.clone();
         std::thread::spawn(move || serve(stream, mode, &socket));
     }
+}
+
+/// A template whose every fork fails: ready, then each fork request on
+/// its control socket answered with an error.
+fn refuse_forks(control: &str) -> ! {
+    let listener = UnixListener::bind(control).expect("bind the control socket");
+    println!(r#"{{"event":"template_ready","open_ms":0,"build_ms":0,"warmup_ms":0}}"#);
+    std::io::stdout().flush().expect("stdout");
+    for mut stream in listener.incoming().flatten() {
+        let mut request = String::new();
+        let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+        if reader.read_line(&mut request).is_ok_and(|n| n > 0) {
+            log("fork refused");
+            let _ = writeln!(
+                stream,
+                r#"{{"event":"error","message":"the fake template refuses to fork"}}"#
+            );
+        }
+    }
+    unreachable!("a listener's incoming connections never end")
 }
 
 /// Serves one connection to the worker at `socket`.
