@@ -18,11 +18,17 @@ const REQUESTS: usize = 8;
 /// A gateway whose one model is served by the fake worker in `mode`, one
 /// instance ready; and the worker's log.
 fn serve_fake(dir: &Path, mode: &str) -> (Served, PathBuf) {
-    serve_fake_with(dir, mode, "")
+    serve_fake_with(dir, mode, "", &[])
 }
 
-/// As `serve_fake`, with `settings` (more TOML) in `[gateway]`.
-fn serve_fake_with(dir: &Path, mode: &str, settings: &str) -> (Served, PathBuf) {
+/// As `serve_fake`, with `settings` (more TOML) in `[gateway]` and more
+/// of the fake's environment.
+fn serve_fake_with(
+    dir: &Path,
+    mode: &str,
+    settings: &str,
+    env: &[(&str, &str)],
+) -> (Served, PathBuf) {
     let model = "[models.scaling]\nmin_instances = 1\n[models.queue]\nresponse_timeout = \"300ms\"";
     let text = config(dir, settings, &credit_score("fake", None, model));
     let config_file = dir.join("thaw.toml");
@@ -30,6 +36,7 @@ fn serve_fake_with(dir: &Path, mode: &str, settings: &str) -> (Served, PathBuf) 
     let log = dir.join("worker.log");
     let mut cmd = serve_with_worker(&config_file, "thaw-fake-worker", &[]);
     cmd.env("THAW_FAKE_WORKER", mode).env("THAW_FAKE_LOG", &log);
+    cmd.envs(env.iter().copied());
     let g = Served::spawn(cmd, config_file);
     g.wait("the fake worker ready", |s| {
         s["models"][0]["ready_instances"] == 1
@@ -219,7 +226,7 @@ fn a_request_sent_on_from_a_lost_worker_gets_the_reason_no_other_starts() {
         let dir = tempfile::tempdir().expect("temp dir");
         // Health checks far apart: only the failed connection can tell the
         // gateway that its worker is lost.
-        let (g, log) = serve_fake_with(dir.path(), "deaf", "health_interval = \"1h\"");
+        let (g, log) = serve_fake_with(dir.path(), "deaf", "health_interval = \"1h\"", &[]);
         assert_eq!(send(&g, large).status, 200, "large {large}");
         // The worker's socket is gone: the request waits for another,
         // which the gateway starts at once and which fails to start.
@@ -248,19 +255,9 @@ fn a_request_sent_on_from_a_lost_worker_gets_the_reason_no_other_starts() {
 #[test]
 fn a_template_that_refuses_to_fork_is_kept_and_the_worker_started_by_exec() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (g, log) = {
-        let model = "[models.scaling]\nmin_instances = 1";
-        let text = config(dir.path(), "", &credit_score("fake", None, model));
-        let config_file = dir.path().join("thaw.toml");
-        std::fs::write(&config_file, text).expect("config written");
-        let log = dir.path().join("worker.log");
-        let mut cmd = serve_with_worker(&config_file, "thaw-fake-worker", &[]);
-        cmd.env("THAW_FAKE_WORKER", "stale")
-            .env("THAW_FAKE_TEMPLATE", "refuse")
-            .env("THAW_FAKE_LOG", &log);
-        (Served::spawn(cmd, config_file), log)
-    };
-    let s = g.wait("a worker ready", |s| s["models"][0]["ready_instances"] == 1);
+    let refuse = [("THAW_FAKE_TEMPLATE", "refuse")];
+    let (g, log) = serve_fake_with(dir.path(), "stale", "", &refuse);
+    let s = g.status();
     let model = &s["models"][0];
     assert_eq!(model["instances"][0]["started_from"], "exec", "{model}");
     let template = model["template"]["pid"]
