@@ -187,6 +187,20 @@ pub fn ctl(admin: &str, args: &[&str], token: Option<&str>) -> Output {
     cmd.output().expect("thaw ctl runs")
 }
 
+/// The sockets directory of the gateway whose state is under `state`
+/// (`state/run-PID`, one per gateway process).
+pub fn sockets_dir(state: &Path) -> PathBuf {
+    std::fs::read_dir(state)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
+        })
+        .expect("the sockets directory")
+}
+
 /// Whether process `pid` is alive (not a zombie).
 pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

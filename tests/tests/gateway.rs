@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use thaw_tests::served::{serve_command, Slow};
+use thaw_tests::served::{serve_command, sockets_dir, Slow};
 use thaw_tests::{registry_model, repo_root, Client, Proc};
 
 const START: Duration = Duration::from_secs(60);
@@ -386,15 +386,7 @@ fn a_request_that_cannot_connect_to_its_worker_goes_to_another() {
             .expect("the instance holding the request");
         order.push(next);
     }
-    let run = std::fs::read_dir(g._dir.path().join("state"))
-        .expect("state dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
-        })
-        .expect("the sockets directory");
+    let run = sockets_dir(&g._dir.path().join("state"));
     // The next request's instance loses its socket's listener, as a worker
     // that died an instant ago (before the supervisor saw it exit) has; its
     // one connection is busy, so the request must connect anew. It is sent

@@ -197,20 +197,6 @@ fn a_template_that_dies_at_zero_within_keep_template_comes_back() {
     assert_eq!(started_from(&status(&g)), "template");
 }
 
-/// The files under `dir` whose names end with `suffix`.
-fn files_ending(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_ending(&path, suffix));
-        } else if path.to_string_lossy().ends_with(suffix) {
-            found.push(path);
-        }
-    }
-    found
-}
-
 #[test]
 fn a_template_that_cannot_fork_is_replaced_and_the_worker_started_by_exec() {
     let g = gateway("keep_template = \"1h\"");
@@ -219,7 +205,11 @@ fn a_template_that_cannot_fork_is_replaced_and_the_worker_started_by_exec() {
     let template = pid(&s["template"]);
     // With its control socket gone the template runs on and no fork
     // reaches it, as with one killed and not yet reaped.
-    let controls = files_ending(g._dir.path(), ".template.sock");
+    let controls: Vec<_> = std::fs::read_dir(served::sockets_dir(&g._dir.path().join("state")))
+        .expect("sockets dir")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".template.sock"))
+        .collect();
     assert_eq!(controls.len(), 1, "{controls:?}");
     std::fs::remove_file(&controls[0]).expect("control socket removed");
 

@@ -82,8 +82,6 @@ pub struct Heads {
     /// Positions each head has room for.
     capacity: usize,
     len: usize,
-    heads: usize,
-    width: usize,
 }
 
 impl Heads {
@@ -91,10 +89,6 @@ impl Heads {
     /// projection makes them), rounded to f16.
     pub(super) fn append(&mut self, rows: &[f32], c: &LlamaConfig) {
         let (heads, width) = (c.kv_heads, c.head_dim);
-        if self.capacity == 0 {
-            (self.heads, self.width) = (heads, width);
-        }
-        assert_eq!((self.heads, self.width), (heads, width), "a cache's shape");
         let n = rows.len() / (heads * width);
         if self.len + n > self.capacity {
             // Doubling (each position is moved O(1) times on average), up
@@ -119,9 +113,10 @@ impl Heads {
         self.len += n;
     }
 
-    /// Head `h`'s positions (`len × width`).
-    fn head(&self, h: usize) -> &[f16] {
-        &self.data[h * self.capacity * self.width..][..self.len * self.width]
+    /// Head `h`'s positions (`len × width`, `width` being `c.head_dim`
+    /// of the config it was appended with).
+    fn head(&self, h: usize, width: usize) -> &[f16] {
+        &self.data[h * self.capacity * width..][..self.len * width]
     }
 }
 
@@ -227,7 +222,7 @@ fn head(
 ) {
     let hd = c.head_dim;
     let kv = h / (c.heads / c.kv_heads);
-    let (keys, values) = (keys.head(kv), values.head(kv));
+    let (keys, values) = (keys.head(kv, hd), values.head(kv, hd));
     let scale = 1.0 / (hd as f32).sqrt();
     scores.resize(pos + 1, 0.0);
     let mut max = f32::NEG_INFINITY;
@@ -349,7 +344,8 @@ pub(super) fn block(
     queries.resize(hd, [0.0; LANES]);
     scores.resize(positions, [0.0; LANES]);
     for h in 0..c.heads {
-        let (keys, values) = (keys.head(h / group), values.head(h / group));
+        let kv = h / group;
+        let (keys, values) = (keys.head(kv, hd), values.head(kv, hd));
         for (i, lanes) in queries.iter_mut().enumerate() {
             *lanes = std::array::from_fn(|r| if r < n { q[r * d + h * hd + i] } else { 0.0 });
         }
@@ -638,7 +634,7 @@ mod tests {
                 .chunks_exact(c.kv_dim())
                 .flat_map(|row| row[h * c.head_dim..(h + 1) * c.head_dim].to_vec())
                 .collect();
-            assert_eq!(heads.head(h), want, "head {h}");
+            assert_eq!(heads.head(h, c.head_dim), want, "head {h}");
         }
     }
 
