@@ -165,10 +165,20 @@ impl Client {
              expect: 100-continue\r\n\r\n",
             body.len()
         );
+        self.after_continue(head.as_bytes(), body)
+    }
+
+    /// Sends `head` (a request's head that asks for a go-ahead), reads the
+    /// first response head to arrive (the interim one), then sends `body`
+    /// (whatever it holds: a chunked body's framing too, or only part of
+    /// it) and reads the rest to the connection's end. A server may answer
+    /// before the whole body is written: the write then fails, and the
+    /// answer is still read.
+    pub fn after_continue(&self, head: &[u8], body: &[u8]) -> std::io::Result<(String, Response)> {
         let mut stream = self.connect()?;
-        stream.write_all(head.as_bytes())?;
+        stream.write_all(head)?;
         let interim = read_until(&mut stream, b"\r\n\r\n")?;
-        stream.write_all(body)?;
+        let _ = stream.write_all(body).and_then(|()| stream.flush());
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest)?;
         Ok((

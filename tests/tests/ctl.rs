@@ -68,6 +68,13 @@ fn status_scale_drain_and_reload() {
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.header("retry-after").is_some());
     assert!(String::from_utf8_lossy(&r.body).contains("drained"));
+    // KServe's model readiness says so too (it takes no request now).
+    let ready = g.public.get("/v2/models/credit-score/ready");
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["ready"], false);
+    assert!(ready.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("drained")));
     let done = slow.finish().expect("answered");
     assert_eq!(done.status, 200, "{}", String::from_utf8_lossy(&done.body));
     let s = g.wait("drained to zero", |s| {
@@ -88,6 +95,7 @@ fn status_scale_drain_and_reload() {
     assert_eq!(model(&s)["override"], Value::Null, "{s}");
     assert_eq!(model(&s)["min_instances"], 1);
     assert_eq!(g.score("credit-score").status, 200);
+    assert_eq!(g.public.get("/v2/models/credit-score/ready").status, 200);
 }
 
 #[test]

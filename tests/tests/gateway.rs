@@ -153,8 +153,53 @@ fn listing_and_errors_do_not_wake_models() {
         .map(|m| m["id"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(ids, ["credit-score", "minilm"]);
+    assert!(models["data"][0]["created"].is_u64(), "{models}");
+    // OpenAI's retrieve-model route gives the list's entry.
+    assert_eq!(g.public.get("/v1/models/minilm").json(), models["data"][1]);
+    let r = g.public.get("/v1/models/nope");
+    assert_eq!(
+        (r.status, &r.json()["error"]["code"]),
+        (404, &json!("model_not_found"))
+    );
     let meta = g.public.get("/v2/models/credit-score").json();
     assert_eq!(meta["inputs"][0]["shape"], json!([-1, 10]));
+    // KServe's versioned paths: the one version is the model, another
+    // is a 404 that names it.
+    assert_eq!(
+        g.public.get("/v2/models/credit-score/versions/1").json(),
+        meta
+    );
+    assert_eq!(
+        g.public
+            .get("/v2/models/credit-score/versions/1/ready")
+            .status,
+        200
+    );
+    let r = g
+        .public
+        .post_json("/v2/models/credit-score/versions/2/infer", &score_request());
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("version \"2\"")),
+        "{}",
+        r.json()
+    );
+    let r = g.public.get("/v2/models/nope/versions/2");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not exist")),
+        "{}",
+        r.json()
+    );
+    // The body of an OpenAI request must be an object.
+    let r = g.public.request("POST", "/v1/embeddings", Some(b"[1]"));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .is_some_and(|e| e.contains("JSON object")));
     assert_eq!(
         g.public.get("/v2/models/minilm").json()["outputs"][0]["shape"],
         json!([-1, 384])
@@ -531,6 +576,17 @@ fn protocol_edges_each_get_one_proper_response() {
         .public
         .post_json("/v2/models/credit-score/infer", &score_request());
     assert_eq!(warm.status, 200, "{}", String::from_utf8_lossy(&warm.body));
+    // KServe's versioned path reaches the same worker route.
+    let versioned = g
+        .public
+        .post_json("/v2/models/credit-score/versions/1/infer", &score_request());
+    assert_eq!(
+        versioned.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&versioned.body)
+    );
+    assert_eq!(versioned.json()["outputs"], warm.json()["outputs"]);
 
     // A 405 names the methods the path takes.
     let r = g.public.get("/v1/embeddings");
@@ -595,19 +651,93 @@ fn protocol_edges_each_get_one_proper_response() {
         .into_bytes()
     };
     let embed = json!({"input": "pipelined", "model": "minilm"}).to_string();
+    // A refusal of a request whose body the gateway read whole keeps the
+    // connection for the next one.
+    let unknown = json!({"input": "pipelined", "model": "nope"}).to_string();
     let responses = g
         .public
         .pipelined(&[
             request("/v2/models/credit-score/infer", &score, false),
             request("/v1/embeddings", &embed, false),
+            request("/v1/embeddings", &unknown, false),
             request("/v2/models/credit-score/infer", &score, true),
         ])
         .expect("answered");
     let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(statuses, [200, 200, 404, 200]);
     assert_eq!(responses[0].json()["outputs"], warm.json()["outputs"]);
     assert!(responses[1].json()["data"][0]["embedding"].is_array());
-    assert_eq!(responses[2].json()["outputs"], warm.json()["outputs"]);
+    assert_eq!(responses[2].json()["error"]["code"], "model_not_found");
+    assert_eq!(responses[3].json()["outputs"], warm.json()["outputs"]);
+}
+
+/// A body over the limit, or one that stops arriving, gets its 413 or 408
+/// in the API's shape on every path: read by the gateway (OpenAI),
+/// streamed to a worker (KServe), and streamed after a go-ahead the worker
+/// gave (the `100 Continue` is not the answer: the final one follows it).
+#[test]
+fn a_body_too_large_or_stalled_gets_413_or_408_on_every_path() {
+    let g = gateway_with(
+        "max_body_bytes = \"64KiB\"\nbody_timeout = \"1s\"",
+        &credit_score("[models.scaling]\nmin_instances = 1"),
+        "",
+    );
+    let warm = g
+        .public
+        .post_json("/v2/models/credit-score/infer", &score_request());
+    assert_eq!(warm.status, 200, "{}", String::from_utf8_lossy(&warm.body));
+    let kserve = "/v2/models/credit-score/infer";
+    let chunked = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\
+             expect: 100-continue\r\n\r\n"
+        )
+    };
+    // 128 KiB in chunks of 16 KiB, after the worker's go-ahead.
+    let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+    let big = chunk.repeat(8) + "0\r\n\r\n";
+    let (interim, r) = g
+        .public
+        .after_continue(chunked(kserve).as_bytes(), big.as_bytes())
+        .expect("answered");
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"].is_string(), "{}", r.json());
+
+    // A body that stops: after the go-ahead, streamed, and read here.
+    let (interim, r) = g
+        .public
+        .after_continue(chunked(kserve).as_bytes(), b"5\r\n{\"inp\r\n")
+        .expect("answered");
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"].is_string(), "{}", r.json());
+    let stalled = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+             content-length: 100\r\n\r\n{{\"model\":"
+        )
+    };
+    let r = g.public.raw(stalled(kserve).as_bytes()).expect("answered");
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"].is_string(), "{}", r.json());
+    let r = g
+        .public
+        .raw(stalled("/v1/embeddings").as_bytes())
+        .expect("answered");
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["error"]["type"],
+        "invalid_request_error",
+        "{}",
+        r.json()
+    );
+
+    // What was answered is counted by its final status.
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    assert!(!metrics.contains("status=\"100\""), "{metrics}");
+    assert!(metrics.contains("status=\"408\""), "{metrics}");
 }
 
 #[test]
@@ -681,6 +811,12 @@ fn a_model_that_cannot_start_gets_a_prompt_503_with_retry_after() {
         .expect("Retry-After");
     assert!(secs >= 1);
     assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|m| m.contains("cannot start")));
+    // KServe's model readiness says why too.
+    let ready = g.public.get("/v2/models/broken/ready");
+    assert_eq!((ready.status, &ready.json()["ready"]), (503, &json!(false)));
+    assert!(ready.json()["error"]
         .as_str()
         .is_some_and(|m| m.contains("cannot start")));
 }

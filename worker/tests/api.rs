@@ -103,6 +103,33 @@ fn credit_score_matches_its_reference_over_a_unix_socket() {
     assert_eq!(w.client.get("/v2").json()["name"], "thaw-worker");
     let models = w.client.get("/v1/models").json();
     assert_eq!(models["data"][0]["id"], "credit-score");
+    assert!(models["data"][0]["created"].is_u64(), "{models}");
+    // OpenAI's retrieve-model route gives the list's entry.
+    assert_eq!(
+        w.client.get("/v1/models/credit-score").json(),
+        models["data"][0]
+    );
+
+    // KServe's versioned paths, with the model's one version, are the
+    // same routes.
+    assert_eq!(meta["versions"], json!(["1"]));
+    let versioned = w.client.post_json(
+        "/v2/models/credit-score/versions/1/infer",
+        &features_request(&inputs),
+    );
+    assert_eq!(versioned.status, 200);
+    assert_eq!(versioned.json()["outputs"], body["outputs"]);
+    assert_eq!(versioned.json()["model_version"], "1");
+    assert_eq!(
+        w.client.get("/v2/models/credit-score/versions/1").json(),
+        meta
+    );
+    assert_eq!(
+        w.client
+            .get("/v2/models/credit-score/versions/1/ready")
+            .json()["ready"],
+        true
+    );
 }
 
 /// Asserts an OpenAI-shaped error.
@@ -180,6 +207,28 @@ fn credit_score_refuses_bad_input_and_keeps_serving() {
     );
     v2_error(&w.client.get("/v2/models/other"), 404);
     v2_error(&w.client.get("/v2/models/other/ready"), 404);
+    for path in [
+        "/v2/models/credit-score/versions/2",
+        "/v2/models/credit-score/versions/2/ready",
+    ] {
+        let r = w.client.get(path);
+        v2_error(&r, 404);
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("version \"2\"")),
+            "{path}: {}",
+            r.json()
+        );
+    }
+    v2_error(
+        &w.client.post_json(
+            "/v2/models/credit-score/versions/2/infer",
+            &features_request(std::slice::from_ref(&row)),
+        ),
+        404,
+    );
+    openai_error(&w.client.get("/v1/models/other"), 404, "model_not_found");
     v2_error(&w.client.get("/v3/nothing"), 404);
     openai_error(
         &w.client.post_json(

@@ -129,6 +129,10 @@ fn chat_completions_whole_and_streamed_agree_at_temperature_zero() {
         assert_eq!(&c["id"], id, "one id per stream");
         assert_eq!(c["model"], "smollm2");
     }
+    // With the usage asked for, the chunks before its own carry it null.
+    for c in &chunks[..chunks.len() - 1] {
+        assert_eq!(c.get("usage"), Some(&Value::Null), "{c}");
+    }
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let (usage, rest) = chunks.split_last().expect("chunks");
     assert_eq!(usage["choices"], json!([]));
@@ -399,6 +403,9 @@ fn bad_requests_get_400_in_openai_shape() {
         );
         let error = &r.json()["error"];
         assert_eq!(error["type"], "invalid_request_error");
+        if needle == "context" {
+            assert_eq!(error["code"], "context_length_exceeded", "{body}");
+        }
         let message = error["message"].as_str().expect("message");
         assert!(
             message.contains(needle),
@@ -414,6 +421,30 @@ fn bad_requests_get_400_in_openai_shape() {
         .client
         .post_json("/v1/embeddings", &json!({"model": "smollm2", "input": "x"}));
     assert_eq!(r.status, 400);
+    // Generated through the OpenAI routes only: KServe's metadata lists
+    // no tensors, and its infer says where to go.
+    let meta = w.client.get("/v2/models/smollm2").json();
+    assert_eq!(
+        (&meta["inputs"], &meta["outputs"]),
+        (&json!([]), &json!([]))
+    );
+    let r = w.client.post_json(
+        "/v2/models/smollm2/infer",
+        &json!({"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("/v1/chat/completions")));
+    // An assistant turn without text (OpenAI's, after a tool call) is an
+    // empty turn, not a missing field.
+    let after_tools = json!({"model": "smollm2", "max_tokens": 2, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null},
+        {"role": "user", "content": "again"},
+    ]});
+    let r = w.client.post_json("/v1/chat/completions", &after_tools);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     // Still serving after all that.
     assert_eq!(
         w.client

@@ -41,6 +41,9 @@ pub struct Gateway {
     pub state_dir: PathBuf,
     /// Largest request body, read here or streamed to a worker (413 beyond).
     pub max_body_bytes: u64,
+    /// How long a request body may pause before its next bytes (408
+    /// beyond; nginx's `client_body_timeout`).
+    pub body_timeout: Duration,
     /// How workers' liveness is checked.
     pub health: HealthCheck,
     /// Bearer token for the admin API (the env's `THAW_ADMIN_TOKEN` is
@@ -295,6 +298,11 @@ impl Ctx<'_> {
             Some(s) => self.size(&s, "gateway.max_body_bytes")?,
             None => 2 << 20,
         };
+        let body_timeout = self.positive(
+            g.body_timeout.as_ref(),
+            "gateway.body_timeout",
+            Duration::from_secs(60),
+        )?;
         let health = self.health(g.health_interval.as_ref(), g.health_failures.as_ref())?;
         let admin_token = match g.admin_token {
             Some(t) if t.get_ref().trim().is_empty() => {
@@ -334,6 +342,7 @@ impl Ctx<'_> {
             models_dir,
             state_dir: expand_home(g.state_dir.as_deref().unwrap_or("/tmp/thaw")),
             max_body_bytes,
+            body_timeout,
             health,
             admin_token,
             shutdown_grace,

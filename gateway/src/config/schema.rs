@@ -36,6 +36,8 @@ pub struct RawGateway {
     pub state_dir: Option<String>,
     /// Largest request body, read or streamed (413 beyond).
     pub max_body_bytes: Option<Spanned<String>>,
+    /// How long a request body may pause between two reads (408 beyond).
+    pub body_timeout: Option<Spanned<String>>,
     /// How often each worker's liveness is probed (also each probe's timeout).
     pub health_interval: Option<Spanned<String>>,
     /// Failed probes in a row after which a worker is killed and replaced.

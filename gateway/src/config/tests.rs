@@ -270,6 +270,11 @@ fn errors_name_file_line_and_field() {
         "gateway.shutdown_grace",
     );
     refused(
+        "[gateway]\nbody_timeout = \"0s\"\n",
+        2,
+        "gateway.body_timeout",
+    );
+    refused(
         "[[models]]\nname = \"a\"\nsource = \"SRC\"\nmemory_limit = \"lots\"\n",
         4,
         "models[0].memory_limit",
@@ -282,6 +287,7 @@ fn admin_token_and_shutdown_grace() {
     let c = parse(&text, Path::new("good.toml")).expect("valid");
     assert_eq!(c.gateway.admin_token, None);
     assert_eq!(c.gateway.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.gateway.body_timeout, Duration::from_secs(60));
     let text = "[gateway]\nadmin_token = \"s3cret\"\nshutdown_grace = \"5s\"\n";
     let c = parse(text, Path::new("t.toml")).expect("valid");
     assert_eq!(c.gateway.admin_token, Some(Secret("s3cret".into())));

@@ -51,6 +51,9 @@ pub struct Model {
 struct Control {
     /// Unique per started model: a replacement gets a new one.
     generation: u64,
+    /// When it started, in seconds since the Unix epoch (OpenAI's
+    /// `created`).
+    created: u64,
     /// The autoscaler's knobs (the config's, or an operator's override).
     knobs: watch::Sender<Scaling>,
     /// Turns true to stop the pool (after the model left the map).
@@ -242,6 +245,9 @@ impl Models {
             fingerprint,
             control: Arc::new(Control {
                 generation: self.generations.fetch_add(1, Ordering::Relaxed),
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
                 knobs,
                 stop,
                 overrides: Mutex::new(None),
@@ -300,6 +306,12 @@ impl Model {
     /// replaced one's successor gets a new one.
     pub fn generation(&self) -> u64 {
         self.control.generation
+    }
+
+    /// When the model started (seconds since the Unix epoch); a retuned
+    /// model keeps it.
+    pub fn created(&self) -> u64 {
+        self.control.created
     }
 
     /// The scaling knobs in force (the config's, or the override's).

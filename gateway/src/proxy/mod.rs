@@ -99,6 +99,8 @@ impl ProxyHttp for Gateway {
         // next one's bytes ending this one.
         session.as_downstream_mut().set_pipelining_enabled(true);
         ctx.body_limit = self.live.max_body_bytes();
+        // How long the body may pause, read here or streamed to a worker.
+        session.set_read_timeout(Some(self.live.body_timeout()));
         let header = session.req_header();
         ctx.http10 = header.version == http::Version::HTTP_10;
         let method = header.method.as_str().to_string();
@@ -261,19 +263,14 @@ impl ProxyHttp for Gateway {
             // The client broke its request (a malformed chunk, data after
             // its body) or stopped sending it; if it is still there, it
             // reads why.
-            (None, ErrorType::ReadTimedout, pingora::ErrorSource::Downstream) => {
-                GatewayError::RequestTimeout("the request body stopped arriving".into())
-            }
-            (None, etype, pingora::ErrorSource::Downstream) => {
-                GatewayError::BadRequest(format!("reading the request: {}", etype.as_str()))
-            }
+            (None, _, pingora::ErrorSource::Downstream) => body_failed(e),
             (None, ..) => worker_failed(ctx, e),
         };
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => err.status(),
         };
-        if session.response_written().is_none() {
+        if final_response(session).is_none() {
             // The connection ends with this answer: say so.
             session.set_keepalive(None);
             if matches!(err, GatewayError::TooLarge(_)) {
@@ -294,7 +291,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.permit = None;
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = final_response(session).map_or(0, |r| r.status.as_u16());
         let model = ctx.model.as_ref().map_or("-", |m| m.config.name.as_str());
         let elapsed = ctx.start.elapsed();
         if ctx.model.is_some() {
@@ -435,7 +432,7 @@ impl Gateway {
                     }
                 }
                 Ok(None) => return Ok(body.freeze()),
-                Err(e) => return Err(GatewayError::BadRequest(format!("reading the body: {e}"))),
+                Err(e) => return Err(body_failed(&e)),
             }
         }
     }
@@ -446,7 +443,7 @@ impl Gateway {
     fn replay(&self, session: &Session, ctx: &mut Ctx, e: &Error) -> bool {
         if !untaken(e)
             || ctx.answered
-            || session.response_written().is_some()
+            || final_response(session).is_some()
             || ctx.replays >= MAX_REPLAYS
         {
             return false;
@@ -486,7 +483,7 @@ impl Gateway {
             if self.replay(session, ctx, &e) {
                 continue;
             }
-            if session.response_written().is_none() {
+            if final_response(session).is_none() {
                 respond::error(session, &worker_failed(ctx, &e), ctx.openai).await?;
             }
             return Ok(());
@@ -533,10 +530,14 @@ impl Gateway {
                 .with_label_values(&[model.config.name.as_str(), reason])
                 .inc();
         }
-        // The body may be unread: do not reuse the connection.
-        session.set_keepalive(None);
+        // A body read whole leaves the connection ready for the client's
+        // next request; one left unread (or refused as too large) ends it.
+        let too_large = matches!(e, GatewayError::TooLarge(_));
+        if too_large || !session.as_downstream_mut().is_body_done() {
+            session.set_keepalive(None);
+        }
         // A client waiting for a go-ahead has not sent its body.
-        if matches!(e, GatewayError::TooLarge(_)) && !expects_continue(session) {
+        if too_large && !expects_continue(session) {
             drain_body(session).await;
         }
         respond::error(session, e, ctx.openai).await?;
@@ -548,6 +549,19 @@ impl Gateway {
         let openai = path.starts_with("/v1");
         let (status, body) = match r {
             Route::OpenAiModels => (200, self.openai_models()),
+            Route::OpenAiModel(name) => match self.models.get(&name) {
+                Some(m) => (200, openai_model(&m)),
+                None => {
+                    return respond::error(session, &GatewayError::UnknownModel(name), true).await
+                }
+            },
+            Route::UnknownVersion { model, version } => {
+                let e = match self.models.get(&model) {
+                    Some(_) => GatewayError::UnknownVersion { model, version },
+                    None => GatewayError::UnknownModel(model),
+                };
+                return respond::error(session, &e, false).await;
+            }
             Route::V2Server => (
                 200,
                 json!({"name": "thaw", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
@@ -571,8 +585,15 @@ impl Gateway {
             },
             Route::V2ModelReady(name) => match self.models.get(&name) {
                 // A configured model is ready to take requests: at zero
-                // instances they queue while it wakes.
-                Some(m) => (200, json!({"name": m.config.name, "ready": true})),
+                // instances they queue while it wakes. One that admits
+                // none (drained, failing to start) is not, and says why.
+                Some(m) => match not_ready(&m) {
+                    None => (200, json!({"name": m.config.name, "ready": true})),
+                    Some(why) => (
+                        503,
+                        json!({"name": m.config.name, "ready": false, "error": why}),
+                    ),
+                },
                 None => {
                     return respond::error(session, &GatewayError::UnknownModel(name), false).await
                 }
@@ -600,22 +621,29 @@ impl Gateway {
     }
 
     fn openai_models(&self) -> serde_json::Value {
-        let data: Vec<_> = self
-            .models
-            .all()
-            .iter()
-            .map(|m| {
-                json!({
-                    "id": m.config.name,
-                    "object": "model",
-                    "owned_by": "thaw",
-                    "kind": m.kind,
-                    "ready_instances": m.admission.stats().ready_instances,
-                })
-            })
-            .collect();
+        let data: Vec<_> = self.models.all().iter().map(|m| openai_model(m)).collect();
         json!({"object": "list", "data": data})
     }
+}
+
+/// A model as OpenAI's model object (with thaw's `kind` and
+/// `ready_instances`).
+fn openai_model(m: &Model) -> serde_json::Value {
+    json!({
+        "id": m.config.name,
+        "object": "model",
+        "created": m.created(),
+        "owned_by": "thaw",
+        "kind": m.kind,
+        "ready_instances": m.admission.stats().ready_instances,
+    })
+}
+
+/// Why `model` would refuse a request now (drained, or failing to start),
+/// or `None` when it takes requests (at zero instances too: they wait
+/// while it wakes).
+fn not_ready(model: &Model) -> Option<String> {
+    (model.admission.is_closed() || model.pool.failure().is_some()).then(|| why_closed(model))
 }
 
 /// Whether a failed connection to the request's worker means its socket has
@@ -659,6 +687,30 @@ fn worker_peer(ctx: &Ctx) -> Result<HttpPeer> {
     Ok(peer)
 }
 
+/// What a client is told when its request's body could not be read.
+fn body_failed(e: &Error) -> GatewayError {
+    match e.etype() {
+        ErrorType::ReadTimedout => {
+            GatewayError::RequestTimeout("the request body stopped arriving".into())
+        }
+        ErrorType::Custom("InvalidChunk" | "InvalidTrailerEnd") => {
+            GatewayError::BadRequest("the request body's chunked encoding is malformed".into())
+        }
+        ErrorType::Custom("PrematureBodyEnd") => {
+            GatewayError::BadRequest("the request body ended before its declared length".into())
+        }
+        etype => GatewayError::BadRequest(format!("reading the request body: {}", etype.as_str())),
+    }
+}
+
+/// The final response written to the client, if any: a `100 Continue`
+/// does not count, a final one (an error, say) can still follow it.
+fn final_response(session: &Session) -> Option<&ResponseHeader> {
+    session
+        .response_written()
+        .filter(|r| !r.status.is_informational())
+}
+
 /// What a client is told when its worker failed with `e`.
 fn worker_failed(ctx: &Ctx, e: &Error) -> GatewayError {
     match (e.etype(), &ctx.model) {
@@ -693,17 +745,21 @@ fn untaken(e: &Error) -> bool {
 /// The 503 of a model that admits nothing: drained by an operator, or
 /// failing to start.
 fn closed(model: &Model) -> GatewayError {
+    GatewayError::Unavailable {
+        message: why_closed(model),
+        retry_after: Duration::from_secs(1),
+    }
+}
+
+/// Why `model` admits nothing.
+fn why_closed(model: &Model) -> String {
     let name = &model.config.name;
-    let message = match (model.override_state(), model.pool.failure()) {
+    match (model.override_state(), model.pool.failure()) {
         (Some(Override::Drained), _) => {
             format!("model {name:?} is drained (`thaw ctl scale {name} --min N` brings it back)")
         }
         (_, Some(why)) => format!("model {name:?} cannot start: {why}"),
         (_, None) => format!("model {name:?} is shutting down"),
-    };
-    GatewayError::Unavailable {
-        message,
-        retry_after: Duration::from_secs(1),
     }
 }
 
@@ -811,8 +867,15 @@ pub fn model_of(body: &Bytes) -> Result<String, GatewayError> {
     struct Named {
         model: Option<serde_json::Value>,
     }
-    if body.is_empty() {
-        return Err(GatewayError::BadRequest("the request body is empty".into()));
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(GatewayError::BadRequest("the request body is empty".into())),
+        // A struct also reads from a JSON array: refuse one here.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(GatewayError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ))
+        }
     }
     let named: Named = serde_json::from_slice(body)
         .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))?;
@@ -833,15 +896,22 @@ mod tests {
     fn model_from_body() {
         let ok = Bytes::from_static(br#"{"input": ["a"], "model": "minilm"}"#);
         assert_eq!(model_of(&ok), Ok("minilm".to_string()));
-        for bad in [
-            &b""[..],
-            b"{",
-            br#"{"input": "a"}"#,
-            br#"{"model": 3}"#,
-            b"[1]",
+        for (bad, says) in [
+            (&b""[..], "empty"),
+            (b"  \n", "empty"),
+            (b"{", "invalid JSON"),
+            (br#"{"input": "a"}"#, "missing required parameter: 'model'"),
+            (br#"{"model": 3}"#, "'model' must be a string"),
+            (b"[1]", "must be a JSON object"),
+            (b"null", "must be a JSON object"),
         ] {
             let e = model_of(&Bytes::copy_from_slice(bad)).expect_err("refused");
             assert_eq!(e.status(), 400, "{bad:?}");
+            let message = e.body(false)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(message.contains(says), "{bad:?}: {message}");
         }
     }
 }

@@ -22,6 +22,13 @@ pub enum GatewayError {
     UnknownModel(String),
     /// No such route (404).
     NotFound(String),
+    /// The model has no such version (404).
+    UnknownVersion {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        version: String,
+    },
     /// Wrong method (405), with the methods the path takes.
     MethodNotAllowed(&'static str),
     /// The client stopped sending its body (408).
@@ -73,7 +80,9 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => 400,
             GatewayError::TooLarge(_) => 413,
-            GatewayError::UnknownModel(_) | GatewayError::NotFound(_) => 404,
+            GatewayError::UnknownModel(_)
+            | GatewayError::NotFound(_)
+            | GatewayError::UnknownVersion { .. } => 404,
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTimeout(_) => 408,
             GatewayError::Shed { .. } => 429,
@@ -91,6 +100,10 @@ impl GatewayError {
             GatewayError::TooLarge(n) => format!("request body is larger than {n} bytes"),
             GatewayError::UnknownModel(m) => format!("model {m:?} does not exist"),
             GatewayError::NotFound(p) => format!("no route for {p}"),
+            GatewayError::UnknownVersion { model, version } => format!(
+                "model {model:?} has no version {version:?} (its one version is {:?})",
+                super::route::MODEL_VERSION
+            ),
             GatewayError::MethodNotAllowed(allow) => {
                 format!("method not allowed on this path (allowed: {allow})")
             }
@@ -128,7 +141,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             GatewayError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             GatewayError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
-            GatewayError::NotFound(_) => ("invalid_request_error", "not_found"),
+            GatewayError::NotFound(_) | GatewayError::UnknownVersion { .. } => {
+                ("invalid_request_error", "not_found")
+            }
             GatewayError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             GatewayError::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             GatewayError::Shed { .. } => ("rate_limit_error", "overloaded"),

@@ -1,7 +1,11 @@
 //! Which model a request is for and how the gateway treats it: a pure
 //! function of the method and path, tested with a table. OpenAI paths name
-//! the model in the body; KServe v2 paths name it in the path; listing and
-//! health routes are answered by the gateway itself without waking a model.
+//! the model in the body; KServe v2 paths name it in the path (with or
+//! without `/versions/{v}`); listing, metadata and health routes are
+//! answered by the gateway itself without waking a model.
+
+/// The one version of every model (KServe's `versions`, `model_version`).
+pub const MODEL_VERSION: &str = "1";
 
 /// What the gateway does with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +16,8 @@ pub enum Route {
     V2Model(String),
     /// `GET /v1/models`: every configured model, answered here.
     OpenAiModels,
+    /// `GET /v1/models/{m}`: one model, answered here.
+    OpenAiModel(String),
     /// `GET /v2`: server metadata.
     V2Server,
     /// `GET /v2/health/live` or `/v2/health/ready`.
@@ -20,6 +26,14 @@ pub enum Route {
     V2ModelMetadata(String),
     /// `GET /v2/models/{m}/ready`.
     V2ModelReady(String),
+    /// A `/v2/models/{m}/versions/{v}/...` path with a version the model
+    /// does not have.
+    UnknownVersion {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        version: String,
+    },
     /// No such route; `openai` says which API's error shape to use.
     NotFound {
         /// Whether the path is under `/v1`.
@@ -54,6 +68,12 @@ pub fn route(method: &str, path: &str) -> Route {
     if path == "/v1/models" {
         return method_guard("GET", Route::OpenAiModels);
     }
+    if let Some(model) = path.strip_prefix("/v1/models/") {
+        if model.is_empty() || model.contains('/') {
+            return Route::NotFound { openai };
+        }
+        return method_guard("GET", Route::OpenAiModel(model.to_string()));
+    }
     if path == "/v2" {
         return method_guard("GET", Route::V2Server);
     }
@@ -61,15 +81,26 @@ pub fn route(method: &str, path: &str) -> Route {
         return method_guard("GET", Route::V2Health);
     }
     if let Some(rest) = path.strip_prefix("/v2/models/") {
-        let mut parts = rest.split('/');
-        let model = parts.next().unwrap_or_default().to_string();
+        let parts: Vec<&str> = rest.split('/').collect();
+        let model = parts[0].to_string();
         if model.is_empty() {
             return Route::NotFound { openai };
         }
-        return match (parts.next(), parts.next()) {
-            (None, _) => method_guard("GET", Route::V2ModelMetadata(model)),
-            (Some("ready"), None) => method_guard("GET", Route::V2ModelReady(model)),
-            (Some("infer"), None) => method_guard("POST", Route::V2Model(model)),
+        let mut tail = &parts[1..];
+        if let ["versions", version, rest @ ..] = tail {
+            if version.is_empty() {
+                return Route::NotFound { openai };
+            }
+            if *version != MODEL_VERSION {
+                let version = version.to_string();
+                return Route::UnknownVersion { model, version };
+            }
+            tail = rest;
+        }
+        return match tail {
+            [] => method_guard("GET", Route::V2ModelMetadata(model)),
+            ["ready"] => method_guard("GET", Route::V2ModelReady(model)),
+            ["infer"] => method_guard("POST", Route::V2Model(model)),
             _ => Route::NotFound { openai },
         };
     }
@@ -106,6 +137,17 @@ mod tests {
                 },
             ),
             ("GET", "/v1/nothing", Route::NotFound { openai: true }),
+            ("GET", "/v1/models/minilm", Route::OpenAiModel(m("minilm"))),
+            ("GET", "/v1/models/", Route::NotFound { openai: true }),
+            ("GET", "/v1/models/a/b", Route::NotFound { openai: true }),
+            (
+                "DELETE",
+                "/v1/models/minilm",
+                Route::MethodNotAllowed {
+                    openai: true,
+                    allow: "GET, HEAD",
+                },
+            ),
             ("GET", "/v2", Route::V2Server),
             ("GET", "/v2/health/live", Route::V2Health),
             ("GET", "/v2/health/ready", Route::V2Health),
@@ -138,6 +180,44 @@ mod tests {
                 Route::NotFound { openai: false },
             ),
             ("GET", "/v2/models/", Route::NotFound { openai: false }),
+            (
+                "POST",
+                "/v2/models/minilm/versions/1/infer",
+                Route::V2Model(m("minilm")),
+            ),
+            (
+                "GET",
+                "/v2/models/minilm/versions/1",
+                Route::V2ModelMetadata(m("minilm")),
+            ),
+            (
+                "GET",
+                "/v2/models/minilm/versions/1/ready",
+                Route::V2ModelReady(m("minilm")),
+            ),
+            (
+                "POST",
+                "/v2/models/minilm/versions/2/infer",
+                Route::UnknownVersion {
+                    model: m("minilm"),
+                    version: m("2"),
+                },
+            ),
+            (
+                "GET",
+                "/v2/models/minilm/versions/",
+                Route::NotFound { openai: false },
+            ),
+            (
+                "GET",
+                "/v2/models/minilm/versions",
+                Route::NotFound { openai: false },
+            ),
+            (
+                "POST",
+                "/v2/models/minilm/versions/1/infer/more",
+                Route::NotFound { openai: false },
+            ),
             ("GET", "/", Route::NotFound { openai: false }),
         ];
         for (method, path, want) in cases {

@@ -31,6 +31,7 @@ pub use triggers::{watch_file, watch_sighup};
 #[derive(Debug)]
 pub struct Live {
     max_body_bytes: AtomicU64,
+    body_timeout_ms: AtomicU64,
     shutdown_grace_ms: AtomicU64,
 }
 
@@ -39,6 +40,7 @@ impl Live {
     pub fn new(gateway: &config::Gateway) -> Self {
         let live = Live {
             max_body_bytes: AtomicU64::new(0),
+            body_timeout_ms: AtomicU64::new(0),
             shutdown_grace_ms: AtomicU64::new(0),
         };
         live.set(gateway);
@@ -48,13 +50,21 @@ impl Live {
     fn set(&self, gateway: &config::Gateway) {
         self.max_body_bytes
             .store(gateway.max_body_bytes, Ordering::Relaxed);
-        let grace = u64::try_from(gateway.shutdown_grace.as_millis()).unwrap_or(u64::MAX);
-        self.shutdown_grace_ms.store(grace, Ordering::Relaxed);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.body_timeout_ms
+            .store(ms(gateway.body_timeout), Ordering::Relaxed);
+        self.shutdown_grace_ms
+            .store(ms(gateway.shutdown_grace), Ordering::Relaxed);
     }
 
     /// Largest body read to find a request's model.
     pub fn max_body_bytes(&self) -> u64 {
         self.max_body_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How long a request body may pause between two reads.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// How long a shutdown waits for requests to finish.

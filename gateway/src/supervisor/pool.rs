@@ -258,6 +258,12 @@ impl Pool {
         }
     }
 
+    /// A worker started: an earlier start's failure is no longer the
+    /// model's state (a later scale to zero does not bring it back).
+    fn started_ok(&self) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Workers starting now.
     pub fn starting(&self) -> usize {
         self.starting.load(Ordering::Acquire)
@@ -689,6 +695,7 @@ impl Pool {
                     },
                 );
                 self.admission.add_instance(id, socket);
+                self.started_ok();
                 self.starting.fetch_sub(1, Ordering::AcqRel);
                 tokio::spawn(self.clone().watch_exit(id));
                 tokio::spawn(self.clone().watch_health(id));
@@ -925,6 +932,7 @@ impl Pool {
             },
         );
         self.admission.add_instance(h.id, socket);
+        self.started_ok();
         tokio::spawn(self.clone().watch_health(h.id));
         true
     }

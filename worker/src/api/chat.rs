@@ -109,8 +109,13 @@ async fn generate(
         return Err(bad("the prompt is empty".into()).into());
     }
     if prompt.len() >= context {
-        return Err(bad(format!(
-            "the prompt is {} tokens; this model's context is {context} tokens",
+        let leaves = if prompt.len() == context {
+            ", which leaves no room to generate"
+        } else {
+            ""
+        };
+        return Err(ApiError::ContextLength(format!(
+            "the prompt is {} tokens{leaves}; this model's context is {context} tokens",
             prompt.len()
         ))
         .into());
@@ -118,7 +123,7 @@ async fn generate(
     let room = context - prompt.len();
     let max_tokens = match checked.max_tokens {
         Some(n) if n > room => {
-            return Err(bad(format!(
+            return Err(ApiError::ContextLength(format!(
                 "max_tokens is {n}, but the prompt's {} tokens leave {room} of the context of {context}",
                 prompt.len()
             ))
@@ -141,10 +146,11 @@ async fn generate(
         model: state.name.clone(),
         api,
         prompt_tokens,
+        usage_chunks: checked.stream && checked.include_usage,
     };
     let text = Text::new(model.clone(), checked.stop, receiver);
     if checked.stream {
-        Ok(stream(reply, text, checked.include_usage))
+        Ok(stream(reply, text))
     } else {
         whole(reply, text).await
     }
@@ -454,6 +460,9 @@ fn messages(value: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
                     })
                     .collect::<Result<Vec<_>, _>>()?
                     .concat(),
+                // An assistant's turn may have no text (OpenAI's, when it
+                // called tools): it is an empty turn here.
+                None | Some(Value::Null) if role == "assistant" => String::new(),
                 None | Some(Value::Null) => return Err(bad(format!("'messages[{i}].content' is missing"))),
                 Some(other) => {
                     return Err(bad(format!(
@@ -474,6 +483,9 @@ struct Reply {
     model: String,
     api: Api,
     prompt_tokens: usize,
+    /// A stream that ends with a usage chunk: the chunks before it carry
+    /// `"usage": null` (OpenAI's `stream_options.include_usage`).
+    usage_chunks: bool,
 }
 
 impl Reply {
@@ -489,7 +501,7 @@ impl Reply {
     /// finish reason.
     fn chunk(&self, delta: Option<&str>, role: bool, finish: Option<Finish>) -> Value {
         let finish = finish.map(Finish::as_str);
-        match self.api {
+        let mut chunk = match self.api {
             Api::Chat => {
                 let mut d = Map::new();
                 if role {
@@ -510,7 +522,11 @@ impl Reply {
                 "model": self.model,
                 "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}],
             }),
+        };
+        if self.usage_chunks {
+            chunk["usage"] = Value::Null;
         }
+        chunk
     }
 
     fn usage_chunk(&self, completion_tokens: usize) -> Value {
@@ -668,7 +684,7 @@ async fn whole(reply: Reply, mut text: Text) -> Result<Response, OpenAiError> {
 /// A streamed response: `data:` events as the text comes, a last chunk with
 /// the finish reason, the usage if asked, then `data: [DONE]`. A failure
 /// after the stream has started is sent as an `error` event before the end.
-fn stream(reply: Reply, mut text: Text, include_usage: bool) -> Response {
+fn stream(reply: Reply, mut text: Text) -> Response {
     let (frames, body) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let send = |value: &Value| Bytes::from(format!("data: {value}\n\n"));
@@ -686,7 +702,7 @@ fn stream(reply: Reply, mut text: Text, include_usage: bool) -> Response {
                 Piece::End(finish) => {
                     let last = reply.chunk(None, false, Some(finish));
                     let mut out = format!("data: {last}\n\n");
-                    if include_usage {
+                    if reply.usage_chunks {
                         out.push_str(&format!("data: {}\n\n", reply.usage_chunk(text.tokens)));
                     }
                     out.push_str("data: [DONE]\n\n");

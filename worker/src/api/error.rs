@@ -20,6 +20,16 @@ pub enum ApiError {
     UnknownModel(String),
     /// No such route.
     NotFound(String),
+    /// The model has no such version (KServe's `/versions/{v}`).
+    UnknownVersion {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// The prompt, or the prompt and `max_tokens` together, do not fit
+    /// the model's context.
+    ContextLength(String),
     /// The route exists, the method does not.
     MethodNotAllowed,
     /// The model can't serve this kind of request (e.g. embeddings from a scorer).
@@ -33,9 +43,13 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::WrongKind(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::WrongKind(_) | ApiError::ContextLength(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) | ApiError::UnknownVersion { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -45,12 +59,17 @@ impl ApiError {
     fn message(&self) -> String {
         match self {
             ApiError::BadRequest(m)
+            | ApiError::ContextLength(m)
             | ApiError::WrongKind(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::TooLarge(limit) => format!("request body is larger than {limit} bytes"),
             ApiError::UnknownModel(m) => format!("model {m:?} does not exist"),
             ApiError::NotFound(path) => format!("no route for {path}"),
+            ApiError::UnknownVersion { model, version } => format!(
+                "model {model:?} has no version {version:?} (its one version is {:?})",
+                super::kserve::MODEL_VERSION
+            ),
             ApiError::MethodNotAllowed => "method not allowed on this path".to_string(),
         }
     }
@@ -59,10 +78,13 @@ impl ApiError {
     fn openai_type_code(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            ApiError::ContextLength(_) => ("invalid_request_error", "context_length_exceeded"),
             ApiError::WrongKind(_) => ("invalid_request_error", "unsupported_model_kind"),
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
             ApiError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
-            ApiError::NotFound(_) => ("invalid_request_error", "not_found"),
+            ApiError::NotFound(_) | ApiError::UnknownVersion { .. } => {
+                ("invalid_request_error", "not_found")
+            }
             ApiError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
             ApiError::Unavailable(_) => ("server_error", "unavailable"),
             ApiError::Internal(_) => ("server_error", "internal_error"),

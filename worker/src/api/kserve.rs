@@ -15,6 +15,10 @@ use serde_json::{json, Value};
 use super::openai::{tokenize, type_name};
 use super::{parse_json, read_body, ApiError, AppState, Backend, V2Error};
 
+/// The one version of the model (`versions`, `model_version`, and the
+/// `/versions/{v}` paths).
+pub const MODEL_VERSION: &str = "1";
+
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v2", get(server_metadata))
@@ -23,6 +27,51 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(
+                |state: State<Arc<AppState>>, Path((model, version)): Versioned| async move {
+                    check_version(&state, &model, &version)?;
+                    model_metadata(state, Path(model)).await
+                },
+            ),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(
+                |state: State<Arc<AppState>>, Path((model, version)): Versioned| async move {
+                    check_version(&state, &model, &version)?;
+                    model_ready(state, Path(model)).await
+                },
+            ),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(
+                |state: State<Arc<AppState>>,
+                 Path((model, version)): Versioned,
+                 request: Request| async move {
+                    check_version(&state, &model, &version)?;
+                    infer(state, Path(model), request).await
+                },
+            ),
+        )
+}
+
+/// A `/v2/models/{model}/versions/{version}` path's parameters.
+type Versioned = Path<(String, String)>;
+
+/// 404 unless `model` is this worker's and `version` its version.
+fn check_version(state: &AppState, model: &str, version: &str) -> Result<(), V2Error> {
+    state.check_model(model)?;
+    if version != MODEL_VERSION {
+        return Err(ApiError::UnknownVersion {
+            model: model.to_string(),
+            version: version.to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -82,16 +131,14 @@ async fn model_metadata(
             )],
             vec![tensor(&manifest.output.name, "FP32", &[-1, 1])],
         ),
-        // Generated through the OpenAI routes; described here like Triton's
-        // text models.
-        Backend::Chat { .. } => (
-            vec![tensor("text_input", "BYTES", &[1])],
-            vec![tensor("text_output", "BYTES", &[1])],
-        ),
+        // Generated through the OpenAI routes only: no tensors to infer
+        // with (the gateway, which answers this without waking the model,
+        // says the same).
+        Backend::Chat { .. } => (Vec::new(), Vec::new()),
     };
     let mut meta = json!({
         "name": state.name,
-        "versions": ["1"],
+        "versions": [MODEL_VERSION],
         "platform": "thaw-candle",
         "inputs": inputs,
         "outputs": outputs,
@@ -188,7 +235,7 @@ async fn infer(
     }
     let mut response = json!({
         "model_name": state.name,
-        "model_version": "1",
+        "model_version": MODEL_VERSION,
         "outputs": [output],
     });
     if let Some(id) = req.id {

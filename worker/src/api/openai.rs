@@ -1,8 +1,9 @@
-//! OpenAI-compatible routes: `POST /v1/embeddings` and `GET /v1/models`.
+//! OpenAI-compatible routes: `POST /v1/embeddings`, `GET /v1/models` and
+//! `GET /v1/models/{model}`.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
@@ -16,19 +17,30 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.name,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "thaw",
-            "kind": state.kind,
-        }],
-    }))
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+async fn model(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, OpenAiError> {
+    state.check_model(&model)?;
+    Ok(Json(model_object(&state)))
+}
+
+/// The model as OpenAI's model object (with thaw's `kind`).
+fn model_object(state: &AppState) -> Value {
+    json!({
+        "id": state.name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "thaw",
+        "kind": state.kind,
+    })
 }
 
 #[derive(Debug, Deserialize)]
