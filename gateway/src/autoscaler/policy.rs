@@ -84,16 +84,16 @@ pub fn instances_for(concurrency: f64, target: u32) -> u32 {
 }
 
 /// Whether the panic window shows a burst: its desired count reaches
-/// `threshold` × ready instances, or there is any demand with none ready.
+/// `threshold` × ready instances, counting at least one ready (Knative's
+/// KPA does the same): a burst arriving at zero panics, a lone request
+/// that wakes a model does not, so its `scale_to_zero_after` is not held
+/// off for a whole stable window.
 pub fn is_burst(panic_avg: f64, target: u32, ready: u32, threshold: f64) -> bool {
     if panic_avg.is_nan() || panic_avg <= 0.0 {
         return false;
     }
-    if ready == 0 {
-        return true;
-    }
     let wanted = panic_avg / f64::from(target.max(1));
-    wanted >= threshold * f64::from(ready)
+    wanted >= threshold * f64::from(ready.max(1))
 }
 
 /// Panic mode after a tick: a burst (re)triggers it; it ends once a whole

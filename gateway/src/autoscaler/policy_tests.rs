@@ -89,10 +89,17 @@ fn rows() -> Vec<Row> {
             panic: true,
         },
         Row {
-            name: "any demand at zero ready is a burst",
+            name: "a lone request at zero ready wakes one instance, no panic",
             obs: |o, _| set_load(o, 0.1, 0.5, 0),
             knobs: none,
             instances: 1,
+            panic: false,
+        },
+        Row {
+            name: "a burst at zero ready panics",
+            obs: |o, _| set_load(o, 1.0, 20.0, 0),
+            knobs: none,
+            instances: 3,
             panic: true,
         },
         Row {
