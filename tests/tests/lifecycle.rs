@@ -60,48 +60,62 @@ fn a_request_in_flight_at_sigterm_or_sigint_completes_and_the_gateway_exits_0() 
     }
 }
 
+/// Requests still queued when the gateway stops waiting get a 503 with
+/// Retry-After, not a closed connection: when the grace period ends, and
+/// when a second SIGTERM cuts it short.
 #[test]
 fn requests_still_queued_when_the_grace_period_ends_get_a_503() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let text = config(
-        dir.path(),
-        "shutdown_grace = \"1s\"",
-        &credit_score(
-            "credit-score",
-            None,
-            "[models.scaling]\nmin_instances = 1\nmax_instances = 1\ntarget_concurrency = 1\nmax_concurrency = 1",
-        ),
-    );
-    let mut g = Served::start(dir.path(), &text);
-    g.wait("an instance ready", |s| {
-        s["models"][0]["ready_instances"] == 1
-    });
-    // The only slot is held by a request that never completes; the next
-    // one queues behind it.
-    let body = score_request().to_string();
-    let _stuck = Slow::start(
-        g.public.address(),
-        "/v2/models/credit-score/infer",
-        body.as_bytes(),
-    );
-    g.wait("the request in flight", |s| {
-        s["models"][0]["in_flight"] == 1
-    });
-    let client = g.public.clone();
-    let queued = std::thread::spawn(move || {
-        client.post_json("/v2/models/credit-score/infer", &score_request())
-    });
-    g.wait("the request queued", |s| s["models"][0]["queue_depth"] == 1);
+    for (grace, signals) in [("1s", 1), ("1h", 2)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config(
+            dir.path(),
+            &format!("shutdown_grace = \"{grace}\""),
+            &credit_score(
+                "credit-score",
+                None,
+                "[models.scaling]\nmin_instances = 1\nmax_instances = 1\ntarget_concurrency = 1\nmax_concurrency = 1",
+            ),
+        );
+        let mut g = Served::start(dir.path(), &text);
+        g.wait("an instance ready", |s| {
+            s["models"][0]["ready_instances"] == 1
+        });
+        // The only slot is held by a request that never completes; the
+        // next one queues behind it.
+        let body = score_request().to_string();
+        let _stuck = Slow::start(
+            g.public.address(),
+            "/v2/models/credit-score/infer",
+            body.as_bytes(),
+        );
+        g.wait("the request in flight", |s| {
+            s["models"][0]["in_flight"] == 1
+        });
+        let client = g.public.clone();
+        let queued = std::thread::spawn(move || {
+            client.post_json("/v2/models/credit-score/infer", &score_request())
+        });
+        g.wait("the request queued", |s| s["models"][0]["queue_depth"] == 1);
 
-    g.proc.signal("TERM");
-    let r = queued.join().expect("client");
-    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(r.json()["error"]
-        .as_str()
-        .is_some_and(|e| e.contains("shutting down")));
-    let status = g.proc.wait_exit(START);
-    assert!(status.success(), "exit status {status:?}");
+        g.proc.signal("TERM");
+        if signals == 2 {
+            g.proc.wait_event("draining", START);
+            g.proc.signal("TERM");
+        }
+        let r = queued.join().expect("client");
+        assert_eq!(
+            r.status,
+            503,
+            "{grace}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("shutting down")));
+        let status = g.proc.wait_exit(START);
+        assert!(status.success(), "{grace}: exit status {status:?}");
+    }
 }
 
 #[test]

@@ -69,17 +69,14 @@ impl ShutdownSignalWatch for Signals {
                 },
             }
         }
-        let drain = self.drain();
-        tokio::pin!(drain);
-        loop {
-            tokio::select! {
-                () = &mut drain => break,
-                stop = signals.next() => if let Stop::Terminate(name) = stop {
-                    tracing::warn!("{name} again: not waiting for the requests left");
-                    break;
-                },
+        let again = async {
+            loop {
+                if let Stop::Terminate(name) = signals.next().await {
+                    return name;
+                }
             }
-        }
+        };
+        self.drain(again).await;
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -103,13 +100,20 @@ impl Signals {
         Ok(())
     }
 
-    /// Stops accepting and waits (up to the grace period) for every open
-    /// connection to finish.
-    async fn drain(&self) {
+    /// Stops accepting and waits for every open connection to finish, up
+    /// to the grace period or until `again` (a second stop signal) comes.
+    async fn drain(&self, again: impl std::future::Future<Output = &'static str>) {
         let grace = self.live.shutdown_grace();
         announce(json!({"event": "draining", "connections": self.tracker.open()}));
         self.drain.send_replace(true);
-        if self.tracker.drained_within(grace).await {
+        let drained = tokio::select! {
+            drained = self.tracker.drained_within(grace) => drained,
+            name = again => {
+                tracing::warn!("{name} again: not waiting for the requests left");
+                false
+            }
+        };
+        if drained {
             return;
         }
         // Requests still waiting for a slot will not get one: each is
@@ -123,7 +127,7 @@ impl Signals {
         tracing::warn!(
             open = self.tracker.open(),
             queued,
-            "the grace period ({grace:?}) is over: queued requests are refused"
+            "stopping before the queues emptied: queued requests are refused"
         );
         if !self.tracker.drained_within(LAST_ANSWERS).await {
             tracing::warn!(
