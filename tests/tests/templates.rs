@@ -138,6 +138,34 @@ fn cold_starts_come_from_the_warmest_tier_and_the_template_is_demoted_after_keep
         );
         assert!(metrics.contains(&count), "no {phase} phase in:\n{metrics}");
     }
+    // `spawn_to_ready` is each start as the gateway saw it, so it holds
+    // what the starts spent building the snapshot and templates, not only
+    // the forks.
+    let sum = |phase: &str| -> f64 {
+        let key = format!(
+            "thaw_cold_start_duration_seconds_sum{{model=\"credit-score\",phase=\"{phase}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in:\n{metrics}"))
+    };
+    let parts: f64 = [
+        "snapshot_build",
+        "snapshot_open",
+        "model_build",
+        "warm_up",
+        "child_init",
+    ]
+    .iter()
+    .map(|p| sum(p))
+    .sum();
+    assert!(
+        sum("spawn_to_ready") >= parts,
+        "spawn_to_ready {} < its parts {parts}",
+        sum("spawn_to_ready")
+    );
 }
 
 #[test]

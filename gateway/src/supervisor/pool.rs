@@ -632,6 +632,7 @@ impl Pool {
             self.changed.notify_one();
             return;
         }
+        let begun = Instant::now();
         let id = InstanceId(self.ids.fetch_add(1, Ordering::AcqRel));
         let socket = self
             .sockets
@@ -661,7 +662,11 @@ impl Pool {
         };
         let (result, started_from) = self.launch(id, &spec, &socket, tier, gpu.is_none()).await;
         match result {
-            Ok(process) => {
+            Ok(mut process) => {
+                // The whole start as the gateway saw it: a snapshot built
+                // or a template started on the way counts, not only the
+                // fork (or exec) to ready.
+                process.startup = begun.elapsed();
                 tracing::info!(
                     model = %self.spec.model, instance = %id, pid = process.pid, tier = started_from,
                     gpu = gpu.as_ref().map(|l| l.gpu),

@@ -90,7 +90,8 @@ pub struct WorkerProcess {
     pub pid: u32,
     /// The unix socket it serves on.
     pub socket: PathBuf,
-    /// Spawn to ready.
+    /// Spawn to ready; for a pool's worker, the whole start (a snapshot
+    /// built or a template started on the way included).
     pub startup: Duration,
     /// The worker's own load time, from its ready message (for a forked
     /// worker: fork to ready).
