@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use thaw_tests::served::{
-    config, copy_credit_score, credit_score, pids, score_request, wait_gone, Served, Slow,
+    config, copy_credit_score, credit_score, pids, score_request, serve_command, wait_gone, Served,
+    Slow,
 };
 
 /// Requests answered, and the failures among them, of one load thread.
@@ -388,6 +389,62 @@ fn a_file_change_and_sighup_reload() {
     let s = g.wait("the SIGHUP reload", |s| s["config"]["version"] == 4);
     assert_eq!(s["last_reload"]["trigger"], "signal", "{s}");
     assert_eq!(g.score("credit-score").status, 200);
+}
+
+/// A config mounted the way Kubernetes mounts a ConfigMap: `thaw.toml` is
+/// a link through `..data`, a link to a timestamped directory; an update
+/// writes a new directory and swaps `..data` to it, so the file's own entry
+/// never changes. Each swap is seen as a change of the file; so is an edit
+/// where a link outside the directory leads.
+#[test]
+fn a_config_map_update_and_an_edit_behind_a_symlink_reload() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mounted = dir.path().join("mounted");
+    let one = config(dir.path(), "", &credit_score("credit-score", None, ""));
+    let version = |n: u32, text: &str| {
+        let d = mounted.join(format!("..v{n}"));
+        std::fs::create_dir_all(&d).expect("version dir");
+        std::fs::write(d.join("thaw.toml"), text).expect("config written");
+        let tmp = mounted.join("..data_tmp");
+        symlink(format!("..v{n}"), &tmp).expect("link");
+        std::fs::rename(&tmp, mounted.join("..data")).expect("link swapped");
+        if n > 1 {
+            std::fs::remove_dir_all(mounted.join(format!("..v{}", n - 1))).expect("old version");
+        }
+    };
+    version(1, &one);
+    let path = mounted.join("thaw.toml");
+    symlink("..data/thaw.toml", &path).expect("link");
+    let g = Served::spawn(serve_command(&path, &[]), path.clone());
+    let two = config(
+        dir.path(),
+        "",
+        &format!(
+            "{}{}",
+            credit_score("credit-score", None, ""),
+            credit_score("second", None, "")
+        ),
+    );
+    version(2, &two);
+    let s = g.wait("the ConfigMap's update", |s| s["config"]["version"] == 2);
+    assert_eq!(s["last_reload"]["trigger"], "file", "{s}");
+    assert_eq!(s["last_reload"]["changes"]["added"][0], "second", "{s}");
+    version(3, &one);
+    let s = g.wait("its next update", |s| s["config"]["version"] == 3);
+    assert_eq!(s["last_reload"]["changes"]["removed"][0], "second", "{s}");
+    drop(g);
+
+    // A config that is a link to a file elsewhere, edited there in place.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    std::fs::write(elsewhere.join("real.toml"), &one).expect("config written");
+    let link = dir.path().join("linked.toml");
+    symlink(elsewhere.join("real.toml"), &link).expect("link");
+    let g = Served::spawn(serve_command(&link, &[]), link.clone());
+    std::fs::write(elsewhere.join("real.toml"), &two).expect("edited");
+    let s = g.wait("the edit behind the link", |s| s["config"]["version"] == 2);
+    assert_eq!(s["last_reload"]["changes"]["added"][0], "second", "{s}");
 }
 
 #[test]
