@@ -272,8 +272,10 @@ fn write_weights(options: &BuildOptions<'_>, staging: &Path) -> Result<Sizes, Sn
     });
     if crate::is_snapshot(&options.source) {
         // A snapshot as the source: its padding is not a weight, and its
-        // q8_0 blocks cannot be converted again.
-        let manifest = crate::open(&options.source, None)?;
+        // q8_0 blocks cannot be converted again. Its hashes are checked
+        // first: a new manifest's hashes must not vouch for corrupted
+        // weights.
+        let manifest = crate::verify(&options.source)?;
         if manifest.dtype != "f32" && manifest.dtype != "f16" {
             return Err(SnapshotError::Source(format!(
                 "{} is a {} snapshot; build from the model's original files",

@@ -323,6 +323,22 @@ fn a_snapshot_rebuilds_from_a_snapshot() {
         names
     };
     assert_eq!(names(&again), names(&first));
+
+    // A damaged snapshot is no source: its weights are not given new
+    // hashes that would vouch for them.
+    let weights = first.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("read");
+    let at = bytes.len() - 8;
+    bytes[at] ^= 0x55;
+    std::fs::write(&weights, bytes).expect("write");
+    let e = build(&BuildOptions {
+        source: first,
+        out: dir.path().join("from-damaged"),
+        dtype: SnapshotDtype::F32,
+        progress: None,
+    })
+    .expect_err("refused");
+    assert!(e.to_string().contains("corrupted"), "{e}");
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! The snapshot tier: a model's source directory is built into a snapshot
 //! under the state directory on first use, and rebuilt when the source's
 //! content changes; workers are then started from the snapshot. A source
-//! that is already a snapshot is used as it is (after its manifest check).
+//! that is already a snapshot is used as it is. A snapshot that is not
+//! built here and now (a snapshot source, or one built by an earlier run)
+//! has every file's hash checked first, once per pool: a worker's own
+//! open checks sizes, not contents.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,6 +32,7 @@ pub fn prepare(
     model: &str,
 ) -> Result<Prepared, thaw_snapshot::SnapshotError> {
     if thaw_snapshot::is_snapshot(source) {
+        thaw_snapshot::verify(source)?;
         thaw_snapshot::open(source, kind)?;
         return Ok(Prepared {
             dir: source.to_path_buf(),
@@ -40,7 +44,19 @@ pub fn prepare(
     let fresh = thaw_snapshot::open(&out, kind)
         .map(|m| m.source.hash == source_hash)
         .unwrap_or(false);
-    if fresh {
+    // A snapshot that an earlier run built, damaged since, is built again.
+    let intact = || match thaw_snapshot::verify(&out) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(
+                model,
+                "the snapshot in {} is damaged, building it again: {e}",
+                out.display()
+            );
+            false
+        }
+    };
+    if fresh && intact() {
         return Ok(Prepared {
             dir: out,
             built_in: None,
@@ -124,5 +140,31 @@ mod tests {
         prune(&snaps, "cs", Some(&rebuilt.dir));
         assert!(!first.dir.exists() && !snaps.join("cs").exists());
         assert!(rebuilt.dir.is_dir() && other.dir.is_dir());
+    }
+
+    /// Flips one byte of `file` near its end (its size unchanged).
+    fn corrupt(file: &Path) {
+        let mut bytes = std::fs::read(file).expect("read");
+        let at = bytes.len() - 8;
+        bytes[at] ^= 0x55;
+        std::fs::write(file, bytes).expect("write");
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_built_again_or_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models/credit-score");
+        let snaps = dir.path().join("snapshots");
+        let built = prepare(&source, None, &snaps, "cs").expect("built");
+        let weights = built.dir.join("model.safetensors");
+        corrupt(&weights);
+        // Damaged since an earlier run built it: built again, not served.
+        let again = prepare(&source, None, &snaps, "cs").expect("rebuilt");
+        assert!(again.built_in.is_some(), "a damaged snapshot is rebuilt");
+        thaw_snapshot::verify(&again.dir).expect("the rebuilt snapshot is intact");
+        // A damaged snapshot given as the source is refused.
+        corrupt(&weights);
+        let e = prepare(&built.dir, None, &snaps, "other").expect_err("refused");
+        assert!(e.to_string().contains("corrupted"), "{e}");
     }
 }
