@@ -144,6 +144,27 @@ impl Metrics {
             )?,
             registry,
         })
+        .inspect(|m| {
+            for result in ["ok", "unchanged", "refused", "failed"] {
+                m.config_reloads.with_label_values(&[result]);
+            }
+        })
+    }
+
+    /// Gives `model`'s failure counters their series at zero, so that an
+    /// alert on their rate (or on their absence) works before the first
+    /// failure.
+    pub fn model_added(&self, model: &str) {
+        for counter in [
+            &self.worker_crashes,
+            &self.worker_start_failures,
+            &self.replayed,
+        ] {
+            counter.with_label_values(&[model]);
+        }
+        for reason in ["queue_full", "would_miss_deadline", "timeout"] {
+            self.shed.with_label_values(&[model, reason]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

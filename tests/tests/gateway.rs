@@ -224,6 +224,17 @@ fn listing_and_errors_do_not_wake_models() {
     for m in ["credit-score", "minilm"] {
         assert_eq!(status(&g, m)["ready_instances"], 0, "{m} was woken");
     }
+    // Failure counters have their series before the first failure, so an
+    // alert on their rate works from the start.
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    for line in [
+        r#"thaw_worker_crashes_total{model="minilm"} 0"#,
+        r#"thaw_worker_start_failures_total{model="credit-score"} 0"#,
+        r#"thaw_shed_total{model="minilm",reason="queue_full"} 0"#,
+        r#"thaw_config_reloads_total{result="refused"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "no {line} in:\n{metrics}");
+    }
 }
 
 #[test]
@@ -782,6 +793,12 @@ fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
         "the queue emptied only because the slot freed: {s}"
     );
     assert_eq!(busy.join().expect("client").status, 200);
+    // Counted as nginx counts a client that left before its answer.
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains(r#"thaw_requests_total{model="minilm",status="499"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]

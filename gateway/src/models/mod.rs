@@ -211,6 +211,7 @@ impl Models {
             gpus: rt.gpus.clone(),
             standby: rt.standby.clone(),
         };
+        rt.metrics.model_added(&m.name);
         let pool = Pool::new(spec, admission.clone(), env);
         pool.set_health(health.interval, health.failures);
         pool.set_keep_template(m.scaling.keep_template);

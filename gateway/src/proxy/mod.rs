@@ -291,7 +291,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.permit = None;
-        let status = final_response(session).map_or(0, |r| r.status.as_u16());
+        // A client that hung up before any answer is counted as nginx
+        // counts it: 499.
+        let status = final_response(session).map_or(499, |r| r.status.as_u16());
         let model = ctx.model.as_ref().map_or("-", |m| m.config.name.as_str());
         let elapsed = ctx.start.elapsed();
         if ctx.model.is_some() {
@@ -842,6 +844,7 @@ fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
         404 => "404".into(),
         413 => "413".into(),
         429 => "429".into(),
+        499 => "499".into(),
         502 => "502".into(),
         503 => "503".into(),
         504 => "504".into(),
