@@ -188,8 +188,13 @@ impl ForkServer {
             // is consistent and it may run any code, not only
             // async-signal-safe functions.
             match unsafe { fork() } {
-                Ok(ForkResult::Parent { .. }) => {
+                Ok(ForkResult::Parent { child }) => {
                     self.forks += 1;
+                    // The requester learns the child's pid at once, so a
+                    // child that never gets ready can be stopped. One
+                    // write, before the child's own lines can come.
+                    let line = serde_json::json!({"event": "forked", "pid": child.as_raw()});
+                    let _ = (&conn).write_all(format!("{line}\n").as_bytes());
                     drop(conn);
                 }
                 Ok(ForkResult::Child) => {

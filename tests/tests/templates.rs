@@ -253,6 +253,29 @@ fn a_template_that_cannot_fork_is_replaced_and_the_worker_started_by_exec() {
 }
 
 #[test]
+fn a_stopped_template_is_replaced_and_the_worker_started_by_exec() {
+    let g = gateway("keep_template = \"1h\"");
+    score(&g);
+    let s = wait_status(&g, "scale to zero", idle);
+    let template = pid(&s["template"]);
+    // Stopped, it accepts a fork request and never answers it.
+    let _ = Command::new("kill")
+        .args(["-STOP", &template.to_string()])
+        .status();
+
+    // The cold request is served all the same, by a worker exec'd once
+    // the template has not answered for a few seconds (not after the
+    // start's whole timeout, longer than the queue's).
+    let r = score(&g);
+    assert!(r.header("x-thaw-cold-start-ms").is_some());
+    assert_eq!(started_from(&status(&g)), "exec");
+    wait_status(&g, "a new template", |s| {
+        !s["template"].is_null() && pid(&s["template"]) != template
+    });
+    wait_gone(template);
+}
+
+#[test]
 fn no_template_or_worker_outlives_the_gateway() {
     for signal in ["TERM", "KILL"] {
         let mut g = gateway("min_instances = 2");

@@ -98,6 +98,11 @@ pub async fn start(
     })
 }
 
+/// How long a template may take to answer a fork request with the child's
+/// pid (it forks at once; the child's start to ready has the start's own
+/// timeout).
+const FORK_ANSWER: Duration = Duration::from_secs(5);
+
 impl TemplateProcess {
     /// A handle to await or stop the template.
     pub fn handle(&self) -> ProcessHandle {
@@ -134,15 +139,35 @@ impl TemplateProcess {
         let mut conn = UnixStream::connect(&self.control).await.map_err(gone)?;
         conn.write_all(line.as_bytes()).await.map_err(gone)?;
         let mut lines = BufReader::new(conn).lines();
+        // A template forks at once (it does nothing else): one that does
+        // not answer is hung (stopped, say), and is replaced.
+        let forked = tokio::time::timeout(FORK_ANSWER, process::wait_event(&mut lines, "forked"));
+        let child = match forked.await {
+            Ok(Ok(forked)) => forked["pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
+            Ok(Err(reason)) => return Err(fail(reason)),
+            Err(_) => {
+                return Err(SpawnError::TemplateGone {
+                    model: self.model.clone(),
+                    reason: format!("no answer to a fork request within {FORK_ANSWER:?}"),
+                })
+            }
+        };
         let ready =
             match tokio::time::timeout(timeout, process::wait_event(&mut lines, "ready")).await {
                 Ok(Ok(ready)) => ready,
                 Ok(Err(reason)) => return Err(fail(reason)),
                 Err(_) => {
+                    // Not left to serve nobody: nothing would route to it.
+                    if let Some(pid) = child {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                     return Err(SpawnError::Timeout {
                         model: self.model.clone(),
                         timeout,
-                    })
+                    });
                 }
             };
         let pid = ready["pid"]
