@@ -358,20 +358,25 @@ fn a_restart_only_change_is_refused_and_named() {
     assert_eq!(g.score("credit-score").status, 200);
 }
 
-#[test]
-fn a_file_change_and_sighup_reload() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let one = config(dir.path(), "", &credit_score("credit-score", None, ""));
-    let g = Served::start(dir.path(), &one);
-    let two = config(
-        dir.path(),
+/// The config with credit-score and a second model beside it.
+fn with_second(dir: &std::path::Path) -> String {
+    config(
+        dir,
         "",
         &format!(
             "{}{}",
             credit_score("credit-score", None, ""),
             credit_score("second", None, "")
         ),
-    );
+    )
+}
+
+#[test]
+fn a_file_change_and_sighup_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let one = config(dir.path(), "", &credit_score("credit-score", None, ""));
+    let g = Served::start(dir.path(), &one);
+    let two = with_second(dir.path());
     // An editor's save: a new file renamed over the old one.
     g.rewrite(&two);
     let s = g.wait("the file-triggered reload", |s| s["config"]["version"] == 2);
@@ -419,15 +424,7 @@ fn a_config_map_update_and_an_edit_behind_a_symlink_reload() {
     let path = mounted.join("thaw.toml");
     symlink("..data/thaw.toml", &path).expect("link");
     let g = Served::spawn(serve_command(&path, &[]), path.clone());
-    let two = config(
-        dir.path(),
-        "",
-        &format!(
-            "{}{}",
-            credit_score("credit-score", None, ""),
-            credit_score("second", None, "")
-        ),
-    );
+    let two = with_second(dir.path());
     version(2, &two);
     let s = g.wait("the ConfigMap's update", |s| s["config"]["version"] == 2);
     assert_eq!(s["last_reload"]["trigger"], "file", "{s}");
