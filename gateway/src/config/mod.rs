@@ -664,6 +664,20 @@ impl Ctx<'_> {
             ),
             None => None,
         };
+        // A kind the source's files contradict is refused here, at start as
+        // at a reload, rather than at the model's first start.
+        if let (Some(k), Some(span)) = (kind, m.kind.as_ref().map(Spanned::span)) {
+            match thaw_snapshot::detect_kind(&source) {
+                Ok(found) if found != k => {
+                    return self.at(
+                        span,
+                        &field("kind"),
+                        format!("{k}, but {} holds a {found} model", source.display()),
+                    )
+                }
+                _ => {}
+            }
+        }
         let device = match &m.device {
             Some(d) => self.device(d, &field("device"))?,
             None => "cpu".into(),

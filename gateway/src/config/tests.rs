@@ -113,6 +113,20 @@ fn refused(body: &str, line: usize, field: &str) -> ConfigError {
 }
 
 #[test]
+fn a_kind_the_source_contradicts_is_refused() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models/credit-score");
+    let text = format!(
+        "[[models]]\nname = \"a\"\nsource = \"{}\"\nkind = \"embedding\"\n",
+        source.display()
+    );
+    let e = parse(&text, Path::new("k.toml")).expect_err("refused");
+    assert_eq!((e.line, e.field.as_str()), (4, "models[0].kind"), "{e}");
+    assert!(e.message.contains("holds a tabular model"), "{e}");
+    let right = text.replace("embedding", "tabular");
+    parse(&right, Path::new("k.toml")).expect("the kind it holds");
+}
+
+#[test]
 fn errors_name_file_line_and_field() {
     let e = refused(
         "[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n",
