@@ -225,3 +225,69 @@ fn an_upgrade_hands_the_sockets_over_without_a_failed_request() {
     );
     drop(old);
 }
+
+/// A gateway killed with SIGKILL cleans nothing up; the next one on the
+/// same state directory removes what it left (its sockets directory) and
+/// the snapshots of models no longer configured, and keeps the others'.
+#[test]
+fn a_restart_removes_what_a_killed_gateway_and_removed_models_left() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let both = config(
+        dir.path(),
+        "",
+        &format!(
+            "{}{}",
+            credit_score("credit-score", None, ""),
+            credit_score("second", None, "")
+        ),
+    );
+    let mut g = Served::start(dir.path(), &both);
+    for model in ["credit-score", "second"] {
+        assert_eq!(g.score(model).status, 200);
+    }
+    let state = dir.path().join("state");
+    let listing = |what: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(state.join(what))
+            .expect("listed")
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    };
+    let snapshots = listing("snapshots");
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    g.proc.signal("KILL");
+    g.proc.wait_exit(START);
+    let runs = |state: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(state)
+            .expect("listed")
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("run-"))
+            .collect()
+    };
+    let left = runs(&state);
+    assert_eq!(
+        left.len(),
+        1,
+        "the killed gateway's sockets directory: {left:?}"
+    );
+
+    let one = config(dir.path(), "", &credit_score("credit-score", None, ""));
+    let g = Served::start(dir.path(), &one);
+    let now = runs(&state);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(
+        now, left,
+        "the dead gateway's directory is gone, the new one's there"
+    );
+    assert_eq!(
+        listing("snapshots"),
+        snapshots
+            .into_iter()
+            .filter(|s| s.starts_with("credit-score-"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(g.score("credit-score").status, 200);
+}

@@ -65,6 +65,31 @@ fn private_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("making {} private", path.display()))
 }
 
+/// Removes the sockets directories (`run-<pid>`) of gateways that are gone
+/// without cleaning up (killed with SIGKILL): a live one's, an upgrade's
+/// old process's say, is left alone.
+fn remove_dead_runs(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|&p| p > 0)
+        else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Prints a JSON event line on stdout (`ready`, `draining`, `upgraded`,
 /// `stopped`): what scripts and tests wait on.
 pub(crate) fn announce(message: serde_json::Value) {
@@ -148,6 +173,14 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         .state_dir
         .join(format!("run-{}", std::process::id()));
     private_dir(&cfg.gateway.state_dir)?;
+    remove_dead_runs(&cfg.gateway.state_dir);
+    if !options.upgrade {
+        let configured: Vec<&str> = cfg.models.iter().map(|m| m.name.as_str()).collect();
+        crate::supervisor::snapshots::prune_unconfigured(
+            &cfg.gateway.state_dir.join("snapshots"),
+            &configured,
+        );
+    }
     private_dir(&sockets)?;
     let worker_bin = match options.worker_bin {
         Some(bin) => bin,

@@ -103,6 +103,36 @@ pub fn prune(snapshots: &Path, model: &str, keep: Option<&Path>) {
     }
 }
 
+/// Removes the snapshot directories of models `configured` does not name
+/// (models removed from the config since an earlier run built them).
+/// Blocking; for a gateway that starts alone (an upgrade's old process may
+/// still be draining a model the new config removed).
+pub fn prune_unconfigured(snapshots: &Path, configured: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(snapshots) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // `<model>-<hash>`, or a model's one directory of an earlier layout.
+        let model = match name.rsplit_once('-') {
+            Some((model, h))
+                if h.len() == HASH_CHARS && h.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                model
+            }
+            _ => name,
+        };
+        if !configured.contains(&model) {
+            let path = entry.path();
+            tracing::info!(model, path = %path.display(), "removing the snapshot of a model no longer configured");
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(model, path = %path.display(), "removing an old snapshot: {e}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +170,19 @@ mod tests {
         prune(&snaps, "cs", Some(&rebuilt.dir));
         assert!(!first.dir.exists() && !snaps.join("cs").exists());
         assert!(rebuilt.dir.is_dir() && other.dir.is_dir());
+    }
+
+    #[test]
+    fn snapshots_of_models_no_longer_configured_are_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models/credit-score");
+        let snaps = dir.path().join("snapshots");
+        let kept = prepare(&source, None, &snaps, "a-b").expect("built");
+        let gone = prepare(&source, None, &snaps, "a").expect("built");
+        std::fs::create_dir_all(snaps.join("old")).expect("an old-layout directory");
+        prune_unconfigured(&snaps, &["a-b"]);
+        assert!(kept.dir.is_dir(), "a configured model's snapshot is kept");
+        assert!(!gone.dir.exists() && !snaps.join("old").exists());
     }
 
     /// Flips one byte of `file` near its end (its size unchanged).
