@@ -68,12 +68,14 @@ pub struct WorkerOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    // The cause is in the message and not the error's source, so that a
+    // report of the whole chain does not say it twice.
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         /// The address.
         addr: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The model failed to load.
     #[error(transparent)]
@@ -96,9 +98,12 @@ pub(crate) fn announce(message: serde_json::Value) {
 }
 
 async fn bind(addr: &ListenAddr) -> Result<(Listener, String), ServeError> {
-    let fail = |source| ServeError::Bind {
-        addr: format!("{addr:?}"),
-        source,
+    let fail = |cause| ServeError::Bind {
+        addr: match addr {
+            ListenAddr::Tcp(a) => a.clone(),
+            ListenAddr::Unix(path) => format!("unix:{}", path.display()),
+        },
+        cause,
     };
     match addr {
         ListenAddr::Tcp(a) => {

@@ -132,6 +132,31 @@ fn credit_score_matches_its_reference_over_a_unix_socket() {
     );
 }
 
+/// A second worker on a socket another one serves refuses to start, and
+/// says why once.
+#[test]
+fn a_socket_in_use_is_refused_with_its_reason_once() {
+    let w = credit_score(&[]);
+    let address = w.client.address().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_thaw-worker"))
+        .arg("--model")
+        .arg(repo_root().join("configs/models/credit-score"))
+        .args(["--listen", &address])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = "another process is listening on it";
+    assert!(stderr.contains(&format!("cannot listen on {address}: {reason}")), "{stderr}");
+    assert_eq!(stderr.matches(reason).count(), 1, "{stderr}");
+    // The first one serves on.
+    let (inputs, _) = reference();
+    let r = w
+        .client
+        .post_json("/v2/models/credit-score/infer", &features_request(&inputs));
+    assert_eq!(r.status, 200);
+}
+
 /// Asserts an OpenAI-shaped error.
 fn openai_error(r: &thaw_tests::Response, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
