@@ -147,7 +147,10 @@ fn a_socket_in_use_is_refused_with_its_reason_once() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let reason = "another process is listening on it";
-    assert!(stderr.contains(&format!("cannot listen on {address}: {reason}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}: {reason}")),
+        "{stderr}"
+    );
     assert_eq!(stderr.matches(reason).count(), 1, "{stderr}");
     // The first one serves on.
     let (inputs, _) = reference();

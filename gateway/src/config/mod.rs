@@ -182,9 +182,10 @@ impl ModelConfig {
     }
 }
 
-/// A config error: where and what.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {field}: {message}")]
+/// A config error: where and what (`file:line: field: message`, or
+/// `file: message` when it is about the whole file, one that cannot be
+/// read, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The config file.
     pub file: String,
@@ -195,6 +196,23 @@ pub struct ConfigError {
     /// What is wrong.
     pub message: String,
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ConfigError {
+            file,
+            line,
+            field,
+            message,
+        } = self;
+        match line {
+            0 => write!(f, "{file}: {message}"),
+            _ => write!(f, "{file}:{line}: {field}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// Reads, parses and validates the config at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -359,8 +377,9 @@ impl Ctx<'_> {
         self.queue(&raw.defaults.queue, &RawQueue::default(), "defaults.queue")?;
         let mut models: Vec<ModelConfig> = Vec::new();
         for (i, m) in raw.models.into_iter().enumerate() {
-            let span = m.span();
-            let model = self.model(m.into_inner(), &raw.defaults, &gateway, i)?;
+            let m = m.into_inner();
+            let span = m.name.span();
+            let model = self.model(m, &raw.defaults, &gateway, i)?;
             if models.iter().any(|other| other.name == model.name) {
                 return self.at(
                     span,

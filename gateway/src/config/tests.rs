@@ -113,6 +113,16 @@ fn refused(body: &str, line: usize, field: &str) -> ConfigError {
 }
 
 #[test]
+fn an_unreadable_file_is_named_without_a_line() {
+    let e = load(Path::new("/nonexistent/thaw.toml")).expect_err("refused");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/thaw.toml: cannot read: "),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_kind_the_source_contradicts_is_refused() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models/credit-score");
     let text = format!(
@@ -234,7 +244,7 @@ fn errors_name_file_line_and_field() {
     );
     refused(
         "[[models]]\nname = \"a\"\nsource = \"SRC\"\n\n[[models]]\nname = \"a\"\nsource = \"SRC\"\n",
-        5,
+        6,
         "models[1].name",
     );
     refused(

@@ -234,7 +234,7 @@ impl Reloader {
         let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
             (
                 Outcome::Refused,
-                format!("{}:0: -: cannot read: {e}", self.path.display()),
+                format!("{}: cannot read: {e}", self.path.display()),
             )
         })?;
         let digest = hash(&text);
