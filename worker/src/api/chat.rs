@@ -97,7 +97,7 @@ async fn generate(
     state.check_model(&model_name)?;
     let Backend::Chat { engine, model } = state.backend()? else {
         return Err(ApiError::WrongKind(format!(
-            "model {:?} is a {} model and does not generate text",
+            "model {:?} does not generate text: its kind is {}",
             state.name, state.kind
         ))
         .into());

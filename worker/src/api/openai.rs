@@ -86,7 +86,7 @@ async fn embeddings(
     } = state.backend()?
     else {
         return Err(ApiError::WrongKind(format!(
-            "model {:?} is a {} model and does not produce embeddings",
+            "model {:?} does not produce embeddings: its kind is {}",
             state.name, state.kind
         ))
         .into());
@@ -127,6 +127,9 @@ fn input_texts(input: Option<Value>, max_inputs: usize) -> Result<Vec<String>, A
     let bad = |m: String| ApiError::BadRequest(m);
     let texts = match input {
         None | Some(Value::Null) => return Err(bad("missing required parameter: 'input'".into())),
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(bad("'input' is an empty string".into()))
+        }
         Some(Value::String(s)) => vec![s],
         Some(Value::Array(items)) => {
             if items.is_empty() {
