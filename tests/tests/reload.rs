@@ -277,18 +277,20 @@ fn a_replacement_that_cannot_start_changes_nothing_even_at_zero_instances() {
     let first = g.score("cs");
     assert_eq!(first.status, 200);
 
-    // Another model's files under the same kind: they build into a
-    // snapshot, but no tabular worker starts from it. The model's floor is
-    // zero, so only a start proves the new version.
-    g.rewrite(&tabular(&thaw_tests::registry_model("all-MiniLM-L6-v2")));
+    // A new version whose weights are damaged: the config is valid, but
+    // no snapshot builds from it and no worker starts. The model's floor
+    // is zero, so only a start proves the new version.
+    let broken = copy_credit_score(&dir.path().join("broken"));
+    std::fs::write(broken.join("model.safetensors"), b"not safetensors").expect("damaged");
+    g.rewrite(&tabular(&broken));
     let r = g.reload();
     let body = r.json();
     assert_eq!(body["result"], "failed", "{body}");
-    // With the worker's own reason.
+    // With the start's own reason.
     assert!(
         body["error"]
             .as_str()
-            .is_some_and(|e| e.contains("cannot start") && e.contains("expected tabular")),
+            .is_some_and(|e| e.contains("cannot start") && e.contains("model.safetensors")),
         "{body}"
     );
     assert_eq!(g.status()["config"]["version"], 1);

@@ -691,7 +691,10 @@ impl Ctx<'_> {
                     return self.at(
                         span,
                         &field("kind"),
-                        format!("{k}, but {} holds a {found} model", source.display()),
+                        format!(
+                            "{k}, but the files in {} are of kind {found}",
+                            source.display()
+                        ),
                     )
                 }
                 _ => {}

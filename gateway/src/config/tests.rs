@@ -131,7 +131,7 @@ fn a_kind_the_source_contradicts_is_refused() {
     );
     let e = parse(&text, Path::new("k.toml")).expect_err("refused");
     assert_eq!((e.line, e.field.as_str()), (4, "models[0].kind"), "{e}");
-    assert!(e.message.contains("holds a tabular model"), "{e}");
+    assert!(e.message.contains("are of kind tabular"), "{e}");
     let right = text.replace("embedding", "tabular");
     parse(&right, Path::new("k.toml")).expect("the kind it holds");
 }
