@@ -253,6 +253,18 @@ fn a_request_sent_on_from_a_lost_worker_gets_the_reason_no_other_starts() {
 }
 
 #[test]
+fn a_child_ready_before_its_template_says_forked_is_taken() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let quick = [("THAW_FAKE_TEMPLATE", "ready-first")];
+    let (g, log) = serve_fake_with(dir.path(), "stale", "", &quick);
+    let s = g.status();
+    let model = &s["models"][0];
+    assert_ne!(model["instances"][0]["started_from"], "exec", "{model}");
+    assert_eq!(logged(&log, "forked ready first"), 1);
+    assert_eq!(send(&g, false).status, 200);
+}
+
+#[test]
 fn a_template_that_refuses_to_fork_is_kept_and_the_worker_started_by_exec() {
     let dir = tempfile::tempdir().expect("temp dir");
     let refuse = [("THAW_FAKE_TEMPLATE", "refuse")];

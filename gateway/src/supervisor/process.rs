@@ -387,11 +387,19 @@ pub(crate) async fn wait_event<R: AsyncRead + Unpin>(
     lines: &mut tokio::io::Lines<BufReader<R>>,
     event: &str,
 ) -> Result<serde_json::Value, String> {
+    wait_any(lines, &[event]).await
+}
+
+/// Like [`wait_event`], for the first of several events (whichever comes).
+pub(crate) async fn wait_any<R: AsyncRead + Unpin>(
+    lines: &mut tokio::io::Lines<BufReader<R>>,
+    events: &[&str],
+) -> Result<serde_json::Value, String> {
     while let Ok(Some(line)) = lines.next_line().await {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if msg["event"] == event {
+        if events.iter().any(|e| msg["event"] == *e) {
             return Ok(msg);
         }
         if msg["event"] == "error" {

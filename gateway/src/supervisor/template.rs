@@ -140,10 +140,15 @@ impl TemplateProcess {
         conn.write_all(line.as_bytes()).await.map_err(gone)?;
         let mut lines = BufReader::new(conn).lines();
         // A template forks at once (it does nothing else): one that does
-        // not answer is hung (stopped, say), and is replaced.
-        let forked = tokio::time::timeout(FORK_ANSWER, process::wait_event(&mut lines, "forked"));
-        let child = match forked.await {
-            Ok(Ok(forked)) => forked["pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
+        // not answer is hung (stopped, say), and is replaced. The template's
+        // `forked` and the child's `ready` share the connection, and the
+        // child may be quicker.
+        let first = process::wait_any(&mut lines, &["forked", "ready"]);
+        let (child, ready) = match tokio::time::timeout(FORK_ANSWER, first).await {
+            Ok(Ok(msg)) => {
+                let pid = msg["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+                (pid, (msg["event"] == "ready").then_some(msg))
+            }
             Ok(Err(reason)) => return Err(fail(reason)),
             Err(_) => {
                 return Err(SpawnError::TemplateGone {
@@ -152,24 +157,29 @@ impl TemplateProcess {
                 })
             }
         };
-        let ready =
-            match tokio::time::timeout(timeout, process::wait_event(&mut lines, "ready")).await {
-                Ok(Ok(ready)) => ready,
-                Ok(Err(reason)) => return Err(fail(reason)),
-                Err(_) => {
-                    // Not left to serve nobody: nothing would route to it.
-                    if let Some(pid) = child {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    return Err(SpawnError::Timeout {
-                        model: self.model.clone(),
-                        timeout,
-                    });
+        let waited = async {
+            match ready {
+                Some(ready) => Ok(ready),
+                None => process::wait_event(&mut lines, "ready").await,
+            }
+        };
+        let ready = match tokio::time::timeout(timeout, waited).await {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(reason)) => return Err(fail(reason)),
+            Err(_) => {
+                // Not left to serve nobody: nothing would route to it.
+                if let Some(pid) = child {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
-            };
+                return Err(SpawnError::Timeout {
+                    model: self.model.clone(),
+                    timeout,
+                });
+            }
+        };
         let pid = ready["pid"]
             .as_u64()
             .and_then(|p| u32::try_from(p).ok())

@@ -29,7 +29,10 @@
 //! Every model request read whole is logged as a line to `THAW_FAKE_LOG`.
 //! Asked to start as a template, it refuses, so the gateway execs it;
 //! with `THAW_FAKE_TEMPLATE=refuse`, it starts as a template that answers
-//! every fork with an error (logged as `fork refused`).
+//! every fork with an error (logged as `fork refused`); with
+//! `THAW_FAKE_TEMPLATE=ready-first`, one whose "child" (a thread of its own
+//! serving the requested socket) says `ready` before the template says
+//! `forked`, as a quick child can (logged as `forked ready first`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
@@ -48,14 +51,18 @@ enum Mode {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--template") {
-        if std::env::var("THAW_FAKE_TEMPLATE").as_deref() != Ok("refuse") {
-            println!(r#"{{"event":"error","message":"the fake worker has no template mode"}}"#);
-            std::process::exit(1);
-        }
+        let ready_first = match std::env::var("THAW_FAKE_TEMPLATE").as_deref() {
+            Ok("refuse") => false,
+            Ok("ready-first") => true,
+            _ => {
+                println!(r#"{{"event":"error","message":"the fake worker has no template mode"}}"#);
+                std::process::exit(1);
+            }
+        };
         let control = args[i + 1]
             .strip_prefix("unix:")
             .expect("--template unix:PATH");
-        refuse_forks(control);
+        serve_forks(control, ready_first);
     }
     let socket = args
         .iter()
@@ -93,22 +100,46 @@ fn main() {
     }
 }
 
-/// A template whose every fork fails: ready, then each fork request on
-/// its control socket answered with an error.
-fn refuse_forks(control: &str) -> ! {
+/// A fake template: ready, then each fork request on its control socket
+/// answered with an error, or (`ready_first`) with a worker served by a
+/// thread of this process, whose `ready` comes before `forked`.
+fn serve_forks(control: &str, ready_first: bool) -> ! {
     let listener = UnixListener::bind(control).expect("bind the control socket");
     println!(r#"{{"event":"template_ready","open_ms":0,"build_ms":0,"warmup_ms":0}}"#);
     std::io::stdout().flush().expect("stdout");
     for mut stream in listener.incoming().flatten() {
         let mut request = String::new();
         let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-        if reader.read_line(&mut request).is_ok_and(|n| n > 0) {
+        if !reader.read_line(&mut request).is_ok_and(|n| n > 0) {
+            continue;
+        }
+        if !ready_first {
             log("fork refused");
             let _ = writeln!(
                 stream,
                 r#"{{"event":"error","message":"the fake template refuses to fork"}}"#
             );
+            continue;
         }
+        let request: serde_json::Value = serde_json::from_str(&request).expect("a fork request");
+        let socket = request["socket"]
+            .as_str()
+            .expect("the worker's socket")
+            .to_string();
+        let worker = UnixListener::bind(&socket).expect("bind the worker's socket");
+        let path = std::path::PathBuf::from(socket);
+        std::thread::spawn(move || {
+            for conn in worker.incoming().flatten() {
+                let path = path.clone();
+                std::thread::spawn(move || serve(conn, Mode::Stale, &path));
+            }
+        });
+        log("forked ready first");
+        let pid = std::process::id();
+        let _ = write!(
+            stream,
+            "{{\"event\":\"ready\",\"pid\":{pid},\"load_ms\":0}}\n{{\"event\":\"forked\",\"pid\":{pid}}}\n"
+        );
     }
     unreachable!("a listener's incoming connections never end")
 }
