@@ -71,7 +71,7 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 Ok(h)
             };
-        Ok(Metrics {
+        let metrics = Metrics {
             requests: counter(
                 "thaw_requests_total",
                 "Requests answered, by model and status",
@@ -143,12 +143,11 @@ impl Metrics {
                 &["device", "state"],
             )?,
             registry,
-        })
-        .inspect(|m| {
-            for result in ["ok", "unchanged", "refused", "failed"] {
-                m.config_reloads.with_label_values(&[result]);
-            }
-        })
+        };
+        for result in ["ok", "unchanged", "refused", "failed"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
+        Ok(metrics)
     }
 
     /// Gives `model`'s failure counters their series at zero, so that an

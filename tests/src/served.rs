@@ -48,6 +48,20 @@ scale_to_zero_after = "2s"
     )
 }
 
+/// The config of [`config`] with credit-score and a second model of the
+/// same files, `second`, beside it.
+pub fn with_second(dir: &Path) -> String {
+    config(
+        dir,
+        "",
+        &format!(
+            "{}{}",
+            credit_score("credit-score", None, ""),
+            credit_score("second", None, "")
+        ),
+    )
+}
+
 /// A `[[models]]` table named `name` on the credit-score model at
 /// `source` (the repository's when `None`), with `extra` TOML after it.
 pub fn credit_score(name: &str, source: Option<&Path>, extra: &str) -> String {

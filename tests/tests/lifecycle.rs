@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thaw_tests::served::{
-    config, credit_score, pids, score_request, serve_command, wait_gone, Served, Slow, START,
+    config, credit_score, pids, score_request, serve_command, wait_gone, with_second, Served, Slow,
+    START,
 };
 use thaw_tests::Proc;
 
@@ -232,20 +233,12 @@ fn an_upgrade_hands_the_sockets_over_without_a_failed_request() {
 #[test]
 fn a_restart_removes_what_a_killed_gateway_and_removed_models_left() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let both = config(
-        dir.path(),
-        "",
-        &format!(
-            "{}{}",
-            credit_score("credit-score", None, ""),
-            credit_score("second", None, "")
-        ),
-    );
-    let mut g = Served::start(dir.path(), &both);
+    let mut g = Served::start(dir.path(), &with_second(dir.path()));
     for model in ["credit-score", "second"] {
         assert_eq!(g.score(model).status, 200);
     }
     let state = dir.path().join("state");
+    // The names in a directory of the state, sorted.
     let listing = |what: &str| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(state.join(what))
             .expect("listed")
@@ -255,19 +248,16 @@ fn a_restart_removes_what_a_killed_gateway_and_removed_models_left() {
         names.sort();
         names
     };
+    let runs = || -> Vec<String> {
+        let mut names = listing("");
+        names.retain(|n| n.starts_with("run-"));
+        names
+    };
     let snapshots = listing("snapshots");
     assert_eq!(snapshots.len(), 2, "{snapshots:?}");
     g.proc.signal("KILL");
     g.proc.wait_exit(START);
-    let runs = |state: &std::path::Path| -> Vec<String> {
-        std::fs::read_dir(state)
-            .expect("listed")
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("run-"))
-            .collect()
-    };
-    let left = runs(&state);
+    let left = runs();
     assert_eq!(
         left.len(),
         1,
@@ -276,7 +266,7 @@ fn a_restart_removes_what_a_killed_gateway_and_removed_models_left() {
 
     let one = config(dir.path(), "", &credit_score("credit-score", None, ""));
     let g = Served::start(dir.path(), &one);
-    let now = runs(&state);
+    let now = runs();
     assert_eq!(now.len(), 1, "{now:?}");
     assert_ne!(
         now, left,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use thaw_tests::served::{
-    config, copy_credit_score, credit_score, pids, score_request, serve_command, wait_gone, Served,
-    Slow,
+    config, copy_credit_score, credit_score, pids, score_request, serve_command, wait_gone,
+    with_second, Served, Slow,
 };
 
 /// Requests answered, and the failures among them, of one load thread.
@@ -358,19 +358,6 @@ fn a_restart_only_change_is_refused_and_named() {
     assert!(error.contains("restart"), "{error}");
     assert_eq!(g.status()["config"]["version"], 1);
     assert_eq!(g.score("credit-score").status, 200);
-}
-
-/// The config with credit-score and a second model beside it.
-fn with_second(dir: &std::path::Path) -> String {
-    config(
-        dir,
-        "",
-        &format!(
-            "{}{}",
-            credit_score("credit-score", None, ""),
-            credit_score("second", None, "")
-        ),
-    )
 }
 
 #[test]

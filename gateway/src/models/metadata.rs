@@ -45,7 +45,7 @@ pub fn metadata(m: &ModelConfig) -> Value {
     };
     let mut meta = json!({
         "name": m.name,
-        "versions": ["1"],
+        "versions": [crate::proxy::route::MODEL_VERSION],
         "platform": "thaw-candle",
         "inputs": inputs,
         "outputs": outputs,

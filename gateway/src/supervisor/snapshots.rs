@@ -83,24 +83,9 @@ const HASH_CHARS: usize = 16;
 /// sources it no longer serves, and the one-per-model directory of earlier
 /// builds). Blocking.
 pub fn prune(snapshots: &Path, model: &str, keep: Option<&Path>) {
-    let Ok(entries) = std::fs::read_dir(snapshots) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let ours = name == model
-            || name
-                .strip_prefix(model)
-                .and_then(|r| r.strip_prefix('-'))
-                .is_some_and(|h| h.len() == HASH_CHARS && h.bytes().all(|b| b.is_ascii_hexdigit()));
-        let path = entry.path();
-        if ours && keep != Some(path.as_path()) {
-            if let Err(e) = std::fs::remove_dir_all(&path) {
-                tracing::warn!(model, path = %path.display(), "removing an old snapshot: {e}");
-            }
-        }
-    }
+    remove_where(snapshots, |owner, path| {
+        owner == model && keep != Some(path)
+    });
 }
 
 /// Removes the snapshot directories of models `configured` does not name
@@ -108,28 +93,37 @@ pub fn prune(snapshots: &Path, model: &str, keep: Option<&Path>) {
 /// Blocking; for a gateway that starts alone (an upgrade's old process may
 /// still be draining a model the new config removed).
 pub fn prune_unconfigured(snapshots: &Path, configured: &[&str]) {
+    remove_where(snapshots, |owner, _| !configured.contains(&owner));
+}
+
+/// Removes each snapshot directory for which `doomed(model, path)` holds,
+/// `model` being the one it was built for.
+fn remove_where(snapshots: &Path, doomed: impl Fn(&str, &Path) -> bool) {
     let Ok(entries) = std::fs::read_dir(snapshots) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // `<model>-<hash>`, or a model's one directory of an earlier layout.
-        let model = match name.rsplit_once('-') {
-            Some((model, h))
-                if h.len() == HASH_CHARS && h.bytes().all(|b| b.is_ascii_hexdigit()) =>
-            {
-                model
-            }
-            _ => name,
-        };
-        if !configured.contains(&model) {
-            let path = entry.path();
-            tracing::info!(model, path = %path.display(), "removing the snapshot of a model no longer configured");
+        let model = owner(name);
+        let path = entry.path();
+        if doomed(model, &path) {
+            tracing::info!(model, path = %path.display(), "removing a snapshot no longer used");
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 tracing::warn!(model, path = %path.display(), "removing an old snapshot: {e}");
             }
         }
+    }
+}
+
+/// The model a snapshot directory was built for: `<model>-<hash>`, or a
+/// model's one directory of an earlier layout.
+fn owner(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((model, h)) if h.len() == HASH_CHARS && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            model
+        }
+        _ => name,
     }
 }
 
