@@ -100,7 +100,22 @@ impl Client {
 
     /// A request with an optional body (Content-Length set).
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Response {
+        self.request_with(method, path, &[], body)
+    }
+
+    /// A request with extra headers and an optional body (Content-Length
+    /// set).
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Response {
         let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
+        for (name, value) in headers {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(body) = body {
             raw.push_str(&format!(
                 "content-type: application/json\r\ncontent-length: {}\r\n",

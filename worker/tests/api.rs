@@ -172,6 +172,8 @@ fn openai_error(r: &thaw_tests::Response, status: u16, code: &str) {
         "{e}"
     );
     assert!(e["error"]["type"].is_string(), "{e}");
+    // OpenAI's clients read `param` (null where no one field is at fault).
+    assert!(e["error"].get("param").is_some(), "{e}");
 }
 
 /// Asserts a KServe-v2-shaped error.
@@ -444,9 +446,11 @@ fn minilm_refuses_bad_input_and_keeps_serving() {
             .post_json(infer, &texts("BYTES", json!([2]), json!(["a"]))),
         400,
     );
+    // An empty text is no error on KServe (see
+    // minilm_kserve_binary_texts_and_empty_ones); a number is.
     v2_error(
         &w.client
-            .post_json(infer, &texts("BYTES", json!([1]), json!([""]))),
+            .post_json(infer, &texts("BYTES", json!([1]), json!([3]))),
         400,
     );
     v2_error(
@@ -524,4 +528,282 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     w.proc.wait_event("stopped", START);
     let status = w.proc.wait_exit(START);
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// A KServe request in the binary tensor data extension's form: the JSON,
+/// then each binary input's bytes; returns the body and the JSON's length
+/// (the `Inference-Header-Content-Length`).
+fn binary_request(json: &Value, binary: &[u8]) -> (Vec<u8>, String) {
+    let mut body = json.to_string().into_bytes();
+    let header = body.len().to_string();
+    body.extend_from_slice(binary);
+    (body, header)
+}
+
+fn le_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Splits a binary response into its JSON and the bytes after it, as a
+/// Triton client does by `Inference-Header-Content-Length`.
+fn binary_response(r: &thaw_tests::Response) -> (Value, Vec<u8>) {
+    let length: usize = r
+        .header("inference-header-content-length")
+        .expect("a binary response names its JSON's length")
+        .parse()
+        .expect("a byte count");
+    let json = serde_json::from_slice(&r.body[..length]).expect("the JSON part");
+    (json, r.body[length..].to_vec())
+}
+
+#[test]
+fn kserve_binary_tensor_data_and_compressed_bodies() {
+    use flate2::write::{GzEncoder, ZlibEncoder};
+    use std::io::Write;
+
+    let w = credit_score(&[]);
+    let infer = "/v2/models/credit-score/infer";
+    let (inputs, expected) = reference();
+    let by_json = w.client.post_json(infer, &features_request(&inputs)).json();
+    let json_scores = vector(&by_json["outputs"][0]["data"]);
+    let v2 = w.client.get("/v2").json();
+    assert_eq!(v2["extensions"], json!(["binary_tensor_data"]));
+
+    // Binary in, binary out (what tritonclient sends by default: no
+    // outputs named, `binary_data_output`).
+    let floats: Vec<u8> = inputs
+        .iter()
+        .flatten()
+        .flat_map(|x| (*x as f32).to_le_bytes())
+        .collect();
+    let header = json!({"id": "b1", "parameters": {"binary_data_output": true}, "inputs": [{
+        "name": "features", "datatype": "FP32", "shape": [inputs.len(), 10],
+        "parameters": {"binary_data_size": floats.len()},
+    }]});
+    let (body, length) = binary_request(&header, &floats);
+    let hl = [("inference-header-content-length", length.as_str())];
+    let r = w.client.request_with("POST", infer, &hl, Some(&body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    let (meta, data) = binary_response(&r);
+    assert_eq!(meta["id"], "b1");
+    let out = &meta["outputs"][0];
+    assert_eq!(out["name"], "probability");
+    assert_eq!(out["shape"], json!([inputs.len(), 1]));
+    assert!(out.get("data").is_none(), "{out}");
+    assert_eq!(out["parameters"]["binary_data_size"], data.len());
+    let scores = le_f32s(&data);
+    assert_eq!(scores, json_scores, "binary and JSON scores differ");
+    for (i, (g, e)) in scores.iter().zip(&expected).enumerate() {
+        assert!((f64::from(*g) - e).abs() < 1e-5, "row {i}: {g} vs {e}");
+    }
+
+    // An output asked for as JSON overrides `binary_data_output`; asked
+    // for by name as binary, it is binary.
+    for (binary, is_binary) in [(false, false), (true, true)] {
+        let mut h = header.clone();
+        h["outputs"] = json!([{"name": "probability", "parameters": {"binary_data": binary}}]);
+        let (body, length) = binary_request(&h, &floats);
+        let hl = [("inference-header-content-length", length.as_str())];
+        let r = w.client.request_with("POST", infer, &hl, Some(&body));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.header("inference-header-content-length").is_some(),
+            is_binary
+        );
+        if !is_binary {
+            assert_eq!(vector(&r.json()["outputs"][0]["data"]), json_scores);
+        }
+    }
+    // All JSON, with the header saying so (Triton takes this too).
+    let plain = features_request(&inputs).to_string();
+    let whole = plain.len().to_string();
+    let hl = [("inference-header-content-length", whole.as_str())];
+    let r = w
+        .client
+        .request_with("POST", infer, &hl, Some(plain.as_bytes()));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(vector(&r.json()["outputs"][0]["data"]), json_scores);
+
+    // The extension's mistakes, each a 400 that says what is wrong.
+    let one_row = &floats[..40];
+    let with_size = |size: usize| {
+        json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10],
+            "parameters": {"binary_data_size": size}}]})
+    };
+    let cases: Vec<(&str, Vec<u8>, Option<String>, &str)> = vec![
+        {
+            let (b, l) = binary_request(&with_size(80), one_row);
+            ("size past the end", b, Some(l), "only 40 bytes")
+        },
+        {
+            let (b, l) = binary_request(&with_size(20), one_row);
+            ("bytes left over", b, Some(l), "20 bytes follow")
+        },
+        {
+            let (b, l) = binary_request(&with_size(38), &one_row[..38]);
+            ("not whole FP32s", b, Some(l), "not a whole number")
+        },
+        {
+            let (b, l) = binary_request(&with_size(36), &one_row[..36]);
+            ("too few elements", b, Some(l), "9 data elements")
+        },
+        {
+            let (b, _) = binary_request(&with_size(40), one_row);
+            (
+                "no header",
+                b,
+                None,
+                "needs the Inference-Header-Content-Length",
+            )
+        },
+        {
+            let (b, _) = binary_request(&with_size(40), one_row);
+            (
+                "header past the body",
+                b,
+                Some("100000".into()),
+                "but the body has",
+            )
+        },
+        {
+            let mut h = with_size(40);
+            h["inputs"][0]["data"] = json!(vec![0; 10]);
+            let (b, l) = binary_request(&h, one_row);
+            ("data and binary", b, Some(l), "both 'data' and")
+        },
+        {
+            let nan = [f32::NAN.to_le_bytes(); 10].concat();
+            let (b, l) = binary_request(&with_size(40), &nan);
+            ("NaN", b, Some(l), "finite FP32")
+        },
+    ];
+    for (what, body, length, says) in cases {
+        let headers: Vec<(&str, &str)> = length
+            .iter()
+            .map(|l| ("inference-header-content-length", l.as_str()))
+            .collect();
+        let r = w.client.request_with("POST", infer, &headers, Some(&body));
+        v2_error(&r, 400);
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(says), "{what}: {error}");
+    }
+
+    // Compressed bodies (tritonclient's request_compression_algorithm).
+    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(plain.as_bytes()).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let mut zlib = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(plain.as_bytes()).expect("zlib");
+    let zlib = zlib.finish().expect("zlib");
+    for (encoding, body) in [("gzip", &gz), ("deflate", &zlib)] {
+        let r = w
+            .client
+            .request_with("POST", infer, &[("content-encoding", encoding)], Some(body));
+        assert_eq!(
+            r.status,
+            200,
+            "{encoding}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(vector(&r.json()["outputs"][0]["data"]), json_scores);
+    }
+    let r = w
+        .client
+        .request_with("POST", infer, &[("content-encoding", "br")], Some(&gz));
+    v2_error(&r, 415);
+    let r = w.client.request_with(
+        "POST",
+        infer,
+        &[("content-encoding", "gzip")],
+        Some(plain.as_bytes()),
+    );
+    v2_error(&r, 400);
+
+    // A row whose values overflow inside the model is refused by its
+    // index, not scored as if its features were zero.
+    let huge = vec![3e38; 10];
+    let r = w
+        .client
+        .post_json(infer, &features_request(&[inputs[0].clone(), huge]));
+    v2_error(&r, 400);
+    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("row 1") && error.contains("overflow"),
+        "{error}"
+    );
+
+    // Two inputs: the one the model does not take is named.
+    let mut two = features_request(&inputs[..1]);
+    let extra = json!({"name": "extra", "datatype": "FP32", "shape": [1, 10], "data": vec![0; 10]});
+    two["inputs"].as_array_mut().expect("inputs").push(extra);
+    let r = w.client.post_json(infer, &two);
+    v2_error(&r, 400);
+    assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("\"extra\"")));
+}
+
+#[test]
+fn minilm_kserve_binary_texts_and_empty_ones() {
+    let w = minilm(&[]);
+    let texts = ["A man is eating food.", "", "Zürich café 🚀"];
+    let json_request =
+        json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": texts}]});
+    let r = w.client.post_json("/v2/models/minilm/infer", &json_request);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let by_json = vector(&r.json()["outputs"][0]["data"]);
+    // The empty text is embedded (as sentence-transformers does): a unit vector.
+    let norm: f32 = by_json[384..768].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+
+    let mut bytes = Vec::new();
+    for t in texts {
+        bytes.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(t.as_bytes());
+    }
+    let header = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3],
+        "parameters": {"binary_data_size": bytes.len()}}],
+        "outputs": [{"name": "embedding", "parameters": {"binary_data": true}}]});
+    let (body, length) = binary_request(&header, &bytes);
+    let hl = [("inference-header-content-length", length.as_str())];
+    let r = w
+        .client
+        .request_with("POST", "/v2/models/minilm/infer", &hl, Some(&body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (meta, data) = binary_response(&r);
+    assert_eq!(meta["outputs"][0]["shape"], json!([3, 384]));
+    assert_eq!(
+        le_f32s(&data),
+        by_json,
+        "binary and JSON texts embed differently"
+    );
+
+    // A length prefix that runs past the end, and bytes that are not UTF-8.
+    for (what, bad, says) in [
+        (
+            "cut",
+            [&9u32.to_le_bytes()[..], b"abc"].concat(),
+            "ends inside element 0",
+        ),
+        (
+            "not UTF-8",
+            [&2u32.to_le_bytes()[..], b"\xff\xfe"].concat(),
+            "not UTF-8",
+        ),
+    ] {
+        let header = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+            "parameters": {"binary_data_size": bad.len()}}]});
+        let (body, length) = binary_request(&header, &bad);
+        let hl = [("inference-header-content-length", length.as_str())];
+        let r = w
+            .client
+            .request_with("POST", "/v2/models/minilm/infer", &hl, Some(&body));
+        v2_error(&r, 400);
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(says), "{what}: {error}");
+    }
 }

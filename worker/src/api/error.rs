@@ -16,6 +16,8 @@ pub enum ApiError {
     BadRequest(String),
     /// The body is over the limit (bytes allowed).
     TooLarge(usize),
+    /// The body's `Content-Encoding` is not one this route decodes (415).
+    UnsupportedEncoding(String),
     /// No such model on this worker.
     UnknownModel(String),
     /// No such route.
@@ -47,6 +49,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) | ApiError::UnknownVersion { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::ContextLength(m)
             | ApiError::WrongKind(m)
+            | ApiError::UnsupportedEncoding(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::TooLarge(limit) => format!("request body is larger than {limit} bytes"),
@@ -81,6 +85,9 @@ impl ApiError {
             ApiError::ContextLength(_) => ("invalid_request_error", "context_length_exceeded"),
             ApiError::WrongKind(_) => ("invalid_request_error", "unsupported_model_kind"),
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ApiError::UnsupportedEncoding(_) => {
+                ("invalid_request_error", "unsupported_content_encoding")
+            }
             ApiError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
             ApiError::NotFound(_) | ApiError::UnknownVersion { .. } => {
                 ("invalid_request_error", "not_found")
@@ -125,7 +132,9 @@ impl OpenAiError {
     /// The error's JSON body (also sent as an event in a failed stream).
     pub fn body(&self) -> serde_json::Value {
         let (kind, code) = self.0.openai_type_code();
-        json!({"error": {"message": self.0.message(), "type": kind, "code": code}})
+        // `param` is always there, as OpenAI sends it (its messages name
+        // the field).
+        json!({"error": {"message": self.0.message(), "type": kind, "param": null, "code": code}})
     }
 }
 

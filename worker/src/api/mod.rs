@@ -181,8 +181,45 @@ async fn log_request(request: Request, next: Next) -> Response {
 }
 
 /// Reads a body under the size limit: 413 beyond it (by Content-Length up
-/// front, or while reading a body without one).
+/// front, or while reading a body without one). A compressed body is a 415:
+/// OpenAI's clients send none (KServe's `infer` takes them:
+/// [`read_encoded_body`]).
 pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(encoding) = compressed(request.headers()) {
+        return Err(ApiError::UnsupportedEncoding(format!(
+            "Content-Encoding {encoding:?} is not supported on this route: send the body \
+             uncompressed"
+        )));
+    }
+    read_raw_body(request, limit).await
+}
+
+/// Like [`read_body`], and a body sent with `Content-Encoding: gzip` or
+/// `deflate` (as Triton's clients can) is decoded; what it decodes to is
+/// held to the same limit (a small body must not expand without bound),
+/// or to the gateway's (`x-thaw-decoded-limit`) where that is less: the
+/// workers a gateway starts have no limit of their own. Another encoding
+/// is a 415.
+pub async fn read_encoded_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let encoding = Encoding::of(request.headers())?;
+    let decoded_limit = request
+        .headers()
+        .get("x-thaw-decoded-limit")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(limit, |gateway| gateway.min(limit));
+    encoding.decode(read_raw_body(request, limit).await?, decoded_limit)
+}
+
+/// The `Content-Encoding` of a body that is not sent as it is.
+fn compressed(headers: &header::HeaderMap) -> Option<String> {
+    let name = String::from_utf8_lossy(headers.get(header::CONTENT_ENCODING)?.as_bytes())
+        .trim()
+        .to_ascii_lowercase();
+    (!name.is_empty() && name != "identity").then_some(name)
+}
+
+async fn read_raw_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -204,11 +241,173 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError
     })
 }
 
-/// Parses a JSON body into `T`, naming what was wrong.
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// As it is (no header, or `identity`).
+    Identity,
+    /// `gzip` (one member or several).
+    Gzip,
+    /// `deflate`: zlib's format as HTTP means it, or the raw deflate
+    /// stream that some clients send under that name.
+    Deflate,
+}
+
+impl Encoding {
+    /// The encoding a request's headers declare.
+    pub fn of(headers: &header::HeaderMap) -> Result<Encoding, ApiError> {
+        match compressed(headers).as_deref() {
+            None => Ok(Encoding::Identity),
+            Some("gzip" | "x-gzip") => Ok(Encoding::Gzip),
+            Some("deflate") => Ok(Encoding::Deflate),
+            Some(other) => Err(ApiError::UnsupportedEncoding(format!(
+                "Content-Encoding {other:?} is not supported: send the body uncompressed, \
+                 or compressed with gzip or deflate"
+            ))),
+        }
+    }
+
+    /// The body decoded, at most `limit` bytes of it (413 beyond).
+    pub fn decode(self, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+        use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+        use std::io::Read;
+        let inflate = |reader: &mut dyn Read, name: &str| {
+            let mut out = Vec::new();
+            reader
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    ApiError::BadRequest(format!("the request body is not valid {name} data: {e}"))
+                })?;
+            if out.len() > limit {
+                return Err(ApiError::TooLarge(limit));
+            }
+            Ok(Bytes::from(out))
+        };
+        match self {
+            Encoding::Identity => Ok(body),
+            Encoding::Gzip => inflate(&mut MultiGzDecoder::new(&body[..]), "gzip"),
+            Encoding::Deflate => {
+                inflate(&mut ZlibDecoder::new(&body[..]), "deflate").or_else(|zlib| {
+                    inflate(&mut DeflateDecoder::new(&body[..]), "deflate").map_err(|_| zlib)
+                })
+            }
+        }
+    }
+}
+
+/// Parses a JSON body into `T`, naming what was wrong: the JSON itself, or
+/// a field of the request.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            return ApiError::BadRequest(format!("invalid request: {e}"));
+        }
+        let hint = if non_json_number_at(body, e.line(), e.column()) {
+            " (NaN and Infinity are not JSON numbers)"
+        } else {
+            ""
+        };
+        ApiError::BadRequest(format!("invalid JSON body: {e}{hint}"))
+    })
+}
+
+/// Whether a JSON syntax error at `line`:`column` (1-based, as serde_json
+/// counts) is a `NaN` or `Infinity`, which Python's `json.dumps` writes.
+fn non_json_number_at(body: &[u8], line: usize, column: usize) -> bool {
+    let Some(text) = body.split(|&b| b == b'\n').nth(line.saturating_sub(1)) else {
+        return false;
+    };
+    let at = column.saturating_sub(1).min(text.len());
+    let start = text[..at]
+        .iter()
+        .rposition(|b| !b.is_ascii_alphanumeric() && *b != b'-')
+        .map_or(0, |i| i + 1);
+    let word: Vec<u8> = text[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'-')
+        .copied()
+        .collect();
+    matches!(&word[..], b"NaN" | b"-NaN" | b"Infinity" | b"-Infinity")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_json_numbers_are_named() {
+        for body in [
+            &br#"{"data": [1, NaN, 2]}"#[..],
+            br#"{"data": [Infinity]}"#,
+            b"{\n \"data\": [1,\n -Infinity]}",
+        ] {
+            let e = parse_json::<serde_json::Value>(body).expect_err("not JSON");
+            assert!(format!("{e:?}").contains("NaN and Infinity"), "{e:?}");
+        }
+        let e = parse_json::<serde_json::Value>(br#"{"data": [1, nope]}"#).expect_err("not JSON");
+        assert!(!format!("{e:?}").contains("NaN"), "{e:?}");
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_not_called_invalid_json() {
+        #[derive(Debug, serde::Deserialize)]
+        struct R {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let e = parse_json::<R>(br#"{"n": "x"}"#).expect_err("wrong type");
+        assert!(
+            format!("{e:?}").contains("invalid request: invalid type"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn bodies_decode_by_their_encoding() {
+        use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+        use flate2::Compression;
+        use std::io::Write;
+        let text = b"{\"inputs\": []}".repeat(100);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&text).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let mut zlib = ZlibEncoder::new(Vec::new(), Compression::default());
+        zlib.write_all(&text).expect("zlib");
+        let zlib = zlib.finish().expect("zlib");
+        let mut raw = DeflateEncoder::new(Vec::new(), Compression::default());
+        raw.write_all(&text).expect("deflate");
+        let raw = raw.finish().expect("deflate");
+        for (encoding, body) in [
+            (Encoding::Gzip, gz.clone()),
+            (Encoding::Deflate, zlib),
+            (Encoding::Deflate, raw),
+            (Encoding::Identity, text.clone()),
+        ] {
+            let out = encoding
+                .decode(Bytes::from(body), 1 << 20)
+                .expect("decodes");
+            assert_eq!(&out[..], &text[..], "{encoding:?}");
+        }
+        // What it decodes to is held to the limit.
+        assert_eq!(
+            Encoding::Gzip.decode(Bytes::from(gz), text.len() - 1),
+            Err(ApiError::TooLarge(text.len() - 1))
+        );
+        let e = Encoding::Gzip
+            .decode(Bytes::from_static(b"{\"not\": \"gzip\"}"), 1 << 20)
+            .expect_err("not gzip");
+        assert!(format!("{e:?}").contains("not valid gzip data"), "{e:?}");
+        let mut headers = header::HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, "br".parse().expect("value"));
+        assert!(matches!(
+            Encoding::of(&headers),
+            Err(ApiError::UnsupportedEncoding(m)) if m.contains("\"br\"")
+        ));
+        headers.insert(header::CONTENT_ENCODING, " GZIP ".parse().expect("value"));
+        assert_eq!(Encoding::of(&headers), Ok(Encoding::Gzip));
+    }
 }

@@ -118,7 +118,8 @@ impl TabularModel {
         self.manifest.input.features.len()
     }
 
-    /// Scores rows of features (each exactly `width()` long).
+    /// Scores rows of features (each exactly `width()` long). A row whose
+    /// arithmetic overflowed f32 scores NaN.
     pub fn score(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
         let width = self.width();
         if let Some(bad) = rows.iter().find(|r| r.len() != width) {
@@ -131,13 +132,21 @@ impl TabularModel {
         let mut x = Tensor::from_vec(flat, (rows.len(), width), &self.device)?
             .broadcast_sub(&self.mean)?
             .broadcast_div(&self.std)?;
+        // A row whose values overflow f32 somewhere inside (inf, then NaN)
+        // must not come out as a plausible score: ReLU turns NaN into 0, so
+        // such a row would score as if its features were all zero. Each
+        // layer's `x * 0` is 0 where finite and NaN where not; its row sums
+        // poison the row's score, which the API refuses.
+        let mut poison = Tensor::zeros((rows.len(), 1), DType::F32, &self.device)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x)?;
+            poison = (poison + x.affine(0.0, 0.0)?.sum_keepdim(1)?)?;
             if i < last {
                 x = x.relu()?;
             }
         }
+        x = x.broadcast_add(&poison)?;
         if self.sigmoid {
             x = candle_nn::ops::sigmoid(&x)?;
         }
