@@ -179,6 +179,12 @@ fn completions_stop_sequences_seeds_and_the_end_of_a_turn() {
         .to_string();
     assert!(text.len() > 8, "{text:?}");
     usage_adds_up(&plain["usage"]);
+    // Without max_tokens, OpenAI's default for completions: 16 tokens, as
+    // asked for above (not the rest of the context).
+    let default = completion(json!({"max_tokens": null}));
+    assert_eq!(default["choices"][0], plain["choices"][0]);
+    assert_eq!(default["usage"], plain["usage"]);
+    assert_eq!(plain["usage"]["completion_tokens"], 16, "{plain}");
 
     // A stop sequence from the middle of that text: cut before it, "stop".
     let stop = &text[4..8];
@@ -343,6 +349,21 @@ fn bad_requests_get_400_in_openai_shape() {
             chat(json!({"max_tokens": 9000})),
             "context",
         ),
+        // The message names the field that was sent.
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_completion_tokens": 9000})),
+            "max_completion_tokens is 9000",
+        ),
+        // A long refused value is not echoed whole.
+        (
+            "/v1/chat/completions",
+            chat(
+                json!({"tools": [{"type": "function", "function": {"name": "f",
+                "description": "x".repeat(5000)}}]}),
+            ),
+            "this server does not support it",
+        ),
         (
             "/v1/chat/completions",
             chat(json!({"temperature": "hot"})),
@@ -411,6 +432,7 @@ fn bad_requests_get_400_in_openai_shape() {
             message.contains(needle),
             "{body}: {message:?} does not mention {needle:?}"
         );
+        assert!(message.len() < 500, "{message}");
     }
     let r = w.client.post_json(
         "/v1/chat/completions",

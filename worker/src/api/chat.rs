@@ -51,6 +51,8 @@ struct Checked {
     stream: bool,
     include_usage: bool,
     max_tokens: Option<usize>,
+    /// The field `max_tokens` came from (`max_completion_tokens` wins).
+    max_key: &'static str,
     sampling: Sampling,
     stop: Vec<String>,
 }
@@ -124,12 +126,17 @@ async fn generate(
     let max_tokens = match checked.max_tokens {
         Some(n) if n > room => {
             return Err(ApiError::ContextLength(format!(
-                "max_tokens is {n}, but the prompt's {} tokens leave {room} of the context of {context}",
+                "{} is {n}, but the prompt's {} tokens leave {room} of the context of {context}",
+                checked.max_key,
                 prompt.len()
             ))
             .into())
         }
         Some(n) => n,
+        // OpenAI's (and vLLM's) default for the legacy completions: a
+        // prompt without a turn to end would otherwise run to the end of
+        // the context.
+        None if api == Api::Completions => COMPLETIONS_MAX_TOKENS.min(room),
         None => room,
     };
     let (events, receiver) = mpsc::unbounded_channel();
@@ -155,6 +162,9 @@ async fn generate(
         whole(reply, text).await
     }
 }
+
+/// `max_tokens` of a `/v1/completions` request that gives none.
+const COMPLETIONS_MAX_TOKENS: usize = 16;
 
 fn bad(message: String) -> ApiError {
     ApiError::BadRequest(message)
@@ -211,11 +221,23 @@ fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
     for key in UNSUPPORTED {
         if let Some(v) = fields.get(key).filter(|v| !neutral(key, v)) {
             return Err(bad(format!(
-                "'{key}' is {v}; this server does not support it (leave it out)"
+                "'{key}' is {}; this server does not support it (leave it out)",
+                abridged(v)
             )));
         }
     }
     Ok(())
+}
+
+/// A value as JSON for a message, cut short when long (a tool's whole
+/// schema is not worth echoing).
+fn abridged(v: &Value) -> String {
+    const MAX: usize = 80;
+    let text = v.to_string();
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 /// Checks every field this API reads; renders and tokenizes the prompt.
@@ -399,6 +421,7 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
         stream,
         include_usage,
         max_tokens,
+        max_key,
         sampling: Sampling {
             temperature,
             top_p,
@@ -751,17 +774,14 @@ impl http_body::Body for EventBody {
     }
 }
 
+/// A response's id, unique across workers and their restarts (not a
+/// per-process counter, which starts again at 0 in every worker).
 fn response_id(api: Api) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = match api {
         Api::Chat => "chatcmpl",
         Api::Completions => "cmpl",
     };
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{:016x}", random_seed())
 }
 
 fn now() -> u64 {
