@@ -144,7 +144,11 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn listing_and_errors_do_not_wake_models() {
-    let g = gateway(&(credit_score("") + &minilm("")), "");
+    let smollm2 = format!(
+        "[[models]]\nname = \"smollm2\"\nsource = \"{}\"\n",
+        registry_model("smollm2").display()
+    );
+    let g = gateway(&(credit_score("") + &minilm("") + &smollm2), "");
     let models = g.public.get("/v1/models").json();
     let ids: Vec<&str> = models["data"]
         .as_array()
@@ -152,7 +156,7 @@ fn listing_and_errors_do_not_wake_models() {
         .iter()
         .map(|m| m["id"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(ids, ["credit-score", "minilm"]);
+    assert_eq!(ids, ["credit-score", "minilm", "smollm2"]);
     assert!(models["data"][0]["created"].is_u64(), "{models}");
     // OpenAI's retrieve-model route gives the list's entry.
     assert_eq!(g.public.get("/v1/models/minilm").json(), models["data"][1]);
@@ -221,7 +225,82 @@ fn listing_and_errors_do_not_wake_models() {
         .request("POST", "/v1/embeddings", Some(&vec![b' '; 3 << 20]));
     assert_eq!(r.status, 413);
     assert_eq!(g.public.get("/v1/nothing").status, 404);
-    for m in ["credit-score", "minilm"] {
+    assert_eq!(
+        g.public.get("/v2").json()["extensions"],
+        json!(["binary_tensor_data"])
+    );
+    // A request the model's kind cannot serve is refused here, in the
+    // worker's words, without waking the model to refuse it.
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
+    for (path, body, says) in [
+        (
+            "/v1/embeddings",
+            json!({"model": "credit-score", "input": "x"}),
+            "does not produce embeddings: its kind is tabular",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "minilm", "messages": chat["messages"]}),
+            "does not generate text: its kind is embedding",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "credit-score", "prompt": "x"}),
+            "does not generate text",
+        ),
+        (
+            "/v2/models/smollm2/infer",
+            score_request(),
+            "generates text: use POST /v1/chat/completions",
+        ),
+    ] {
+        let r = g.public.post_json(path, &body);
+        assert_eq!(r.status, 400, "{path}");
+        let message = if path.starts_with("/v1") {
+            assert_eq!(r.json()["error"]["code"], "unsupported_model_kind");
+            r.json()["error"]["message"].clone()
+        } else {
+            r.json()["error"].clone()
+        };
+        assert!(
+            message.as_str().is_some_and(|m| m.contains(says)),
+            "{path}: {message}"
+        );
+        assert_eq!(r.header("x-thaw-worker"), Some("gateway"), "{path}");
+    }
+    // An OpenAI body is read here to find its model: a compressed one is
+    // a 415 that says so, not "invalid JSON".
+    let r = g.public.request_with(
+        "POST",
+        "/v1/embeddings",
+        &[("content-encoding", "gzip")],
+        Some(b"\x1f\x8b"),
+    );
+    assert_eq!(r.status, 415);
+    assert_eq!(r.json()["error"]["code"], "unsupported_content_encoding");
+    // Refusals whose body nobody reads (an unknown model or route, a
+    // wrong kind on KServe) keep the connection for the next request.
+    let score = score_request().to_string();
+    let post = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{score}",
+            score.len()
+        )
+        .into_bytes()
+    };
+    let responses = g
+        .public
+        .pipelined(&[
+            post("/v2/models/nope/infer"),
+            post("/v2/nothing"),
+            post("/v2/models/smollm2/infer"),
+            b"GET /v2/models/credit-score HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        ])
+        .expect("pipelined");
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [404, 404, 400, 200]);
+    for m in ["credit-score", "minilm", "smollm2"] {
         assert_eq!(status(&g, m)["ready_instances"], 0, "{m} was woken");
     }
     // Failure counters have their series before the first failure, so an
@@ -925,4 +1004,80 @@ fn listen_flags_take_what_the_config_takes() {
         proc.wait_stderr(says, START);
         assert!(!proc.wait_exit(START).success(), "{args:?}");
     }
+}
+
+#[test]
+fn kserve_binary_and_compressed_bodies_pass_through_and_decode_within_the_limit() {
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    let g = gateway_with("max_body_bytes = \"64KiB\"", &credit_score(""), "");
+    let infer = "/v2/models/credit-score/infer";
+    let by_json = g.public.post_json(infer, &score_request());
+    assert_eq!(
+        by_json.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&by_json.body)
+    );
+    let expected = by_json.json()["outputs"][0]["data"][0]
+        .as_f64()
+        .expect("a score") as f32;
+
+    // tritonclient's default: binary input, binary output.
+    let features: [f32; 10] = [60.0, 0.3, 10.0, 8.0, 0.0, 0.3, 20.0, 48.0, 6.0, 1.0];
+    let bytes: Vec<u8> = features.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let header = json!({"parameters": {"binary_data_output": true}, "inputs": [{
+        "name": "features", "datatype": "FP32", "shape": [1, 10],
+        "parameters": {"binary_data_size": bytes.len()}}]})
+    .to_string();
+    let length = header.len().to_string();
+    let body = [header.as_bytes(), &bytes].concat();
+    let r = g.public.request_with(
+        "POST",
+        infer,
+        &[("inference-header-content-length", &length)],
+        Some(&body),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let json_length: usize = r
+        .header("inference-header-content-length")
+        .expect("a binary answer")
+        .parse()
+        .expect("a length");
+    let score = &r.body[json_length..];
+    assert_eq!(
+        f32::from_le_bytes([score[0], score[1], score[2], score[3]]),
+        expected
+    );
+
+    // A gzip body is decoded by the worker, and what it decodes to is held
+    // to the gateway's limit (64 KiB here), however small it came.
+    let gzip = |text: &[u8]| {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(text).expect("gzip");
+        e.finish().expect("gzip")
+    };
+    let plain = score_request().to_string();
+    let r = g.public.request_with(
+        "POST",
+        infer,
+        &[("content-encoding", "gzip")],
+        Some(&gzip(plain.as_bytes())),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["outputs"][0]["data"][0].as_f64(),
+        Some(f64::from(expected))
+    );
+    let padded = format!("{plain}{}", " ".repeat(100 << 10));
+    let small = gzip(padded.as_bytes());
+    assert!(small.len() < 1 << 10, "{} bytes", small.len());
+    let r = g
+        .public
+        .request_with("POST", infer, &[("content-encoding", "gzip")], Some(&small));
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("65536")));
 }

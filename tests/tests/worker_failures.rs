@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use thaw_tests::registry_model;
 use thaw_tests::served::{config, credit_score, serve_with_worker, Served};
 
 /// Requests sent one after another: each but the first can find the
@@ -30,7 +31,10 @@ fn serve_fake_with(
     env: &[(&str, &str)],
 ) -> (Served, PathBuf) {
     let model = "[models.scaling]\nmin_instances = 1\n[models.queue]\nresponse_timeout = \"300ms\"";
-    let text = config(dir, settings, &credit_score("fake", None, model));
+    // MiniLM's files make the model an embedding model, so the large
+    // request below (an OpenAI embeddings body) is one its kind serves.
+    let minilm = registry_model("all-MiniLM-L6-v2");
+    let text = config(dir, settings, &credit_score("fake", Some(&minilm), model));
     let config_file = dir.join("thaw.toml");
     std::fs::write(&config_file, text).expect("config written");
     let log = dir.join("worker.log");

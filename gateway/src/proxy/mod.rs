@@ -110,24 +110,39 @@ impl ProxyHttp for Gateway {
         let body_after_model = matches!(r, Route::V2Model(_));
         let mut unreplayable = None;
         let result = match r {
-            Route::OpenAiBody => self
-                .read_body(session, ctx.body_limit)
-                .await
-                .and_then(|body| {
-                    let model = self.model(&model_of(&body)?)?;
-                    unreplayable = (body.len() > REPLAYABLE_BODY).then_some(body);
-                    Ok(model)
-                }),
+            // The body is read here to find the model: OpenAI's clients
+            // send it uncompressed (KServe bodies, which may be
+            // compressed, stream through to the worker, which decodes).
+            Route::OpenAiBody => match compressed(session) {
+                Some(encoding) => Err(GatewayError::UnsupportedEncoding(encoding)),
+                None => self
+                    .read_body(session, ctx.body_limit)
+                    .await
+                    .and_then(|body| {
+                        let model = self.model(&model_of(&body)?)?;
+                        unreplayable = (body.len() > REPLAYABLE_BODY).then_some(body);
+                        Ok(model)
+                    }),
+            },
             Route::V2Model(name) => self.model(&name),
             other => {
                 self.answer_here(session, other, &path).await?;
                 return Ok(true);
             }
         };
-        let model = match result {
+        let model = match result.and_then(|model| serves(&model, &path).map(|()| model)) {
             Ok(model) => model,
             Err(e) => return self.reject(session, ctx, &e).await,
         };
+        if compressed(session).is_some() {
+            // The worker decodes a compressed KServe body; what it decodes
+            // to is held to the gateway's limit too (the workers have
+            // none of their own), so a small body cannot expand without
+            // bound.
+            session
+                .req_header_mut()
+                .insert_header(DECODED_LIMIT, ctx.body_limit.to_string())?;
+        }
         if body_after_model {
             // A free slot now: no queueing, so the body streams through
             // to the worker as it comes.
@@ -535,7 +550,7 @@ impl Gateway {
         // A body read whole leaves the connection ready for the client's
         // next request; one left unread (or refused as too large) ends it.
         let too_large = matches!(e, GatewayError::TooLarge(_));
-        if too_large || !session.as_downstream_mut().is_body_done() {
+        if too_large || !discard_body(session, ctx.body_limit).await {
             session.set_keepalive(None);
         }
         // A client waiting for a go-ahead has not sent its body.
@@ -549,6 +564,12 @@ impl Gateway {
     /// Routes answered by the gateway itself, without waking any model.
     async fn answer_here(&self, session: &mut Session, r: Route, path: &str) -> Result<()> {
         let openai = path.starts_with("/v1");
+        // A body nobody reads (a POST to an unknown route or model) is
+        // read and dropped when small, so the connection serves the
+        // client's next request.
+        if !discard_body(session, self.live.max_body_bytes()).await {
+            session.set_keepalive(None);
+        }
         let (status, body) = match r {
             Route::OpenAiModels => (200, self.openai_models()),
             Route::OpenAiModel(name) => match self.models.get(&name) {
@@ -566,7 +587,11 @@ impl Gateway {
             }
             Route::V2Server => (
                 200,
-                json!({"name": "thaw", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+                json!({
+                    "name": "thaw",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": ["binary_tensor_data"],
+                }),
             ),
             Route::V2Health => {
                 let live = path.ends_with("/live");
@@ -809,6 +834,19 @@ fn expects_continue(session: &Session) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
+/// The header that tells a worker the most a compressed body may decode
+/// to (the gateway's `max_body_bytes` when the request came).
+const DECODED_LIMIT: &str = "x-thaw-decoded-limit";
+
+/// The request's `Content-Encoding`, when its body is not sent as it is.
+fn compressed(session: &Session) -> Option<String> {
+    let value = session.req_header().headers.get("content-encoding")?;
+    let name = String::from_utf8_lossy(value.as_bytes())
+        .trim()
+        .to_ascii_lowercase();
+    (!name.is_empty() && name != "identity").then_some(name)
+}
+
 /// The request's Content-Length, when it has one.
 fn declared_length(session: &Session) -> Option<u64> {
     session
@@ -817,6 +855,56 @@ fn declared_length(session: &Session) -> Option<u64> {
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads and drops the body of a request answered without it, when the
+/// client is sending it (no `Expect: 100-continue` waiting for a go-ahead)
+/// and it is within `limit`; true when the whole body has been read, so
+/// the connection can take the client's next request.
+async fn discard_body(session: &mut Session, limit: u64) -> bool {
+    if session.as_downstream_mut().is_body_done() {
+        return true;
+    }
+    if expects_continue(session) || declared_length(session).is_some_and(|n| n > limit) {
+        return false;
+    }
+    let mut read = 0u64;
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len() as u64;
+                if read > limit {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// 400 when `model`'s kind does not serve `path` (embeddings from a chat
+/// model, chat from a scorer, KServe `infer` on a chat model), decided
+/// here so that a misdirected request does not wake the model just to be
+/// refused by it. The words are the worker's.
+fn serves(model: &Model, path: &str) -> Result<(), GatewayError> {
+    use thaw_snapshot::ModelKind;
+    let (Some(kind), name) = (model.kind, &model.config.name) else {
+        return Ok(());
+    };
+    let refusal = match path {
+        "/v1/embeddings" if kind != ModelKind::Embedding => {
+            format!("model {name:?} does not produce embeddings: its kind is {kind}")
+        }
+        "/v1/chat/completions" | "/v1/completions" if kind != ModelKind::Chat => {
+            format!("model {name:?} does not generate text: its kind is {kind}")
+        }
+        _ if path.starts_with("/v2/") && kind == ModelKind::Chat => format!(
+            "model {name:?} generates text: use POST /v1/chat/completions or /v1/completions"
+        ),
+        _ => return Ok(()),
+    };
+    Err(GatewayError::WrongKind(refusal))
 }
 
 /// Reads and drops what is left of a refused body (up to a cap and a time

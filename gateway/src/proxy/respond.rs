@@ -16,8 +16,12 @@ use crate::admission::Rejection;
 pub enum GatewayError {
     /// Malformed request (400).
     BadRequest(String),
+    /// The model's kind does not serve this route (400).
+    WrongKind(String),
     /// Body over the limit (413).
     TooLarge(u64),
+    /// A compressed body on a route that takes none (415), its encoding.
+    UnsupportedEncoding(String),
     /// No such model (404).
     UnknownModel(String),
     /// No such route (404).
@@ -78,8 +82,9 @@ impl GatewayError {
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::BadRequest(_) => 400,
+            GatewayError::BadRequest(_) | GatewayError::WrongKind(_) => 400,
             GatewayError::TooLarge(_) => 413,
+            GatewayError::UnsupportedEncoding(_) => 415,
             GatewayError::UnknownModel(_)
             | GatewayError::NotFound(_)
             | GatewayError::UnknownVersion { .. } => 404,
@@ -95,9 +100,14 @@ impl GatewayError {
     fn message(&self) -> String {
         match self {
             GatewayError::BadRequest(m)
+            | GatewayError::WrongKind(m)
             | GatewayError::BadGateway(m)
             | GatewayError::RequestTimeout(m) => m.clone(),
             GatewayError::TooLarge(n) => format!("request body is larger than {n} bytes"),
+            GatewayError::UnsupportedEncoding(e) => format!(
+                "Content-Encoding {e:?} is not supported on this route: send the body \
+                 uncompressed"
+            ),
             GatewayError::UnknownModel(m) => format!("model {m:?} does not exist"),
             GatewayError::NotFound(p) => format!("no route for {p}"),
             GatewayError::UnknownVersion { model, version } => format!(
@@ -139,7 +149,11 @@ impl GatewayError {
     fn openai_type_code(&self) -> (&'static str, &'static str) {
         match self {
             GatewayError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            GatewayError::WrongKind(_) => ("invalid_request_error", "unsupported_model_kind"),
             GatewayError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            GatewayError::UnsupportedEncoding(_) => {
+                ("invalid_request_error", "unsupported_content_encoding")
+            }
             GatewayError::UnknownModel(_) => ("invalid_request_error", "model_not_found"),
             GatewayError::NotFound(_) | GatewayError::UnknownVersion { .. } => {
                 ("invalid_request_error", "not_found")
@@ -158,7 +172,7 @@ impl GatewayError {
     pub fn body(&self, openai: bool) -> Value {
         if openai {
             let (kind, code) = self.openai_type_code();
-            json!({"error": {"message": self.message(), "type": kind, "code": code}})
+            json!({"error": {"message": self.message(), "type": kind, "param": null, "code": code}})
         } else {
             json!({"error": self.message()})
         }
@@ -219,6 +233,8 @@ mod tests {
     fn shapes() {
         let e = GatewayError::UnknownModel("x".into());
         assert_eq!(e.body(true)["error"]["code"], "model_not_found");
+        assert_eq!(e.body(true)["error"]["param"], Value::Null);
+        assert!(e.body(true)["error"].get("param").is_some());
         assert!(e.body(false)["error"].is_string());
     }
 }
