@@ -1081,3 +1081,49 @@ fn kserve_binary_and_compressed_bodies_pass_through_and_decode_within_the_limit(
         .as_str()
         .is_some_and(|e| e.contains("65536")));
 }
+
+#[test]
+fn every_response_names_its_request() {
+    let g = gateway(&credit_score(""), "");
+    let id = |r: &thaw_tests::Response| r.header("x-request-id").map(str::to_string);
+    // Made here when the client sent none: unique, on the gateway's own
+    // answers and on a worker's.
+    let listed = id(&g.public.get("/v1/models")).expect("an id on a listing");
+    let missing = id(&g.public.get("/v1/nothing")).expect("an id on a 404");
+    let scored = g
+        .public
+        .post_json("/v2/models/credit-score/infer", &score_request());
+    assert_eq!(scored.status, 200);
+    let scored = id(&scored).expect("an id on a worker's answer");
+    for generated in [&listed, &missing, &scored] {
+        assert_eq!(generated.len(), 32, "{generated}");
+        assert!(
+            generated.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{generated}"
+        );
+    }
+    assert!(listed != missing && missing != scored && listed != scored);
+    // The client's own is kept, on both; an unusable one is replaced.
+    for (path, body) in [
+        (
+            "/v2/models/credit-score/infer",
+            Some(score_request().to_string()),
+        ),
+        ("/v2/models/nope/infer", Some(score_request().to_string())),
+        ("/v1/models", None),
+    ] {
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let r = g.public.request_with(
+            method,
+            path,
+            &[("x-request-id", "trace-42")],
+            body.as_deref().map(str::as_bytes),
+        );
+        assert_eq!(r.header("x-request-id"), Some("trace-42"), "{path}");
+    }
+    let long = "x".repeat(200);
+    let r = g
+        .public
+        .request_with("GET", "/v1/models", &[("x-request-id", &long)], None);
+    assert_eq!(id(&r).map(|i| i.len()), Some(32));
+}

@@ -351,6 +351,46 @@ fn minilm_embeddings_openai_and_kserve() {
         .iter()
         .zip(&v0)
         .all(|(a, b)| (a - b).abs() < 1e-5));
+    // Token ids in place of texts (OpenAI's input may be ids; LangChain
+    // sends them): a text's ids, without special tokens, embed as the
+    // text does. The ids come from the model's tokenizer.json (without its
+    // fixed padding to 128).
+    let mut tokenizer =
+        tokenizers::Tokenizer::from_file(registry_model("all-MiniLM-L6-v2").join("tokenizer.json"))
+            .expect("tokenizer");
+    tokenizer.with_padding(None);
+    let ids: Vec<Vec<u32>> = texts[..2]
+        .iter()
+        .map(|t| {
+            tokenizer
+                .encode(*t, false)
+                .expect("encodes")
+                .get_ids()
+                .to_vec()
+        })
+        .collect();
+    let by_ids = embed(&w.client, json!({"model": "minilm", "input": ids}));
+    let one_by_ids = embed(&w.client, json!({"model": "minilm", "input": ids[0]}));
+    // Each with its [CLS] and [SEP].
+    let counted: usize = ids.iter().map(|i| i.len() + 2).sum();
+    assert_eq!(by_ids["usage"]["prompt_tokens"], counted);
+    for (i, d) in by_ids["data"].as_array().expect("data").iter().enumerate() {
+        let close = vector(&d["embedding"])
+            .iter()
+            .zip(vector(&data[i]["embedding"]))
+            .all(|(a, b)| (a - b).abs() < 1e-5);
+        assert!(close, "input {i}: its ids embed unlike its text");
+    }
+    assert_eq!(one_by_ids["data"][0], by_ids["data"][0]);
+    let r = w.client.post_json(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": [101, 40000]}),
+    );
+    openai_error(&r, 400, "invalid_request");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("40000") && m.contains("vocabulary")));
+
     let meta = w.client.get("/v2/models/minilm").json();
     assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
     assert_eq!(meta["outputs"][0]["shape"], json!([-1, 384]));

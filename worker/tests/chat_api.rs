@@ -185,6 +185,25 @@ fn completions_stop_sequences_seeds_and_the_end_of_a_turn() {
     assert_eq!(default["choices"][0], plain["choices"][0]);
     assert_eq!(default["usage"], plain["usage"]);
     assert_eq!(plain["usage"]["completion_tokens"], 16, "{plain}");
+    // A prompt given as token ids (computed by the independent tokenizer
+    // of tests/fixtures/make_smollm2_tokens.py) is that prompt.
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/smollm2_tokens.json"
+        ))
+        .expect("fixture"),
+    )
+    .expect("JSON");
+    let case = &fixture["cases"][0];
+    let by_text = completion(json!({"prompt": case["text"]}));
+    let by_ids = completion(json!({"prompt": case["ids"]}));
+    assert_eq!(by_ids["choices"][0]["text"], by_text["choices"][0]["text"]);
+    assert_eq!(by_ids["usage"], by_text["usage"]);
+    assert_eq!(
+        completion(json!({"prompt": [case["ids"]]}))["choices"][0]["text"],
+        by_text["choices"][0]["text"]
+    );
 
     // A stop sequence from the middle of that text: cut before it, "stop".
     let stop = &text[4..8];
@@ -403,6 +422,16 @@ fn bad_requests_get_400_in_openai_shape() {
         ),
         ("/v1/chat/completions", chat(json!({"seed": "x"})), "seed"),
         ("/v1/completions", json!({"model": "smollm2"}), "prompt"),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": [1, 99999]}),
+            "vocabulary",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": [[1], [2]]}),
+            "one prompt per request",
+        ),
         (
             "/v1/completions",
             json!({"model": "smollm2", "prompt": 7}),

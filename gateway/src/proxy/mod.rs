@@ -71,6 +71,8 @@ pub struct Ctx {
     body_limit: u64,
     /// Body bytes sent to the worker on this try.
     body_sent: u64,
+    /// The request's id (`x-request-id`), for its response and log line.
+    request_id: String,
 }
 
 #[async_trait]
@@ -90,6 +92,7 @@ impl ProxyHttp for Gateway {
             replays: 0,
             body_limit: 0,
             body_sent: 0,
+            request_id: String::new(),
         }
     }
 
@@ -98,6 +101,7 @@ impl ProxyHttp for Gateway {
         // order, one after another (RFC 9112 §9.3.2), instead of the
         // next one's bytes ending this one.
         session.as_downstream_mut().set_pipelining_enabled(true);
+        ctx.request_id = request_id(session)?;
         ctx.body_limit = self.live.max_body_bytes();
         // How long the body may pause, read here or streamed to a worker.
         session.set_read_timeout(Some(self.live.body_timeout()));
@@ -327,6 +331,7 @@ impl ProxyHttp for Gateway {
             micros = elapsed.as_micros() as u64,
             error = e.map(|e| e.to_string()),
             path = session.req_header().uri.path(),
+            request_id = ctx.request_id,
             "request"
         );
     }
@@ -794,6 +799,7 @@ fn why_closed(model: &Model) -> String {
 /// a worker's response; a cold request's time from its slot to the
 /// response's head is the cold start's `first_response` phase.
 fn decorate(metrics: &Metrics, ctx: &Ctx, header: &mut ResponseHeader) -> Result<()> {
+    header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     if let (Some(model), Some(permit)) = (&ctx.model, &ctx.permit) {
         let worker = format!("{}/{}", model.config.name, permit.instance());
         header.insert_header("x-thaw-worker", worker)?;
@@ -832,6 +838,42 @@ fn expects_continue(session: &Session) -> bool {
         .headers
         .get("expect")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The header that names a request, in its response, the worker's request
+/// and the log lines of both (nginx's `$request_id`, Envoy's).
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the client's `x-request-id` when it sent a usable one
+/// (1 to 128 visible ASCII characters), else a new one, unique across
+/// gateways and restarts (a random prefix for the process, a count);
+/// written into the request, so the worker gets it and the gateway's own
+/// answers echo it.
+fn request_id(session: &mut Session) -> Result<String> {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let given = session
+        .req_header()
+        .headers
+        .get(REQUEST_ID)
+        .map(|v| v.as_bytes())
+        .filter(|v| (1..=128).contains(&v.len()) && v.iter().all(u8::is_ascii_graphic))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    if let Some(id) = given {
+        return Ok(id);
+    }
+    let prefix = PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{prefix:016x}{next:016x}");
+    session
+        .req_header_mut()
+        .insert_header(REQUEST_ID, id.as_str())?;
+    Ok(id)
 }
 
 /// The header that tells a worker the most a compressed body may decode

@@ -187,11 +187,14 @@ pub async fn json(
     extra: &[(&'static str, String)],
 ) -> Result<()> {
     let bytes = Bytes::from(body.to_string());
-    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    let mut header = ResponseHeader::build(status, Some(5 + extra.len()))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", bytes.len().to_string())?;
     for (name, value) in extra {
         header.insert_header(*name, value.as_str())?;
+    }
+    if let Some(id) = session.req_header().headers.get(super::REQUEST_ID) {
+        header.insert_header(super::REQUEST_ID, id.clone())?;
     }
     session
         .write_response_header(Box::new(header), false)

@@ -163,6 +163,25 @@ async fn generate(
     }
 }
 
+/// A prompt given as token ids: each a whole number below `vocabulary`.
+fn prompt_ids(items: &[Value], vocabulary: usize) -> Result<Vec<u32>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.as_u64()
+                .filter(|&id| id < vocabulary as u64)
+                .map(|id| id as u32)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "'prompt' item {k} must be a token id below this model's vocabulary \
+                         of {vocabulary}, got {v}"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// `max_tokens` of a `/v1/completions` request that gives none.
 const COMPLETIONS_MAX_TOKENS: usize = 16;
 
@@ -263,12 +282,26 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
                 encode_raw(model, items[0].as_str().unwrap_or_default())?
             }
+            // Token ids (as OpenAI and vLLM take them): the prompt as is.
+            Some(Value::Array(items)) if items.first().is_some_and(Value::is_number) => {
+                prompt_ids(items, model.tokenizer.vocab_size())?
+            }
+            Some(Value::Array(items))
+                if items.len() == 1 && items[0].as_array().is_some_and(|i| !i.is_empty()) =>
+            {
+                prompt_ids(
+                    items[0].as_array().map_or(&[][..], Vec::as_slice),
+                    model.tokenizer.vocab_size(),
+                )?
+            }
             None | Some(Value::Null) => {
                 return Err(bad("missing required parameter: 'prompt'".into()))
             }
             Some(Value::Array(_)) => {
                 return Err(bad(
-                    "'prompt' must be a string (or an array of one string)".into()
+                    "'prompt' must be a string or token ids (or an array of one of those): \
+                     one prompt per request"
+                        .into(),
                 ))
             }
             Some(other) => {

@@ -169,10 +169,17 @@ async fn log_request(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    // The gateway's id for the request, so its log line and this one meet.
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let response = next.run(request).await;
     tracing::info!(
         %method,
         path,
+        request_id,
         status = response.status().as_u16(),
         micros = start.elapsed().as_micros() as u64,
         "request"

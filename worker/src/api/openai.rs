@@ -68,7 +68,7 @@ async fn embeddings(
         .model
         .ok_or_else(|| ApiError::BadRequest("missing required parameter: 'model'".into()))?;
     state.check_model(&model)?;
-    let texts = input_texts(req.input, state.limits.max_inputs)?;
+    let inputs = inputs(req.input, state.limits.max_inputs)?;
     let encoding = match req.encoding_format.as_deref() {
         None | Some("float") => Encoding::Float,
         Some("base64") => Encoding::Base64,
@@ -99,7 +99,23 @@ async fn embeddings(
             .into());
         }
     }
-    let tokens = tokenize(tokenizer, &texts)?;
+    let tokens = match &inputs {
+        Inputs::Texts(texts) => tokenize(tokenizer, texts)?,
+        Inputs::Ids(ids) => {
+            let vocabulary = tokenizer.get_vocab_size(true);
+            for (i, ids) in ids.iter().enumerate() {
+                if let Some(id) = ids.iter().find(|&&id| id as usize >= vocabulary) {
+                    return Err(ApiError::BadRequest(format!(
+                        "'input[{i}]' has token id {id}, beyond this model's vocabulary of \
+                         {vocabulary}"
+                    ))
+                    .into());
+                }
+            }
+            embedding::tokenize_ids(tokenizer, ids)
+                .map_err(|e| ApiError::BadRequest(format!("cannot use the token ids: {e}")))?
+        }
+    };
     let prompt_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
     let vectors = batcher.submit(tokens).await?;
     let data: Vec<Value> = vectors
@@ -121,49 +137,97 @@ async fn embeddings(
     })))
 }
 
-/// The texts of an `input`: a string or an array of strings, none empty,
-/// at most `max_inputs`.
-fn input_texts(input: Option<Value>, max_inputs: usize) -> Result<Vec<String>, ApiError> {
+/// What `input` holds: texts, or (as OpenAI also takes) token ids.
+#[derive(Debug, PartialEq, Eq)]
+enum Inputs {
+    /// A string or an array of strings.
+    Texts(Vec<String>),
+    /// An array of token ids (one input) or of such arrays: the model's
+    /// own ids of a text, without special tokens.
+    Ids(Vec<Vec<u32>>),
+}
+
+/// The inputs of an `input`: a string, an array of strings, an array of
+/// token ids or an array of those; none empty, at most `max_inputs`.
+fn inputs(input: Option<Value>, max_inputs: usize) -> Result<Inputs, ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
-    let texts = match input {
+    let items = match input {
         None | Some(Value::Null) => return Err(bad("missing required parameter: 'input'".into())),
         Some(Value::String(s)) if s.is_empty() => {
             return Err(bad("'input' is an empty string".into()))
         }
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) => {
-            if items.is_empty() {
-                return Err(bad("'input' is an empty array".into()));
-            }
-            if items.len() > max_inputs {
-                return Err(bad(format!(
-                    "'input' has {} items; at most {max_inputs} are allowed",
-                    items.len()
-                )));
-            }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s),
-                    other => Err(bad(format!(
-                        "'input[{i}]' must be a string, got {}",
-                        type_name(&other)
-                    ))),
-                })
-                .collect::<Result<Vec<_>, _>>()?
+        Some(Value::String(s)) => return Ok(Inputs::Texts(vec![s])),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(bad("'input' is an empty array".into()))
         }
+        Some(Value::Array(items)) => items,
         Some(other) => {
             return Err(bad(format!(
-                "'input' must be a string or an array of strings, got {}",
+                "'input' must be a string or an array of strings or token ids, got {}",
                 type_name(&other)
             )))
         }
     };
-    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
-        return Err(bad(format!("'input[{i}]' is an empty string")));
+    // One input's token ids: every item a number.
+    if items[0].is_number() {
+        return Ok(Inputs::Ids(vec![token_ids(&items, "'input'")?]));
     }
-    Ok(texts)
+    if items.len() > max_inputs {
+        return Err(bad(format!(
+            "'input' has {} items; at most {max_inputs} are allowed",
+            items.len()
+        )));
+    }
+    if items[0].is_array() {
+        let ids = items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Array(ids) => token_ids(ids, &format!("'input[{i}]'")),
+                other => Err(bad(format!(
+                    "'input[{i}]' must be an array of token ids, like the items before it, \
+                     got {}",
+                    type_name(other)
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Inputs::Ids(ids));
+    }
+    let texts = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) if s.is_empty() => {
+                Err(bad(format!("'input[{i}]' is an empty string")))
+            }
+            Value::String(s) => Ok(s),
+            other => Err(bad(format!(
+                "'input[{i}]' must be a string, got {}",
+                type_name(&other)
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Inputs::Texts(texts))
+}
+
+/// An array of token ids, none negative or fractional, not empty.
+fn token_ids(items: &[Value], what: &str) -> Result<Vec<u32>, ApiError> {
+    if items.is_empty() {
+        return Err(ApiError::BadRequest(format!("{what} is an empty array")));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, v)| {
+            v.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "{what} item {k} must be a token id (a whole number ≥ 0), got {v}"
+                    ))
+                })
+        })
+        .collect()
 }
 
 pub(crate) fn tokenize(
@@ -196,17 +260,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inputs() {
+    fn input_shapes() {
         assert_eq!(
-            input_texts(Some(json!("hi")), 4).ok(),
-            Some(vec!["hi".to_string()])
+            inputs(Some(json!("hi")), 4),
+            Ok(Inputs::Texts(vec!["hi".to_string()]))
         );
-        assert!(input_texts(None, 4).is_err());
-        assert!(input_texts(Some(json!([])), 4).is_err());
-        assert!(input_texts(Some(json!([""])), 4).is_err());
-        assert!(input_texts(Some(json!(["a", 1])), 4).is_err());
-        assert!(input_texts(Some(json!(vec!["a"; 5])), 4).is_err());
-        assert!(input_texts(Some(json!({"a": 1})), 4).is_err());
+        assert_eq!(
+            inputs(Some(json!([5, 6, 7])), 4),
+            Ok(Inputs::Ids(vec![vec![5, 6, 7]]))
+        );
+        assert_eq!(
+            inputs(Some(json!([[5], [6, 7]])), 4),
+            Ok(Inputs::Ids(vec![vec![5], vec![6, 7]]))
+        );
+        // One input's ids are not held to max_inputs (they are one input).
+        assert!(inputs(Some(json!(vec![1; 10])), 4).is_ok());
+        for bad in [
+            json!([]),
+            json!([""]),
+            json!(["a", 1]),
+            json!(vec!["a"; 5]),
+            json!({"a": 1}),
+            json!([1, "a"]),
+            json!([1, -2]),
+            json!([1.5]),
+            json!([[1], []]),
+            json!([[1], "a"]),
+            json!([[1], [1u64 << 40]]),
+            json!(vec![vec![1]; 5]),
+        ] {
+            assert!(inputs(Some(bad.clone()), 4).is_err(), "{bad}");
+        }
+        assert!(inputs(None, 4).is_err());
     }
 
     #[test]

@@ -214,6 +214,29 @@ pub fn tokenize(tokenizer: &Tokenizer, texts: &[String]) -> tokenizers::Result<V
         .collect()
 }
 
+/// Token ids given by a client in place of texts (OpenAI's `input` may be
+/// ids): each list is a text's tokens without special tokens, which are
+/// added, and truncated, as `tokenize` does for a text; so a text and its
+/// ids embed alike.
+pub fn tokenize_ids(tokenizer: &Tokenizer, ids: &[Vec<u32>]) -> tokenizers::Result<Vec<Tokens>> {
+    ids.iter()
+        .map(|ids| {
+            let tokens = ids
+                .iter()
+                .map(|&id| {
+                    let value = tokenizer.id_to_token(id).unwrap_or_default();
+                    tokenizers::Token::new(id, value, (0, 0))
+                })
+                .collect();
+            let encoding = tokenizers::Encoding::from_tokens(tokens, 0);
+            let encoding = tokenizer.post_process(encoding, None, true)?;
+            Ok(Tokens {
+                ids: encoding.get_ids().to_vec(),
+            })
+        })
+        .collect()
+}
+
 impl BatchModel for EmbeddingModel {
     type Input = Tokens;
     type Output = Vec<f32>;
