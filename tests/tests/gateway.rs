@@ -1127,3 +1127,81 @@ fn every_response_names_its_request() {
         .request_with("GET", "/v1/models", &[("x-request-id", &long)], None);
     assert_eq!(id(&r).map(|i| i.len()), Some(32));
 }
+
+#[test]
+fn browsers_of_allowed_origins_may_call_the_api() {
+    let g = gateway_with(
+        "cors_allow_origins = [\"http://localhost:3000\"]",
+        &credit_score(""),
+        "",
+    );
+    let from = |origin: &str| [("origin", origin.to_string())];
+    let preflight = g.public.request_with(
+        "OPTIONS",
+        "/v2/models/credit-score/infer",
+        &[
+            ("origin", "http://localhost:3000"),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "content-type, x-request-id",
+            ),
+        ],
+        None,
+    );
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-headers"),
+        Some("content-type, x-request-id")
+    );
+    // The answers, a worker's and the gateway's own, let the page read them.
+    let body = score_request().to_string();
+    let allowed = from("http://localhost:3000");
+    let headers: Vec<(&str, &str)> = allowed.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    for (method, path, status) in [
+        ("POST", "/v2/models/credit-score/infer", 200),
+        ("POST", "/v2/models/nope/infer", 404),
+        ("GET", "/v1/models", 200),
+    ] {
+        let b = (method == "POST").then_some(body.as_bytes());
+        let r = g.public.request_with(method, path, &headers, b);
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("http://localhost:3000"),
+            "{path}"
+        );
+        assert!(
+            r.header("access-control-expose-headers")
+                .is_some_and(|h| h.contains("x-request-id")),
+            "{path}"
+        );
+    }
+    // Another origin gets no such headers (its browser keeps the answer
+    // from the page), and its preflight is not answered as one.
+    let other = from("https://elsewhere.example");
+    let headers: Vec<(&str, &str)> = other.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let r = g.public.request_with(
+        "POST",
+        "/v2/models/credit-score/infer",
+        &headers,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = g.public.request_with(
+        "OPTIONS",
+        "/v1/embeddings",
+        &[
+            ("origin", "https://elsewhere.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}

@@ -14,6 +14,7 @@ use thaw_snapshot::ModelKind;
 use toml::Spanned;
 
 use crate::placement::{DeviceRequest, Policy};
+use crate::proxy::cors::Origins;
 
 pub use locate::line_of;
 use schema::{RawConfig, RawModel, RawQueue, RawScaling};
@@ -58,6 +59,8 @@ pub struct Gateway {
     /// Whether standby processes register GPU models' snapshot weights with
     /// the driver ahead (pinning those pages in host memory).
     pub gpu_preregister: bool,
+    /// Browser origins allowed to call the public API (CORS; none: off).
+    pub cors_allow_origins: Origins,
 }
 
 /// A value kept out of logs and `Debug` output (the admin token).
@@ -354,6 +357,11 @@ impl Ctx<'_> {
             None => 1,
         };
         let gpu_preregister = g.gpu_preregister.as_ref().is_none_or(|b| *b.get_ref());
+        let cors_allow_origins = match &g.cors_allow_origins {
+            Some(list) => Origins::parse(list.get_ref())
+                .or_else(|e| self.at(list.span(), "gateway.cors_allow_origins", e))?,
+            None => Origins::default(),
+        };
         let gateway = Gateway {
             listen,
             admin_listen,
@@ -367,6 +375,7 @@ impl Ctx<'_> {
             gpu_placement,
             gpu_standby,
             gpu_preregister,
+            cors_allow_origins,
         };
         let defaults = self.scaling(
             &raw.defaults.scaling,

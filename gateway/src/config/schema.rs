@@ -55,6 +55,9 @@ pub struct RawGateway {
     pub gpu_standby: Option<Spanned<u32>>,
     /// Whether standby processes register GPU models' snapshots ahead.
     pub gpu_preregister: Option<Spanned<bool>>,
+    /// Browser origins allowed to call the public API (CORS); `["*"]` for
+    /// any.
+    pub cors_allow_origins: Option<Spanned<Vec<String>>>,
 }
 
 /// `[defaults]`.

@@ -95,6 +95,29 @@ fn registering_snapshots_ahead_is_on_unless_turned_off() {
 }
 
 #[test]
+fn cors_origins_are_off_unless_listed_and_checked() {
+    let (_d, text) = with_source(GOOD);
+    let c = parse(&text, Path::new("t.toml")).expect("valid");
+    assert!(!c.gateway.cors_allow_origins.enabled());
+    let on = text.replace(
+        "[gateway]\n",
+        "[gateway]\ncors_allow_origins = [\"https://app.example.com\"]\n",
+    );
+    let c = parse(&on, Path::new("t.toml")).expect("valid");
+    assert!(c.gateway.cors_allow_origins.enabled());
+    let bad = text.replace(
+        "[gateway]\n",
+        "[gateway]\ncors_allow_origins = [\"app.example.com/\"]\n",
+    );
+    let e = parse(&bad, Path::new("t.toml")).expect_err("not an origin");
+    assert!(
+        e.to_string()
+            .contains("gateway.cors_allow_origins: \"app.example.com/\" is not an origin"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_chat_model_may_ask_for_a_gpu() {
     let (_d, text) = with_source(
         "[[models]]\nname = \"c\"\nsource = \"SRC\"\nkind = \"chat\"\ndevice = \"cuda\"\n",

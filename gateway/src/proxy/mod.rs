@@ -5,6 +5,7 @@
 //! request's permit lives in its context, so it is released when the
 //! response ends, fails, or the client hangs up.
 
+pub mod cors;
 pub mod large_body;
 pub mod respond;
 pub mod route;
@@ -102,6 +103,12 @@ impl ProxyHttp for Gateway {
         // next one's bytes ending this one.
         session.as_downstream_mut().set_pipelining_enabled(true);
         ctx.request_id = request_id(session)?;
+        let preflight = cors::decide(&self.live.cors(), session.req_header_mut())?;
+        if let cors::Cors::Preflight(mut header) = preflight {
+            header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+            session.write_response_header(header, true).await?;
+            return Ok(true);
+        }
         ctx.body_limit = self.live.max_body_bytes();
         // How long the body may pause, read here or streamed to a worker.
         session.set_read_timeout(Some(self.live.body_timeout()));
@@ -236,6 +243,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.answered = true;
         decorate(&self.metrics, ctx, upstream)?;
+        cors::expose(session.req_header(), upstream)?;
         frame_for_client(session, ctx, upstream)
     }
 
@@ -495,6 +503,7 @@ impl Gateway {
                 |s, h| {
                     ctx.answered = true;
                     decorate(&self.metrics, ctx, h)?;
+                    cors::expose(s.req_header(), h)?;
                     frame_for_client(s, ctx, h)
                 },
             )

@@ -187,7 +187,7 @@ pub async fn json(
     extra: &[(&'static str, String)],
 ) -> Result<()> {
     let bytes = Bytes::from(body.to_string());
-    let mut header = ResponseHeader::build(status, Some(5 + extra.len()))?;
+    let mut header = ResponseHeader::build(status, Some(8 + extra.len()))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", bytes.len().to_string())?;
     for (name, value) in extra {
@@ -196,6 +196,7 @@ pub async fn json(
     if let Some(id) = session.req_header().headers.get(super::REQUEST_ID) {
         header.insert_header(super::REQUEST_ID, id.clone())?;
     }
+    super::cors::expose(session.req_header(), &mut header)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;

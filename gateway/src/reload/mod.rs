@@ -20,9 +20,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use arc_swap::ArcSwap;
+
 use crate::config::{self, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::models::Models;
+use crate::proxy::cors::Origins;
 pub use diff::Changes;
 pub use triggers::{watch_file, watch_sighup};
 
@@ -33,6 +36,7 @@ pub struct Live {
     max_body_bytes: AtomicU64,
     body_timeout_ms: AtomicU64,
     shutdown_grace_ms: AtomicU64,
+    cors: ArcSwap<Origins>,
 }
 
 impl Live {
@@ -42,6 +46,7 @@ impl Live {
             max_body_bytes: AtomicU64::new(0),
             body_timeout_ms: AtomicU64::new(0),
             shutdown_grace_ms: AtomicU64::new(0),
+            cors: ArcSwap::from_pointee(Origins::default()),
         };
         live.set(gateway);
         live
@@ -55,6 +60,13 @@ impl Live {
             .store(ms(gateway.body_timeout), Ordering::Relaxed);
         self.shutdown_grace_ms
             .store(ms(gateway.shutdown_grace), Ordering::Relaxed);
+        self.cors
+            .store(Arc::new(gateway.cors_allow_origins.clone()));
+    }
+
+    /// The origins allowed to call the public API from a browser.
+    pub fn cors(&self) -> arc_swap::Guard<Arc<Origins>> {
+        self.cors.load()
     }
 
     /// Largest body read to find a request's model.
