@@ -225,6 +225,12 @@ fn listing_and_errors_do_not_wake_models() {
         .request("POST", "/v1/embeddings", Some(&vec![b' '; 3 << 20]));
     assert_eq!(r.status, 413);
     assert_eq!(g.public.get("/v1/nothing").status, 404);
+    // A Triton client's extension call says what it is.
+    let r = g.public.get("/v2/models/credit-score/config");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("model configuration extension")));
     assert_eq!(
         g.public.get("/v2").json()["extensions"],
         json!(["binary_tensor_data"])

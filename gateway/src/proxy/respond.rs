@@ -109,7 +109,13 @@ impl GatewayError {
                  uncompressed"
             ),
             GatewayError::UnknownModel(m) => format!("model {m:?} does not exist"),
-            GatewayError::NotFound(p) => format!("no route for {p}"),
+            GatewayError::NotFound(p) => match triton_extension(p) {
+                Some(extension) => format!(
+                    "no route for {p}: Triton's {extension} extension is not served here \
+                     (thaw serves the KServe v2 protocol and its binary tensor data extension)"
+                ),
+                None => format!("no route for {p}"),
+            },
             GatewayError::UnknownVersion { model, version } => format!(
                 "model {model:?} has no version {version:?} (its one version is {:?})",
                 super::route::MODEL_VERSION
@@ -179,6 +185,32 @@ impl GatewayError {
     }
 }
 
+/// The Triton extension a `/v2` path belongs to, for a 404 that says why
+/// a Triton client's call is not served (`get_model_config`, statistics,
+/// the repository API…).
+fn triton_extension(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/v2/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let extension = match parts.as_slice() {
+        ["repository", ..] => "model repository",
+        ["systemsharedmemory" | "cudasharedmemory", ..] => "shared memory",
+        ["trace", ..] => "trace",
+        ["logging"] => "logging",
+        ["models", "stats"] => "statistics",
+        ["models", _, tail @ ..] => match tail {
+            ["config"] | ["versions", _, "config"] => "model configuration",
+            ["stats"] | ["versions", _, "stats"] => "statistics",
+            ["trace", ..] => "trace",
+            ["generate" | "generate_stream"] | ["versions", _, "generate" | "generate_stream"] => {
+                "generate"
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(extension)
+}
+
 /// Writes a complete JSON response.
 pub async fn json(
     session: &mut Session,
@@ -231,6 +263,29 @@ mod tests {
         assert_eq!(soon.retry_after(), Some(1), "never less than one second");
         assert_eq!(GatewayError::from(Rejection::Timeout).status(), 504);
         assert_eq!(GatewayError::from(Rejection::Closed).status(), 503);
+    }
+
+    #[test]
+    fn triton_extensions_are_named_in_their_404() {
+        for (path, extension) in [
+            ("/v2/models/m/config", Some("model configuration")),
+            (
+                "/v2/models/m/versions/1/config",
+                Some("model configuration"),
+            ),
+            ("/v2/models/stats", Some("statistics")),
+            ("/v2/models/m/stats", Some("statistics")),
+            ("/v2/repository/index", Some("model repository")),
+            ("/v2/systemsharedmemory/status", Some("shared memory")),
+            ("/v2/models/m/generate", Some("generate")),
+            ("/v2/nothing", None),
+            ("/v2/models/m/other", None),
+            ("/v1/models/config", None),
+        ] {
+            assert_eq!(triton_extension(path), extension, "{path}");
+        }
+        let e = GatewayError::NotFound("/v2/models/m/config".into());
+        assert!(e.message().contains("model configuration extension"));
     }
 
     #[test]
