@@ -50,6 +50,7 @@ enum Mode {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    die_with_the_gateway(args.iter().any(|a| a == "--lifeline"));
     if let Some(i) = args.iter().position(|a| a == "--template") {
         let ready_first = match std::env::var("THAW_FAKE_TEMPLATE").as_deref() {
             Ok("refuse") => false,
@@ -97,6 +98,29 @@ fn main() {
     for stream in listener.incoming().flatten() {
         let socket = socket.clone();
         std::thread::spawn(move || serve(stream, mode, &socket));
+    }
+}
+
+/// Ends this process with the gateway that started it, as a real worker
+/// does, so that no test leaves fake workers behind: a parent-death signal
+/// when the gateway says its pid (`THAW_PARENT_PID`), and for a template
+/// (`--lifeline`), the end of the gateway's lifeline on stdin.
+fn die_with_the_gateway(lifeline: bool) {
+    if let Some(parent) = std::env::var("THAW_PARENT_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
+            .expect("a parent-death signal");
+        if std::os::unix::process::parent_id() != parent {
+            std::process::exit(1);
+        }
+    }
+    if lifeline {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
     }
 }
 
