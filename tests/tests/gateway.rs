@@ -275,15 +275,16 @@ fn listing_and_errors_do_not_wake_models() {
         assert_eq!(r.header("x-thaw-worker"), Some("gateway"), "{path}");
     }
     // An OpenAI body is read here to find its model: a compressed one is
-    // a 415 that says so, not "invalid JSON".
-    let r = g.public.request_with(
-        "POST",
-        "/v1/embeddings",
-        &[("content-encoding", "gzip")],
-        Some(b"\x1f\x8b"),
-    );
-    assert_eq!(r.status, 415);
-    assert_eq!(r.json()["error"]["code"], "unsupported_content_encoding");
+    // a 415 that says so, not "invalid JSON"; every Content-Encoding line
+    // counts.
+    for lines in [&["gzip"][..], &["identity", "gzip"]] {
+        let headers: Vec<(&str, &str)> = lines.iter().map(|l| ("content-encoding", *l)).collect();
+        let r = g
+            .public
+            .request_with("POST", "/v1/embeddings", &headers, Some(b"\x1f\x8b"));
+        assert_eq!(r.status, 415, "{lines:?}");
+        assert_eq!(r.json()["error"]["code"], "unsupported_content_encoding");
+    }
     // Refusals whose body nobody reads (an unknown model or route, a
     // wrong kind on KServe) keep the connection for the next request.
     let score = score_request().to_string();
@@ -710,6 +711,36 @@ fn protocol_edges_each_get_one_proper_response() {
             Some(384)
         );
     }
+    // A go-ahead does not end the connection (pingora used to close every
+    // connection whose request asked for one, its 200 too): a request sent
+    // after the body on the same connection is answered, whether the
+    // gateway (OpenAI) or the worker (KServe, streamed) gave the go-ahead.
+    for (path, body) in [
+        (
+            "/v1/embeddings",
+            r#"{"input": "short", "model": "minilm"}"#.to_string(),
+        ),
+        ("/v2/models/credit-score/infer", score.clone()),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\
+             expect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        let next = "GET /v1/models HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n";
+        let (interim, r) = g
+            .public
+            .after_continue(head.as_bytes(), format!("{body}{next}").as_bytes())
+            .expect("answered");
+        assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("connection"), Some("keep-alive"), "{path}");
+        let rest = String::from_utf8_lossy(&r.body);
+        assert!(
+            rest.contains("HTTP/1.1 200"),
+            "{path}: no answer to the next request"
+        );
+    }
     // Over the size limit: refused before the go-ahead, without waiting for
     // a body the client holds back.
     let head = format!(
@@ -734,6 +765,14 @@ fn protocol_edges_each_get_one_proper_response() {
     let r = g.public.raw(raw).expect("a response");
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.json()["error"].is_string());
+    // The same in a body the gateway reads (OpenAI): the connection ends
+    // with the 400, since where the next request starts is lost (it kept
+    // the connection, and took the rest of the body for a request).
+    let raw = b"POST /v1/embeddings HTTP/1.1\r\nhost: t\r\n\
+                transfer-encoding: chunked\r\n\r\nzz\r\n";
+    let r = g.public.raw(raw).expect("a response");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("connection"), Some("close"));
 
     // Requests pipelined on one connection are each answered, in order:
     // streamed to the worker (KServe) and read by the gateway (OpenAI).
@@ -1210,4 +1249,54 @@ fn browsers_of_allowed_origins_may_call_the_api() {
     );
     assert_eq!(r.status, 405);
     assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn a_body_refused_for_its_headers_is_answered_and_the_connection_kept() {
+    let g = gateway(&credit_score(""), "");
+    let infer = "/v2/models/credit-score/infer";
+    // The worker refuses these from their headers (an encoding it does not
+    // decode, a malformed Inference-Header-Content-Length) but reads the
+    // body first: a body that queued at the gateway (the model at zero)
+    // and is forwarded whole used to be cut off by the worker's early
+    // answer, sent again three times and answered 502; one streamed to a
+    // warm worker used to lose the connection, and the request after it.
+    let big = vec![b'a'; 1 << 20];
+    let plain = score_request().to_string();
+    for (name, value, status) in [
+        ("content-encoding", "br", 415),
+        ("inference-header-content-length", "abc", 400),
+    ] {
+        wait_status(&g, "credit-score", "a scale to zero", |s| {
+            s["ready_instances"] == 0 && s["starting_instances"] == 0
+        });
+        let r = g
+            .public
+            .request_with("POST", infer, &[(name, value)], Some(&big));
+        assert_eq!(
+            r.status,
+            status,
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let head = format!(
+            "POST {infer} HTTP/1.1\r\nhost: t\r\n{name}: {value}\r\ncontent-length: {}\r\n\r\n",
+            big.len()
+        );
+        let last = format!(
+            "POST {infer} HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{plain}",
+            plain.len()
+        );
+        let responses = g
+            .public
+            .pipelined(&[[head.into_bytes(), big.clone()].concat(), last.into_bytes()])
+            .expect("pipelined");
+        let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [status, 200], "{name}");
+    }
+    let metrics = String::from_utf8_lossy(&g.admin.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains(r#"thaw_requests_replayed_total{model="credit-score"} 0"#),
+        "{metrics}"
+    );
 }

@@ -201,6 +201,8 @@ fn credit_score_refuses_bad_input_and_keeps_serving() {
         ("zero rows", json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [0, 10], "data": []}]}).to_string().into_bytes(), 400),
         ("too many rows", features_request(&vec![row.clone(); 5]).to_string().into_bytes(), 400),
         ("unknown output", json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10], "data": row}], "outputs": [{"name": "nope"}]}).to_string().into_bytes(), 400),
+        ("an output asked for twice", json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10], "data": row}], "outputs": [{"name": "probability"}, {"name": "probability"}]}).to_string().into_bytes(), 400),
+        ("Triton's classification", json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 10], "data": row}], "outputs": [{"name": "probability", "parameters": {"classification": 1}}]}).to_string().into_bytes(), 400),
         ("body over the limit", vec![b' '; 5000], 413),
     ];
     for (what, body, status) in bad {

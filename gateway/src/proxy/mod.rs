@@ -103,9 +103,9 @@ impl ProxyHttp for Gateway {
         // next one's bytes ending this one.
         session.as_downstream_mut().set_pipelining_enabled(true);
         ctx.request_id = request_id(session)?;
-        let preflight = cors::decide(&self.live.cors(), session.req_header_mut())?;
-        if let cors::Cors::Preflight(mut header) = preflight {
+        if let Some(mut header) = cors::decide(&self.live.cors(), session.req_header_mut())? {
             header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+            header.insert_header("x-thaw-worker", "gateway")?;
             session.write_response_header(header, true).await?;
             return Ok(true);
         }
@@ -242,6 +242,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.answered = true;
+        if upstream.status.is_informational() {
+            // A worker's `100 Continue`, passed on: it must not end the
+            // connection (see `continue_keeping_alive`).
+            session
+                .as_downstream_mut()
+                .set_close_on_response_before_downstream_finish(false);
+            return Ok(());
+        }
+        session
+            .as_downstream_mut()
+            .set_close_on_response_before_downstream_finish(true);
         decorate(&self.metrics, ctx, upstream)?;
         cors::expose(session.req_header(), upstream)?;
         frame_for_client(session, ctx, upstream)
@@ -444,9 +455,7 @@ impl Gateway {
         // it here, and take the expectation off the request, which the
         // worker then receives with its body already read.
         if expects_continue(session) {
-            session
-                .as_downstream_mut()
-                .write_continue_response()
+            continue_keeping_alive(session)
                 .await
                 .map_err(|e| GatewayError::BadRequest(format!("answering Expect: {e}")))?;
             session.req_header_mut().remove_header("expect");
@@ -462,7 +471,12 @@ impl Gateway {
                     }
                 }
                 Ok(None) => return Ok(body.freeze()),
-                Err(e) => return Err(body_failed(&e)),
+                Err(e) => {
+                    // A body whose framing broke or that stopped arriving
+                    // leaves no way to find where the next request starts.
+                    session.set_keepalive(None);
+                    return Err(body_failed(&e));
+                }
             }
         }
     }
@@ -889,13 +903,37 @@ fn request_id(session: &mut Session) -> Result<String> {
 /// to (the gateway's `max_body_bytes` when the request came).
 const DECODED_LIMIT: &str = "x-thaw-decoded-limit";
 
-/// The request's `Content-Encoding`, when its body is not sent as it is.
+/// The request's `Content-Encoding`, when its body is not sent as it is:
+/// the codings of every such header line (one list, RFC 9110 §5.3),
+/// `identity` left out.
 fn compressed(session: &Session) -> Option<String> {
-    let value = session.req_header().headers.get("content-encoding")?;
-    let name = String::from_utf8_lossy(value.as_bytes())
-        .trim()
-        .to_ascii_lowercase();
-    (!name.is_empty() && name != "identity").then_some(name)
+    let codings: Vec<String> = session
+        .req_header()
+        .headers
+        .get_all("content-encoding")
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity")
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
+/// Writes `100 Continue`. pingora ends a connection whose response begins
+/// before the request's body has ended, which a 100 always does: every
+/// request with `Expect: 100-continue` lost its connection, its 200 too.
+/// The check is off while the 100 is written; a final response before the
+/// body has ended still ends the connection.
+async fn continue_keeping_alive(session: &mut Session) -> Result<()> {
+    let downstream = session.as_downstream_mut();
+    downstream.set_close_on_response_before_downstream_finish(false);
+    let written = downstream.write_continue_response().await;
+    downstream.set_close_on_response_before_downstream_finish(true);
+    written
 }
 
 /// The request's Content-Length, when it has one.

@@ -126,9 +126,9 @@ async fn generate(
     let max_tokens = match checked.max_tokens {
         Some(n) if n > room => {
             return Err(ApiError::ContextLength(format!(
-                "{} is {n}, but the prompt's {} tokens leave {room} of the context of {context}",
+                "{} is {n}, but the prompt's {} leave {room} of the context of {context}",
                 checked.max_key,
-                prompt.len()
+                count(prompt.len(), "token")
             ))
             .into())
         }
@@ -281,6 +281,9 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             Some(Value::String(p)) => encode_raw(model, p)?,
             Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
                 encode_raw(model, items[0].as_str().unwrap_or_default())?
+            }
+            Some(Value::Array(items)) if items.is_empty() => {
+                return Err(bad("'prompt' is empty".into()))
             }
             // Token ids (as OpenAI and vLLM take them): the prompt as is.
             Some(Value::Array(items)) if items.first().is_some_and(Value::is_number) => {
@@ -824,14 +827,30 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A seed for a request that gives none.
+/// `n` things, in the singular when one.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// A seed for a request that gives none, and the random part of a
+/// response's id: the time, the process and a count, hashed with the
+/// process's random SipHash keys, so all 64 bits vary.
 fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    nanos ^ (u64::from(std::process::id()) << 32) ^ NEXT.fetch_add(0x9e37_79b9, Ordering::Relaxed)
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(nanos);
+    h.write_u32(std::process::id());
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.finish()
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub enum ApiError {
     BadRequest(String),
     /// The body is over the limit (bytes allowed).
     TooLarge(usize),
+    /// A compressed body decodes to more than the limit (bytes allowed).
+    DecodesTooLarge(usize),
     /// The body's `Content-Encoding` is not one this route decodes (415).
     UnsupportedEncoding(String),
     /// No such model on this worker.
@@ -48,7 +50,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::WrongKind(_) | ApiError::ContextLength(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::DecodesTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) | ApiError::UnknownVersion { .. } => {
                 StatusCode::NOT_FOUND
@@ -68,6 +70,9 @@ impl ApiError {
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::TooLarge(limit) => format!("request body is larger than {limit} bytes"),
+            ApiError::DecodesTooLarge(limit) => {
+                format!("the compressed request body decodes to more than {limit} bytes")
+            }
             ApiError::UnknownModel(m) => format!("model {m:?} does not exist"),
             ApiError::NotFound(path) => format!("no route for {path}"),
             ApiError::UnknownVersion { model, version } => format!(
@@ -84,7 +89,9 @@ impl ApiError {
             ApiError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             ApiError::ContextLength(_) => ("invalid_request_error", "context_length_exceeded"),
             ApiError::WrongKind(_) => ("invalid_request_error", "unsupported_model_kind"),
-            ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ApiError::TooLarge(_) | ApiError::DecodesTooLarge(_) => {
+                ("invalid_request_error", "request_too_large")
+            }
             ApiError::UnsupportedEncoding(_) => {
                 ("invalid_request_error", "unsupported_content_encoding")
             }

@@ -202,21 +202,21 @@ async fn infer(
     request: Request,
 ) -> Result<Response, V2Error> {
     state.check_model(&model)?;
+    // Refused after the body is read (see `read_body`).
     let header_length = match request.headers().get(HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest(
-                        "Inference-Header-Content-Length must be a byte count".into(),
-                    )
-                })?,
-        ),
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v.as_bytes())
+            .ok()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::BadRequest("Inference-Header-Content-Length must be a byte count".into())
+            }),
     };
     let body = read_encoded_body(request, state.limits.max_body_bytes).await?;
-    let req = parse_request(body, header_length)?;
+    let req = parse_request(body, header_length?)?;
     let backend = state.backend()?;
     let (input_name, output_name) = match backend {
         Backend::Embedding { .. } => (EMBEDDING_INPUT, EMBEDDING_OUTPUT),
@@ -234,7 +234,7 @@ async fn infer(
     // Settled before the model runs: a request it would refuse costs none.
     let binary_output = binary_output(&req, output_name)?;
     let input = single_input(req.inputs, input_name)?;
-    let output = match backend {
+    let (shape, data) = match backend {
         Backend::Embedding {
             batcher,
             tokenizer,
@@ -261,7 +261,6 @@ async fn infer(
         }
         Backend::Chat { .. } => unreachable!("refused above"),
     };
-    let (shape, data) = output;
     let mut response = json!({
         "model_name": state.name,
         "model_version": MODEL_VERSION,
@@ -276,10 +275,10 @@ async fn infer(
     // The binary extension's response: the JSON, then the tensor's bytes;
     // its header says where the JSON ends.
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let mut tensor = out_tensor(output_name, &shape, Value::Null);
-    tensor.as_object_mut().map(|t| t.remove("data"));
-    tensor["parameters"] = json!({"binary_data_size": bytes.len()});
-    response["outputs"] = json!([tensor]);
+    response["outputs"] = json!([{
+        "name": output_name, "datatype": "FP32", "shape": shape,
+        "parameters": {"binary_data_size": bytes.len()},
+    }]);
     let mut body = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(e.to_string()))?;
     let json_length = body.len();
     body.extend_from_slice(&bytes);
@@ -311,6 +310,11 @@ fn parse_request(body: Bytes, header_length: Option<usize>) -> Result<InferReque
         .iter()
         .find(|b| !b.is_ascii_whitespace())
     {
+        None if header_length.is_some() => {
+            return Err(ApiError::BadRequest(
+                "Inference-Header-Content-Length leaves no JSON before the binary data".into(),
+            ))
+        }
         None => return Err(ApiError::BadRequest("the request body is empty".into())),
         // A struct also reads from a JSON array: refuse one here.
         Some(b'{') => {}
@@ -400,17 +404,36 @@ fn binary_output(req: &InferRequest, output_name: &str) -> Result<bool, ApiError
     let Some(wanted) = &req.outputs else {
         return Ok(all);
     };
-    let mut binary = all;
-    for output in wanted {
-        if output.name != output_name {
+    let output = match wanted.as_slice() {
+        [] => return Ok(all),
+        [output] => output,
+        [_, ..] => {
             return Err(ApiError::BadRequest(format!(
-                "unknown output {:?}; this model has {output_name:?}",
-                output.name
-            )));
+                "'outputs' names {} outputs; this model has one, {output_name:?}",
+                wanted.len()
+            )))
         }
-        binary = flag(&output.parameters, "binary_data")?.unwrap_or(all);
+    };
+    if output.name != output_name {
+        return Err(ApiError::BadRequest(format!(
+            "unknown output {:?}; this model has {output_name:?}",
+            output.name
+        )));
     }
-    Ok(binary)
+    // Triton's classification extension would change what the output is:
+    // refused rather than ignored.
+    if output
+        .parameters
+        .as_ref()
+        .is_some_and(|p| p.contains_key("classification"))
+    {
+        return Err(ApiError::BadRequest(
+            "the 'classification' parameter (Triton's classification extension) is not \
+             supported: ask for the output as it is"
+                .into(),
+        ));
+    }
+    Ok(flag(&output.parameters, "binary_data")?.unwrap_or(all))
 }
 
 fn out_tensor(name: &str, shape: &[usize], data: Value) -> Value {

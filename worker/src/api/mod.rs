@@ -190,15 +190,19 @@ async fn log_request(request: Request, next: Next) -> Response {
 /// Reads a body under the size limit: 413 beyond it (by Content-Length up
 /// front, or while reading a body without one). A compressed body is a 415:
 /// OpenAI's clients send none (KServe's `infer` takes them:
-/// [`read_encoded_body`]).
+/// [`read_encoded_body`]). A body refused for its headers is read all the
+/// same: the connection then takes the client's next request, and a
+/// gateway streaming the body is not cut off as if the worker had died.
 pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(encoding) = compressed(request.headers()) {
-        return Err(ApiError::UnsupportedEncoding(format!(
+    let refused = compressed(request.headers());
+    let body = read_raw_body(request, limit).await?;
+    match refused {
+        Some(encoding) => Err(ApiError::UnsupportedEncoding(format!(
             "Content-Encoding {encoding:?} is not supported on this route: send the body \
              uncompressed"
-        )));
+        ))),
+        None => Ok(body),
     }
-    read_raw_body(request, limit).await
 }
 
 /// Like [`read_body`], and a body sent with `Content-Encoding: gzip` or
@@ -208,22 +212,34 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError
 /// workers a gateway starts have no limit of their own. Another encoding
 /// is a 415.
 pub async fn read_encoded_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let encoding = Encoding::of(request.headers())?;
+    // Refused after the body is read, as in `read_body`.
+    let encoding = Encoding::of(request.headers());
     let decoded_limit = request
         .headers()
         .get("x-thaw-decoded-limit")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(limit, |gateway| gateway.min(limit));
-    encoding.decode(read_raw_body(request, limit).await?, decoded_limit)
+    let body = read_raw_body(request, limit).await?;
+    encoding?.decode(body, decoded_limit)
 }
 
-/// The `Content-Encoding` of a body that is not sent as it is.
+/// The `Content-Encoding` of a body that is not sent as it is: the codings
+/// of every such header line, in order, `identity` left out, joined by
+/// `", "` (RFC 9110 §5.3: the lines are one list).
 fn compressed(headers: &header::HeaderMap) -> Option<String> {
-    let name = String::from_utf8_lossy(headers.get(header::CONTENT_ENCODING)?.as_bytes())
-        .trim()
-        .to_ascii_lowercase();
-    (!name.is_empty() && name != "identity").then_some(name)
+    let codings: Vec<String> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity")
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
 }
 
 async fn read_raw_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
@@ -269,7 +285,7 @@ impl Encoding {
             Some("deflate") => Ok(Encoding::Deflate),
             Some(other) => Err(ApiError::UnsupportedEncoding(format!(
                 "Content-Encoding {other:?} is not supported: send the body uncompressed, \
-                 or compressed with gzip or deflate"
+                 or compressed once with gzip or deflate"
             ))),
         }
     }
@@ -287,7 +303,7 @@ impl Encoding {
                     ApiError::BadRequest(format!("the request body is not valid {name} data: {e}"))
                 })?;
             if out.len() > limit {
-                return Err(ApiError::TooLarge(limit));
+                return Err(ApiError::DecodesTooLarge(limit));
             }
             Ok(Bytes::from(out))
         };
@@ -402,7 +418,7 @@ mod tests {
         // What it decodes to is held to the limit.
         assert_eq!(
             Encoding::Gzip.decode(Bytes::from(gz), text.len() - 1),
-            Err(ApiError::TooLarge(text.len() - 1))
+            Err(ApiError::DecodesTooLarge(text.len() - 1))
         );
         let e = Encoding::Gzip
             .decode(Bytes::from_static(b"{\"not\": \"gzip\"}"), 1 << 20)
@@ -416,5 +432,16 @@ mod tests {
         ));
         headers.insert(header::CONTENT_ENCODING, " GZIP ".parse().expect("value"));
         assert_eq!(Encoding::of(&headers), Ok(Encoding::Gzip));
+        // Every line counts, as one list; identity is no coding.
+        headers.append(header::CONTENT_ENCODING, "identity".parse().expect("value"));
+        assert_eq!(Encoding::of(&headers), Ok(Encoding::Gzip));
+        headers.append(header::CONTENT_ENCODING, "gzip".parse().expect("value"));
+        assert!(Encoding::of(&headers).is_err(), "gzip twice");
+        let mut one_line = header::HeaderMap::new();
+        one_line.insert(
+            header::CONTENT_ENCODING,
+            "gzip, identity".parse().expect("value"),
+        );
+        assert_eq!(Encoding::of(&one_line), Ok(Encoding::Gzip));
     }
 }
