@@ -741,6 +741,28 @@ fn protocol_edges_each_get_one_proper_response() {
             "{path}: no answer to the next request"
         );
     }
+    // An HTTP/1.0 client's expectation is ignored (it may take a 100 for
+    // the answer): its one response is the final one, whether the gateway
+    // reads the body or a worker does.
+    for (path, body) in [
+        (
+            "/v1/embeddings",
+            r#"{"input": "short", "model": "minilm"}"#.to_string(),
+        ),
+        ("/v2/models/credit-score/infer", score.clone()),
+    ] {
+        let raw = format!(
+            "POST {path} HTTP/1.0\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n{body}",
+            body.len()
+        );
+        let r = g.public.raw(raw.as_bytes()).expect("answered");
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
     // Over the size limit: refused before the go-ahead, without waiting for
     // a body the client holds back.
     let head = format!(
@@ -857,11 +879,19 @@ fn a_body_too_large_or_stalled_gets_413_or_408_on_every_path() {
     let r = g.public.raw(stalled(kserve).as_bytes()).expect("answered");
     assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.json()["error"].is_string(), "{}", r.json());
+    let sent = Instant::now();
     let r = g
         .public
         .raw(stalled("/v1/embeddings").as_bytes())
         .expect("answered");
     assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    // After one body_timeout (1 s), not two: the refusal used to wait for
+    // the stalled body a second time before it answered.
+    assert!(
+        sent.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        sent.elapsed()
+    );
     assert_eq!(
         r.json()["error"]["type"],
         "invalid_request_error",

@@ -116,6 +116,12 @@ impl ProxyHttp for Gateway {
         ctx.http10 = header.version == http::Version::HTTP_10;
         let method = header.method.as_str().to_string();
         let path = header.uri.path().to_string();
+        if ctx.http10 {
+            // An HTTP/1.0 client's expectation is ignored (RFC 9110
+            // §10.1.1): it may take a 100 for the answer. Neither the
+            // gateway nor a worker sends it one.
+            session.req_header_mut().remove_header("expect");
+        }
         let r = route(&method, &path);
         ctx.openai = path.starts_with("/v1");
         let body_after_model = matches!(r, Route::V2Model(_));
@@ -577,8 +583,10 @@ impl Gateway {
         }
         // A body read whole leaves the connection ready for the client's
         // next request; one left unread (or refused as too large) ends it.
+        // One that stopped arriving is not waited for again.
         let too_large = matches!(e, GatewayError::TooLarge(_));
-        if too_large || !discard_body(session, ctx.body_limit).await {
+        let stalled = matches!(e, GatewayError::RequestTimeout(_));
+        if too_large || stalled || !discard_body(session, ctx.body_limit).await {
             session.set_keepalive(None);
         }
         // A client waiting for a go-ahead has not sent its body.
