@@ -276,9 +276,12 @@ fn credit_score_refuses_bad_input_and_keeps_serving() {
         "method_not_allowed",
     );
 
-    // Still serving, with the right answer.
-    let r = w.client.post_json(infer, &features_request(&[row]));
-    assert_eq!(r.status, 200);
+    // Still serving, with the right answer; classification's neutral 0
+    // (no classes) is no refusal.
+    let mut neutral = features_request(&[row]);
+    neutral["outputs"] = json!([{"name": "probability", "parameters": {"classification": 0}}]);
+    let r = w.client.post_json(infer, &neutral);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
 fn embed(client: &Client, body: Value) -> Value {

@@ -279,33 +279,27 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
         }
         Api::Completions => match fields.get("prompt") {
             Some(Value::String(p)) => encode_raw(model, p)?,
-            Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
-                encode_raw(model, items[0].as_str().unwrap_or_default())?
-            }
-            Some(Value::Array(items)) if items.is_empty() => {
-                return Err(bad("'prompt' is empty".into()))
-            }
-            // Token ids (as OpenAI and vLLM take them): the prompt as is.
-            Some(Value::Array(items)) if items.first().is_some_and(Value::is_number) => {
-                prompt_ids(items, model.tokenizer.vocab_size())?
-            }
-            Some(Value::Array(items))
-                if items.len() == 1 && items[0].as_array().is_some_and(|i| !i.is_empty()) =>
-            {
-                prompt_ids(
-                    items[0].as_array().map_or(&[][..], Vec::as_slice),
-                    model.tokenizer.vocab_size(),
-                )?
-            }
+            Some(Value::Array(items)) => match items.as_slice() {
+                [] => return Err(bad("'prompt' is empty".into())),
+                [Value::String(p)] => encode_raw(model, p)?,
+                // Token ids (as OpenAI and vLLM take them): the prompt as
+                // is, given flat or as an array of one.
+                [first, ..] if first.is_number() => {
+                    prompt_ids(items, model.tokenizer.vocab_size())?
+                }
+                [Value::Array(ids)] if !ids.is_empty() => {
+                    prompt_ids(ids, model.tokenizer.vocab_size())?
+                }
+                _ => {
+                    return Err(bad(
+                        "'prompt' must be a string or token ids (or an array of one of \
+                         those): one prompt per request"
+                            .into(),
+                    ))
+                }
+            },
             None | Some(Value::Null) => {
                 return Err(bad("missing required parameter: 'prompt'".into()))
-            }
-            Some(Value::Array(_)) => {
-                return Err(bad(
-                    "'prompt' must be a string or token ids (or an array of one of those): \
-                     one prompt per request"
-                        .into(),
-                ))
             }
             Some(other) => {
                 return Err(bad(format!(

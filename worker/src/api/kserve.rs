@@ -421,12 +421,12 @@ fn binary_output(req: &InferRequest, output_name: &str) -> Result<bool, ApiError
         )));
     }
     // Triton's classification extension would change what the output is:
-    // refused rather than ignored.
-    if output
+    // refused rather than ignored, unless its neutral 0 (no classes).
+    let classes = output
         .parameters
         .as_ref()
-        .is_some_and(|p| p.contains_key("classification"))
-    {
+        .and_then(|p| p.get("classification"));
+    if classes.is_some_and(|c| !c.is_null() && c.as_u64() != Some(0)) {
         return Err(ApiError::BadRequest(
             "the 'classification' parameter (Triton's classification extension) is not \
              supported: ask for the output as it is"
