@@ -22,20 +22,22 @@ python="${PYTHON:-python3}"
 source "$root/bench/lib.sh"
 models="${THAW_MODELS:-$HOME/.cache/thaw/models}"
 
-start_worker() { # name dir port
-    "$bin/thaw-worker" --model "$2" --name "$1" --listen "127.0.0.1:$3" >"$work/$1.out" 2>"$work/$1.err" &
+start_worker() { # name dir: sets $address to where it listens
+    "$bin/thaw-worker" --model "$2" --name "$1" --listen 127.0.0.1:0 >"$work/$1.out" 2>"$work/$1.err" &
     pids+=($!)
-    wait_ready "$work/$1.out" $! >/dev/null
+    address="$(wait_ready "$work/$1.out" $! | sed -n 's/.*"address":"\([^"]*\)".*/\1/p')"
 }
-start_worker credit-score "$root/configs/models/credit-score" 18461
-start_worker minilm "$models/all-MiniLM-L6-v2" 18462
+start_worker credit-score "$root/configs/models/credit-score"
+credit="$address"
+start_worker minilm "$models/all-MiniLM-L6-v2"
+minilm="$address"
 
-ROUNDS="${ROUNDS:-5}" PER_BLOCK="${PER_BLOCK:-40}" "$python" - "$root" <<'EOF'
+ROUNDS="${ROUNDS:-5}" PER_BLOCK="${PER_BLOCK:-40}" "$python" - "$root" "$credit" "$minilm" <<'EOF'
 import os, statistics, sys, time
 import numpy as np
 import tritonclient.http as http
 
-root = sys.argv[1]
+root, credit, minilm = sys.argv[1:4]
 rounds, per_block = int(os.environ["ROUNDS"]), int(os.environ["PER_BLOCK"])
 with open(os.path.join(root, "bench/baselines/short_sentences.txt"), encoding="utf-8") as f:
     sentences = [l.strip() for l in f if l.strip()][:32]
@@ -61,9 +63,9 @@ def case(url, model, name, datatype, array, output):
 rng = np.random.default_rng(0)
 for rows in (1, 2048):
     x = rng.uniform(0, 100, (rows, 10)).astype(np.float32)
-    j, b = case("127.0.0.1:18461", "credit-score", "features", "FP32", x, "probability")
+    j, b = case(credit, "credit-score", "features", "FP32", x, "probability")
     print(f"credit-score rows={rows}: json {j:.3f} ms, binary {b:.3f} ms, json/binary {j/b:.2f}x")
 t = np.array([s.encode() for s in sentences], dtype=np.object_)
-j, b = case("127.0.0.1:18462", "minilm", "text", "BYTES", t, "embedding")
+j, b = case(minilm, "minilm", "text", "BYTES", t, "embedding")
 print(f"minilm texts=32: json {j:.3f} ms, binary {b:.3f} ms, json/binary {j/b:.2f}x")
 EOF
