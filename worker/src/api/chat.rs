@@ -512,7 +512,9 @@ fn messages(value: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
                         ))),
                     })
                     .collect::<Result<Vec<_>, _>>()?
-                    .concat(),
+                    // One line each, as vLLM joins them ("Hello" and
+                    // "World" are not "HelloWorld").
+                    .join("\n"),
                 // An assistant's turn may have no text (OpenAI's, when it
                 // called tools): it is an empty turn here.
                 None | Some(Value::Null) if role == "assistant" => String::new(),
@@ -905,7 +907,7 @@ mod tests {
         let parts = json!([{"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]);
         assert_eq!(
             messages(Some(&parts)).ok(),
-            Some(vec![ChatMessage::new("system", "ab")])
+            Some(vec![ChatMessage::new("system", "a\nb")])
         );
     }
 }
