@@ -126,12 +126,13 @@ impl ProxyHttp for Gateway {
         ctx.openai = path.starts_with("/v1");
         let body_after_model = matches!(r, Route::V2Model(_));
         let mut unreplayable = None;
+        let encoding = compressed(session);
         let result = match r {
             // The body is read here to find the model: OpenAI's clients
             // send it uncompressed (KServe bodies, which may be
             // compressed, stream through to the worker, which decodes).
-            Route::OpenAiBody => match compressed(session) {
-                Some(encoding) => Err(GatewayError::UnsupportedEncoding(encoding)),
+            Route::OpenAiBody => match &encoding {
+                Some(coding) => Err(GatewayError::UnsupportedEncoding(coding.clone())),
                 None => self
                     .read_body(session, ctx.body_limit)
                     .await
@@ -151,7 +152,7 @@ impl ProxyHttp for Gateway {
             Ok(model) => model,
             Err(e) => return self.reject(session, ctx, &e).await,
         };
-        if compressed(session).is_some() {
+        if encoding.is_some() {
             // The worker decodes a compressed KServe body; what it decodes
             // to is held to the gateway's limit too (the workers have
             // none of their own), so a small body cannot expand without
