@@ -396,8 +396,43 @@ fn bad_requests_get_400_in_openai_shape() {
         ("/v1/chat/completions", chat(json!({"top_p": 1.5})), "top_p"),
         (
             "/v1/chat/completions",
-            chat(json!({"logprobs": true})),
-            "'logprobs'",
+            chat(json!({"top_logprobs": 3})),
+            "needs 'logprobs' to be true",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"logprobs": true, "top_logprobs": 50})),
+            "'top_logprobs' is 50",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": "x", "logprobs": true}),
+            "'logprobs' must be an integer",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"logit_bias": {"99999": 5}})),
+            "'logit_bias' key \"99999\"",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"logit_bias": {"5": 500}})),
+            "from -100 to 100",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"presence_penalty": 2.5})),
+            "presence_penalty",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"frequency_penalty": "high"})),
+            "frequency_penalty",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"n": 129})),
+            "from 1 to 128",
         ),
         (
             "/v1/chat/completions",
@@ -414,7 +449,7 @@ fn bad_requests_get_400_in_openai_shape() {
             chat(json!({"stream_options": {"include_usage": true}})),
             "stream_options",
         ),
-        ("/v1/chat/completions", chat(json!({"n": 2})), "'n'"),
+        ("/v1/chat/completions", chat(json!({"n": 0})), "'n' is 0"),
         (
             "/v1/chat/completions",
             chat(json!({"stop": ["a", "b", "c", "d", "e"]})),
@@ -502,5 +537,260 @@ fn bad_requests_get_400_in_openai_shape() {
             .post_json("/v1/chat/completions", &chat(json!({"max_tokens": 2})))
             .status,
         200
+    );
+}
+
+/// The `data:` chunks of a stream, parsed, `[DONE]` left out.
+fn chunks(body: &[u8]) -> Vec<Value> {
+    let events = events(body);
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk is JSON"))
+        .collect()
+}
+
+#[test]
+fn log_probabilities_come_with_their_tokens_whole_and_streamed() {
+    let w = smollm2(4);
+    // Chat: `logprobs: true` with `top_logprobs`.
+    let ask = chat(json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 10}));
+    let whole = w.client.post_json("/v1/chat/completions", &ask).json();
+    let choice = &whole["choices"][0];
+    let content = choice["message"]["content"].as_str().expect("content");
+    let entries = choice["logprobs"]["content"].as_array().expect("entries");
+    assert_eq!(
+        entries.len() as u64,
+        whole["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("tokens"),
+        "one entry a token: {whole}"
+    );
+    let mut joined = Vec::new();
+    for e in entries {
+        let bytes: Vec<u8> = serde_json::from_value(e["bytes"].clone()).expect("bytes");
+        assert_eq!(e["token"], String::from_utf8_lossy(&bytes).as_ref());
+        joined.extend(bytes);
+        let logprob = e["logprob"].as_f64().expect("logprob");
+        let top = e["top_logprobs"].as_array().expect("top");
+        assert_eq!(top.len(), 3);
+        // Greedy: the generated token is the likeliest, and the likeliest
+        // come first, with probabilities that add up to at most 1.
+        assert_eq!(top[0]["token"], e["token"]);
+        assert_eq!(top[0]["logprob"].as_f64(), Some(logprob));
+        let lps: Vec<f64> = top
+            .iter()
+            .map(|t| t["logprob"].as_f64().expect("lp"))
+            .collect();
+        assert!(lps.windows(2).all(|p| p[0] >= p[1]), "{lps:?}");
+        assert!(lps.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-6);
+        assert!(logprob <= 0.0);
+    }
+    assert_eq!(String::from_utf8(joined).expect("UTF-8"), content);
+    // Without them, `logprobs` is null.
+    let plain = w
+        .client
+        .post_json("/v1/chat/completions", &chat(json!({"max_tokens": 10})))
+        .json();
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+    assert_eq!(plain["choices"][0]["message"]["content"], content);
+
+    // Streamed: the chunks' entries, put together, are the whole's.
+    let mut streaming = ask.clone();
+    streaming["stream"] = json!(true);
+    let r = w.client.post_json("/v1/chat/completions", &streaming);
+    let mut streamed = Vec::new();
+    for c in chunks(&r.body) {
+        let lp = &c["choices"][0]["logprobs"];
+        if c["choices"][0]["delta"]
+            .get("content")
+            .is_some_and(|t| t != "")
+        {
+            streamed.extend(lp["content"].as_array().expect("entries").iter().cloned());
+        }
+    }
+    assert_eq!(&streamed, entries);
+
+    // Completions: `logprobs: N`, the legacy arrays, offsets in characters.
+    let prompt = json!({"model": "smollm2", "prompt": "The quick brown fox", "temperature": 0,
+        "max_tokens": 12, "logprobs": 2});
+    let whole = w.client.post_json("/v1/completions", &prompt).json();
+    let choice = &whole["choices"][0];
+    let text = choice["text"].as_str().expect("text");
+    let lp = &choice["logprobs"];
+    let tokens: Vec<String> = serde_json::from_value(lp["tokens"].clone()).expect("tokens");
+    let offsets: Vec<usize> = serde_json::from_value(lp["text_offset"].clone()).expect("offsets");
+    assert_eq!(tokens.concat(), text);
+    let mut at = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(offsets[i], at, "{lp}");
+        at += t.chars().count();
+        let top = lp["top_logprobs"][i].as_object().expect("top");
+        assert!(top.len() <= 2 && !top.is_empty(), "{lp}");
+        assert_eq!(top.get(t), Some(&lp["token_logprobs"][i]), "greedy: {lp}");
+    }
+    let mut streaming = prompt.clone();
+    streaming["stream"] = json!(true);
+    let r = w.client.post_json("/v1/completions", &streaming);
+    let (mut tokens_streamed, mut offsets_streamed) = (Vec::new(), Vec::new());
+    for c in chunks(&r.body) {
+        let lp = &c["choices"][0]["logprobs"];
+        if !lp.is_null() {
+            tokens_streamed.extend(lp["tokens"].as_array().expect("tokens").iter().cloned());
+            offsets_streamed.extend(
+                lp["text_offset"]
+                    .as_array()
+                    .expect("offsets")
+                    .iter()
+                    .cloned(),
+            );
+        }
+    }
+    assert_eq!(Value::from(tokens_streamed), lp["tokens"]);
+    assert_eq!(Value::from(offsets_streamed), lp["text_offset"]);
+
+    // Cut by a stop sequence: only the tokens that begin in the text.
+    let stop = &text[6..9];
+    let mut stopped = prompt.clone();
+    stopped["stop"] = json!(stop);
+    let cut = w.client.post_json("/v1/completions", &stopped).json();
+    let kept = &cut["choices"][0]["text"];
+    assert_eq!(kept, &text[..text.find(stop).expect("stop in text")]);
+    let offsets: Vec<usize> =
+        serde_json::from_value(cut["choices"][0]["logprobs"]["text_offset"].clone())
+            .expect("offsets");
+    let chars = kept.as_str().expect("text").chars().count();
+    assert!(
+        !offsets.is_empty() && offsets.iter().all(|&o| o < chars),
+        "{cut}"
+    );
+    let tokens: Vec<String> =
+        serde_json::from_value(cut["choices"][0]["logprobs"]["tokens"].clone()).expect("tokens");
+    assert!(tokens.concat().starts_with(kept.as_str().expect("text")));
+}
+
+#[test]
+fn choices_biases_and_penalties() {
+    let w = smollm2(4);
+    let completion = |extra: Value| {
+        let mut body =
+            json!({"model": "smollm2", "prompt": "The quick brown fox", "max_tokens": 12});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let r = w.client.post_json("/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    // n choices, each the one its own seed gives (the seed, then the next).
+    let three = completion(json!({"n": 3, "seed": 40, "temperature": 1.0}));
+    let choices = three["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3);
+    let mut tokens = 0;
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let alone = completion(json!({"seed": 40 + i, "temperature": 1.0}));
+        assert_eq!(c["text"], alone["choices"][0]["text"], "choice {i}");
+        tokens += alone["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("tokens");
+    }
+    assert_eq!(three["usage"]["completion_tokens"], tokens);
+    assert!(
+        choices.iter().any(|c| c["text"] != choices[0]["text"]),
+        "three seeds, one text: {three}"
+    );
+    // Streamed, on the chat API: each choice's chunks make its text, each
+    // ends once, and the usage and [DONE] come after the last.
+    let ask = chat(
+        json!({"n": 2, "seed": 5, "temperature": 1.0, "stream": true,
+        "stream_options": {"include_usage": true}}),
+    );
+    let whole = {
+        let mut b = ask.clone();
+        b["stream"] = json!(false);
+        b.as_object_mut().expect("object").remove("stream_options");
+        w.client.post_json("/v1/chat/completions", &b).json()
+    };
+    let chunks = chunks(&w.client.post_json("/v1/chat/completions", &ask).body);
+    let (usage, chunks) = chunks.split_last().expect("usage chunk");
+    assert_eq!(usage["usage"], whole["usage"]);
+    for i in 0..2 {
+        let mine: Vec<&Value> = chunks
+            .iter()
+            .map(|c| &c["choices"][0])
+            .filter(|c| c["index"] == i)
+            .collect();
+        assert_eq!(mine[0]["delta"]["role"], "assistant");
+        let text: String = mine
+            .iter()
+            .filter_map(|c| c["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(
+            text,
+            whole["choices"][i]["message"]["content"]
+                .as_str()
+                .expect("content")
+        );
+        let ends: Vec<&&Value> = mine
+            .iter()
+            .filter(|c| !c["finish_reason"].is_null())
+            .collect();
+        assert_eq!(ends.len(), 1, "choice {i}");
+        assert_eq!(
+            ends[0]["finish_reason"],
+            whole["choices"][i]["finish_reason"]
+        );
+    }
+
+    // logit_bias: -100 bans the likeliest first token, +100 forces one.
+    let greedy = completion(json!({"temperature": 0, "max_tokens": 1, "logprobs": 1}));
+    let first = greedy["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/smollm2_greedy.json"
+        ))
+        .expect("fixture"),
+    )
+    .expect("JSON");
+    let case = &fixture["cases"][2];
+    assert_eq!(case["prompt"], "The quick brown fox");
+    let likeliest = case["greedy"][0].to_string();
+    let banned = completion(json!({"temperature": 0, "max_tokens": 1,
+        "logit_bias": {likeliest.clone(): -100}}));
+    assert_ne!(banned["choices"][0]["text"], first.as_str(), "{banned}");
+    // The forced token: the fixture prompt's own first id, "<|im_start|>"'s
+    // successor in the chat cases ("user"), whatever the text before.
+    let user = fixture["cases"][0]["ids"][1].to_string();
+    let forced = completion(json!({"temperature": 1.0, "seed": 3, "max_tokens": 3,
+        "logit_bias": {user: 100}}));
+    let forced_text = forced["choices"][0]["text"].as_str().expect("text");
+    assert!(forced_text.starts_with("user"), "{forced}");
+
+    // Penalties: greedy text that repeats itself repeats less.
+    let repeats = |extra: Value| {
+        let mut body =
+            json!({"prompt": "apple, apple, apple, apple,", "temperature": 0, "max_tokens": 24});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let text = completion(body)["choices"][0]["text"]
+            .as_str()
+            .expect("text")
+            .to_string();
+        text.matches("apple").count()
+    };
+    let (free, presence, frequency) = (
+        repeats(json!({})),
+        repeats(json!({"presence_penalty": 2})),
+        repeats(json!({"frequency_penalty": 2})),
+    );
+    assert!(free >= 4, "the unpenalized text repeats: {free}");
+    assert!(
+        presence < free && frequency < free,
+        "{free} {presence} {frequency}"
     );
 }

@@ -20,12 +20,13 @@
 //! beyond 1e-3.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::Device;
 use serde::Deserialize;
 use thaw_worker::models::chat::device::Products;
 use thaw_worker::models::chat::llama::{Llama, Step};
-use thaw_worker::models::chat::{Cache, ChatModel, Decoder};
+use thaw_worker::models::chat::{Cache, ChatModel, Decoder, Engine, Event, Generation, Sampling};
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -121,6 +122,60 @@ fn argmax(logits: &[f32]) -> (u32, f32) {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .expect("logits");
     (i as u32, *v)
+}
+
+/// The log-probabilities the engine reports with a token (OpenAI's
+/// `logprobs`): the log-softmax of the model's logits, computed here in f64
+/// from the same forward pass, to 1e-4; the likeliest tokens in order; and
+/// their gaps to the best within the logits' tolerance of llama.cpp's.
+#[test]
+fn reported_log_probabilities_are_the_model_own_and_rank_as_llama_cpp() {
+    let model = Arc::new(
+        ChatModel::load(&thaw_tests::registry_model("smollm2"), &Device::Cpu)
+            .expect("the model loads"),
+    );
+    let engine = Engine::spawn(model.clone(), 2, "test-generation").expect("the engine starts");
+    let mut worst = 0.0f32;
+    for case in fixture().cases {
+        let (events, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        engine
+            .submit(Generation {
+                prompt: case.ids.clone(),
+                max_tokens: 1,
+                sampling: Sampling {
+                    logprobs: Some(5),
+                    ..Sampling::greedy()
+                },
+                events,
+            })
+            .expect("submitted");
+        let Some(Event::Token(id, Some(reported))) = receiver.blocking_recv() else {
+            panic!("{:?}: no token with log-probabilities", case.prompt);
+        };
+        let logits = run(&model.decoder, &mut model.decoder.new_cache(), &case.ids);
+        let max = f64::from(argmax(&logits).1);
+        let total: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+        let want = |t: u32| (f64::from(logits[t as usize]) - max - total.ln()) as f32;
+        assert_eq!(id, argmax(&logits).0, "{:?}", case.prompt);
+        assert!((reported.logprob - want(id)).abs() < 1e-4, "{reported:?}");
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        let top: Vec<u32> = reported.top.iter().map(|t| t.0).collect();
+        assert_eq!(top, order[..5], "{:?}", case.prompt);
+        for &(t, lp) in &reported.top {
+            assert!((lp - want(t)).abs() < 1e-4, "{t}: {lp} against {}", want(t));
+        }
+        assert_eq!(top[0], case.top_logits[0].0, "llama.cpp's likeliest");
+        let (best, gaps) = (reported.top[0].1, case.top_logits[0].1);
+        for &(t, lp) in &reported.top {
+            if let Some(&(_, theirs)) = case.top_logits.iter().find(|c| c.0 == t) {
+                let off = ((lp - best) - (theirs - gaps)).abs();
+                assert!(off <= 0.75, "{:?} token {t}: {off} off", case.prompt);
+                worst = worst.max(off);
+            }
+        }
+    }
+    println!("reported log-probabilities: gaps to the best within {worst:.3} of llama.cpp's");
 }
 
 #[test]

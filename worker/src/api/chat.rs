@@ -7,6 +7,7 @@
 //! response's chunks. A client that goes away drops the body, which drops
 //! the events' receiver, which ends the generation at the next step.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use tokio::sync::mpsc;
 use super::openai::type_name;
 use super::{parse_json, read_body, ApiError, AppState, Backend, OpenAiError};
 use crate::models::chat::{
-    ChatMessage, ChatModel, Event, Finish, Generation, Sampling, StreamDecoder,
+    ChatMessage, ChatModel, Event, Finish, Generation, Logprobs, Sampling, StreamDecoder,
 };
 use crate::models::ModelError;
 
@@ -55,6 +56,8 @@ struct Checked {
     max_key: &'static str,
     sampling: Sampling,
     stop: Vec<String>,
+    /// How many choices to generate (OpenAI's `n`).
+    n: usize,
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -139,27 +142,37 @@ async fn generate(
         None if api == Api::Completions => COMPLETIONS_MAX_TOKENS.min(room),
         None => room,
     };
-    let (events, receiver) = mpsc::unbounded_channel();
     let prompt_tokens = prompt.len();
-    engine.submit(Generation {
-        prompt,
-        max_tokens,
-        sampling: checked.sampling,
-        events,
-    })?;
+    // One generation per choice; the engine runs them side by side. A
+    // given seed gives each choice its own (the seed, then the next ones).
+    let mut choices = Vec::with_capacity(checked.n);
+    for index in 0..checked.n {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let mut sampling = checked.sampling.clone();
+        sampling.seed = sampling.seed.wrapping_add(index as u64);
+        engine.submit(Generation {
+            prompt: prompt.clone(),
+            max_tokens,
+            sampling,
+            events,
+        })?;
+        choices.push(Text::new(model.clone(), checked.stop.clone(), receiver));
+    }
     let reply = Reply {
         id: response_id(api),
         created: now(),
         model: state.name.clone(),
+        chat: model.clone(),
         api,
         prompt_tokens,
         usage_chunks: checked.stream && checked.include_usage,
+        logprobs: checked.sampling.logprobs.is_some(),
     };
-    let text = Text::new(model.clone(), checked.stop, receiver);
+    let pieces = merge(choices);
     if checked.stream {
-        Ok(stream(reply, text))
+        Ok(stream(reply, checked.n, pieces))
     } else {
-        whole(reply, text).await
+        whole(reply, checked.n, pieces).await
     }
 }
 
@@ -199,8 +212,7 @@ fn encode_raw(model: &ChatModel, prompt: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 /// OpenAI parameters this server does not implement and that change what a
-/// response means (log probabilities, tools, a JSON mode, an echoed prompt,
-/// penalties…): refused with a 400 when given a value other than their
+/// response means (tools, a JSON mode, an echoed prompt…): refused with a 400 when given a value other than their
 /// neutral one, never silently ignored. Other unknown fields are ignored,
 /// as new clients send fields older servers do not know.
 fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
@@ -213,17 +225,13 @@ fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
         Value::Object(o) => o.is_empty(),
     };
     let neutral = |key: &str, v: &Value| match key {
-        // Completions' `logprobs: 0` still asks for the chosen tokens'.
-        "logprobs" => v.is_null() || *v == false,
         "tool_choice" | "function_call" => empty(v) || v == "none",
         "response_format" => empty(v) || v.get("type").is_some_and(|t| t == "text"),
         "best_of" => empty(v) || v.as_u64() == Some(1),
         "modalities" => empty(v) || *v == serde_json::json!(["text"]),
         _ => empty(v),
     };
-    const UNSUPPORTED: [&str; 14] = [
-        "logprobs",
-        "top_logprobs",
+    const UNSUPPORTED: [&str; 9] = [
         "tools",
         "tool_choice",
         "functions",
@@ -232,9 +240,6 @@ fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
         "echo",
         "best_of",
         "suffix",
-        "logit_bias",
-        "presence_penalty",
-        "frequency_penalty",
         "modalities",
     ];
     for key in UNSUPPORTED {
@@ -309,14 +314,6 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             }
         },
     };
-    let boolean = |key: &str| match fields.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(bad(format!(
-            "'{key}' must be a boolean, got {}",
-            type_name(other)
-        ))),
-    };
     let number = |key: &str, default: f64, range: (f64, f64)| match fields.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Number(n)) => {
@@ -335,7 +332,7 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             type_name(other)
         ))),
     };
-    let stream = boolean("stream")?;
+    let stream = boolean(fields, "stream")?;
     let include_usage = match fields.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => match o.get("include_usage") {
@@ -405,15 +402,27 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             )))
         }
     };
-    match fields.get("n") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
+    let n = match fields.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v @ 1..=MAX_CHOICES) => v as usize,
+            _ => {
+                return Err(bad(format!(
+                    "'n' is {n}; it must be a whole number from 1 to {MAX_CHOICES}"
+                )))
+            }
+        },
         Some(other) => {
             return Err(bad(format!(
-                "'n' is {other}; this server generates one choice (n = 1)"
+                "'n' must be an integer, got {}",
+                type_name(other)
             )))
         }
-    }
+    };
+    let presence_penalty = number("presence_penalty", 0.0, (-2.0, 2.0))? as f32;
+    let frequency_penalty = number("frequency_penalty", 0.0, (-2.0, 2.0))? as f32;
+    let logit_bias = logit_bias(fields.get("logit_bias"), model.tokenizer.vocab_size())?;
+    let logprobs = logprobs(fields, api)?;
     let stop = match fields.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -456,9 +465,113 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             temperature,
             top_p,
             seed,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
+            logprobs,
         },
         stop,
+        n,
     })
+}
+
+/// A field that is a boolean, false when absent.
+fn boolean(fields: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
+    match fields.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(bad(format!(
+            "'{key}' must be a boolean, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+/// Most choices one request may ask for (OpenAI's limit).
+const MAX_CHOICES: u64 = 128;
+
+/// Most likeliest tokens reported beside each generated one (OpenAI's
+/// `top_logprobs` limit; vLLM takes as many for the legacy `logprobs`).
+const MAX_TOP_LOGPROBS: u64 = 20;
+
+/// OpenAI's `logit_bias`: token ids (as strings) to numbers from -100
+/// (banned) to 100 (chosen).
+fn logit_bias(value: Option<&Value>, vocabulary: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let biases = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(biases)) => biases,
+        Some(other) => {
+            return Err(bad(format!(
+                "'logit_bias' must be an object of token ids to numbers, got {}",
+                type_name(other)
+            )))
+        }
+    };
+    biases
+        .iter()
+        .map(|(key, v)| {
+            let id = key
+                .parse::<u32>()
+                .ok()
+                .filter(|&id| (id as usize) < vocabulary)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "'logit_bias' key {} must be a token id below this model's vocabulary \
+                         of {vocabulary}",
+                        abridged(&Value::String(key.clone()))
+                    ))
+                })?;
+            let bias = v
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "'logit_bias' of token {id} is {}; it must be a number from -100 to 100",
+                        abridged(v)
+                    ))
+                })?;
+            Ok((id, bias as f32))
+        })
+        .collect()
+}
+
+/// How many likeliest tokens to report beside each generated one, if
+/// log-probabilities are asked for: chat's `logprobs: true` with
+/// `top_logprobs: N`, or the legacy completions' `logprobs: N`.
+fn logprobs(fields: &Map<String, Value>, api: Api) -> Result<Option<usize>, ApiError> {
+    let count = |key: &str| match fields.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v <= MAX_TOP_LOGPROBS => Ok(Some(v as usize)),
+            _ => Err(bad(format!(
+                "'{key}' is {n}; it must be a whole number from 0 to {MAX_TOP_LOGPROBS}"
+            ))),
+        },
+        Some(other) => Err(bad(format!(
+            "'{key}' must be an integer, got {}",
+            type_name(other)
+        ))),
+    };
+    match api {
+        Api::Chat => match (boolean(fields, "logprobs")?, count("top_logprobs")?) {
+            (true, top) => Ok(Some(top.unwrap_or(0))),
+            (false, None | Some(0)) => Ok(None),
+            (false, Some(_)) => Err(bad("'top_logprobs' needs 'logprobs' to be true".into())),
+        },
+        Api::Completions => {
+            if fields.get("top_logprobs").is_some_and(|v| !v.is_null()) {
+                return Err(bad(
+                    "'top_logprobs' is the chat API's; here 'logprobs' is the number of \
+                     likeliest tokens to report"
+                        .into(),
+                ));
+            }
+            match fields.get("logprobs") {
+                Some(Value::Bool(false)) => Ok(None),
+                _ => count("logprobs"),
+            }
+        }
+    }
 }
 
 /// The conversation: at least one message, each with a known role and text
@@ -536,11 +649,15 @@ struct Reply {
     id: String,
     created: u64,
     model: String,
+    /// The model, for its tokens' text.
+    chat: Arc<ChatModel>,
     api: Api,
     prompt_tokens: usize,
     /// A stream that ends with a usage chunk: the chunks before it carry
     /// `"usage": null` (OpenAI's `stream_options.include_usage`).
     usage_chunks: bool,
+    /// Whether log-probabilities were asked for.
+    logprobs: bool,
 }
 
 impl Reply {
@@ -552,10 +669,18 @@ impl Reply {
         })
     }
 
-    /// One streamed chunk with `delta` text (or the role, or nothing) and a
-    /// finish reason.
-    fn chunk(&self, delta: Option<&str>, role: bool, finish: Option<Finish>) -> Value {
+    /// One streamed chunk of choice `index`, with `delta` text (or the
+    /// role, or nothing), its tokens' log-probabilities and a finish reason.
+    fn chunk(
+        &self,
+        index: usize,
+        delta: Option<&str>,
+        role: bool,
+        scored: Option<&[Scored]>,
+        finish: Option<Finish>,
+    ) -> Value {
         let finish = finish.map(Finish::as_str);
+        let logprobs = scored.map_or(Value::Null, |s| self.logprobs_json(s));
         let mut chunk = match self.api {
             Api::Chat => {
                 let mut d = Map::new();
@@ -569,13 +694,13 @@ impl Reply {
                 json!({
                     "id": self.id, "object": "chat.completion.chunk", "created": self.created,
                     "model": self.model,
-                    "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}],
+                    "choices": [{"index": index, "delta": d, "logprobs": logprobs, "finish_reason": finish}],
                 })
             }
             Api::Completions => json!({
                 "id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model,
-                "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}],
+                "choices": [{"index": index, "text": delta.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}],
             }),
         };
         if self.usage_chunks {
@@ -594,6 +719,71 @@ impl Reply {
             "choices": [], "usage": self.usage(completion_tokens),
         })
     }
+
+    /// A token's text and bytes (a control token's: its name).
+    fn token(&self, id: u32) -> (String, &[u8]) {
+        let bytes = self.chat.tokenizer.token_bytes(id).unwrap_or_default();
+        (String::from_utf8_lossy(bytes).into_owned(), bytes)
+    }
+
+    /// The `logprobs` of a choice, or of a chunk of one: chat's `content`
+    /// entries, or the legacy completions' four parallel arrays.
+    fn logprobs_json(&self, scored: &[Scored]) -> Value {
+        match self.api {
+            Api::Chat => {
+                let entry = |id: u32, logprob: f32| {
+                    let (token, bytes) = self.token(id);
+                    json!({"token": token, "logprob": logprob, "bytes": bytes})
+                };
+                let content: Vec<Value> = scored
+                    .iter()
+                    .map(|s| {
+                        let mut e = entry(s.id, s.logprobs.logprob);
+                        e["top_logprobs"] = s
+                            .logprobs
+                            .top
+                            .iter()
+                            .map(|&(id, lp)| entry(id, lp))
+                            .collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Api::Completions => {
+                let top: Vec<Value> = scored
+                    .iter()
+                    .map(|s| {
+                        let alternatives: Map<String, Value> = s
+                            .logprobs
+                            .top
+                            .iter()
+                            .map(|&(id, lp)| (self.token(id).0, json!(lp)))
+                            .collect();
+                        Value::Object(alternatives)
+                    })
+                    .collect();
+                json!({
+                    "tokens": scored.iter().map(|s| self.token(s.id).0).collect::<Vec<_>>(),
+                    "token_logprobs": scored.iter().map(|s| s.logprobs.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": scored.iter().map(|s| s.offset).collect::<Vec<_>>(),
+                })
+            }
+        }
+    }
+}
+
+/// A generated token whose log-probabilities were asked for.
+#[derive(Debug)]
+struct Scored {
+    id: u32,
+    logprobs: Logprobs,
+    /// Where its text begins in the choice's text, in bytes.
+    at: usize,
+    /// The same in characters (the legacy `text_offset`), set when the
+    /// token goes out with its text.
+    offset: usize,
 }
 
 /// Generated text as it comes: tokens decoded, stop sequences cut.
@@ -604,6 +794,11 @@ struct Text {
     receiver: mpsc::UnboundedReceiver<Event>,
     /// Decoded but not yet released: could be the start of a stop sequence.
     held: String,
+    /// Bytes of text released so far, and their characters.
+    released: usize,
+    released_chars: usize,
+    /// Tokens with log-probabilities whose text is not out yet.
+    scored: VecDeque<Scored>,
     /// Tokens generated so far.
     tokens: usize,
     /// The end, once known, returned after the last text.
@@ -612,7 +807,8 @@ struct Text {
 
 /// The next piece of a generation.
 enum Piece {
-    Text(String),
+    /// Text, and the tokens (with log-probabilities) it begins.
+    Text(String, Vec<Scored>),
     End(Finish),
     Failed(String),
 }
@@ -629,9 +825,33 @@ impl Text {
             stop,
             receiver,
             held: String::new(),
+            released: 0,
+            released_chars: 0,
+            scored: VecDeque::new(),
             tokens: 0,
             end: None,
         }
+    }
+
+    /// Releases `text` (what follows the text released so far) with the
+    /// tokens whose text begins in it; `all` takes the rest of the tokens
+    /// too (the end, where trailing tokens may have no text).
+    fn release(&mut self, text: String, all: bool) -> Piece {
+        let end = self.released + text.len();
+        let mut scored = Vec::new();
+        while let Some(s) = self.scored.front() {
+            if s.at >= end && !all {
+                break;
+            }
+            let mut s = self.scored.pop_front().expect("a front");
+            let within = s.at.saturating_sub(self.released);
+            s.offset =
+                self.released_chars + text.char_indices().take_while(|&(i, _)| i < within).count();
+            scored.push(s);
+        }
+        self.released = end;
+        self.released_chars += text.chars().count();
+        Piece::Text(text, scored)
     }
 
     async fn next(&mut self) -> Piece {
@@ -640,8 +860,16 @@ impl Text {
                 return Piece::End(finish);
             }
             match self.receiver.recv().await {
-                Some(Event::Token(id)) => {
+                Some(Event::Token(id, logprobs)) => {
                     self.tokens += 1;
+                    if let Some(logprobs) = logprobs {
+                        self.scored.push_back(Scored {
+                            id,
+                            logprobs,
+                            at: self.released + self.held.len(),
+                            offset: 0,
+                        });
+                    }
                     match self.decoder.step(&self.model.tokenizer, id) {
                         Ok(piece) => self.held.push_str(&piece),
                         Err(e) => return Piece::Failed(e.to_string()),
@@ -657,8 +885,13 @@ impl Text {
                         self.receiver.close();
                         self.held.truncate(at);
                         self.end = Some(Finish::Stop);
-                        if !self.held.is_empty() {
-                            return Piece::Text(std::mem::take(&mut self.held));
+                        // Tokens of the stop sequence and after are not
+                        // the text's.
+                        let cut = self.released + at;
+                        self.scored.retain(|s| s.at < cut);
+                        let text = std::mem::take(&mut self.held);
+                        if !text.is_empty() || !self.scored.is_empty() {
+                            return self.release(text, true);
                         }
                         continue;
                     }
@@ -670,16 +903,15 @@ impl Text {
                         .unwrap_or(0);
                     let release = self.held.len() - keep;
                     if release > 0 {
-                        let text = self.held[..release].to_string();
-                        self.held.drain(..release);
-                        return Piece::Text(text);
+                        let text: String = self.held.drain(..release).collect();
+                        return self.release(text, false);
                     }
                 }
                 Some(Event::Done(finish)) => {
                     self.end = Some(finish);
                     let rest = std::mem::take(&mut self.held) + &self.decoder.finish();
-                    if !rest.is_empty() {
-                        return Piece::Text(rest);
+                    if !rest.is_empty() || !self.scored.is_empty() {
+                        return self.release(rest, true);
                     }
                 }
                 Some(Event::Failed(e)) => return Piece::Failed(e),
@@ -701,68 +933,150 @@ fn partial_suffix(text: &str, stop: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// A whole response, once the generation ends.
-async fn whole(reply: Reply, mut text: Text) -> Result<Response, OpenAiError> {
-    let mut out = String::new();
-    let finish = loop {
-        match text.next().await {
-            Piece::Text(t) => out.push_str(&t),
-            Piece::End(finish) => break finish,
+/// A piece of choice `index`, and with its end, the tokens it generated.
+struct ChoicePiece {
+    index: usize,
+    piece: Piece,
+    tokens: usize,
+}
+
+/// The choices' pieces as they come, one task a choice. A choice's pieces
+/// keep their order; dropping the receiver ends every generation (each
+/// task's next send fails and drops its `Text`).
+fn merge(choices: Vec<Text>) -> mpsc::Receiver<ChoicePiece> {
+    let (sender, receiver) = mpsc::channel(16);
+    for (index, mut text) in choices.into_iter().enumerate() {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            loop {
+                let piece = text.next().await;
+                let last = !matches!(piece, Piece::Text(..));
+                let tokens = text.tokens;
+                let out = ChoicePiece {
+                    index,
+                    piece,
+                    tokens,
+                };
+                if sender.send(out).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+    }
+    receiver
+}
+
+/// A whole response, once every choice's generation ends.
+async fn whole(
+    reply: Reply,
+    n: usize,
+    mut pieces: mpsc::Receiver<ChoicePiece>,
+) -> Result<Response, OpenAiError> {
+    let mut texts = vec![String::new(); n];
+    let mut scored: Vec<Vec<Scored>> = (0..n).map(|_| Vec::new()).collect();
+    let mut finishes: Vec<Option<Finish>> = vec![None; n];
+    let mut tokens = 0;
+    while finishes.iter().any(Option::is_none) {
+        let Some(ChoicePiece {
+            index,
+            piece,
+            tokens: generated,
+        }) = pieces.recv().await
+        else {
+            return Err(ApiError::Internal("generation failed: it stopped".into()).into());
+        };
+        match piece {
+            Piece::Text(t, s) => {
+                texts[index].push_str(&t);
+                scored[index].extend(s);
+            }
+            Piece::End(finish) => {
+                finishes[index] = Some(finish);
+                tokens += generated;
+            }
             Piece::Failed(e) => {
                 return Err(ApiError::Internal(format!("generation failed: {e}")).into())
             }
         }
+    }
+    let choices: Vec<Value> = (0..n)
+        .map(|i| {
+            let logprobs = if reply.logprobs {
+                reply.logprobs_json(&scored[i])
+            } else {
+                Value::Null
+            };
+            let finish = finishes[i].map(Finish::as_str);
+            match reply.api {
+                Api::Chat => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": texts[i]},
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }),
+                Api::Completions => json!({
+                    "index": i, "text": texts[i], "logprobs": logprobs, "finish_reason": finish,
+                }),
+            }
+        })
+        .collect();
+    let object = match reply.api {
+        Api::Chat => "chat.completion",
+        Api::Completions => "text_completion",
     };
-    let usage = reply.usage(text.tokens);
-    let body = match reply.api {
-        Api::Chat => json!({
-            "id": reply.id, "object": "chat.completion", "created": reply.created,
-            "model": reply.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": out},
-                "logprobs": null,
-                "finish_reason": finish.as_str(),
-            }],
-            "usage": usage,
-        }),
-        Api::Completions => json!({
-            "id": reply.id, "object": "text_completion", "created": reply.created,
-            "model": reply.model,
-            "choices": [{"index": 0, "text": out, "logprobs": null, "finish_reason": finish.as_str()}],
-            "usage": usage,
-        }),
-    };
+    let body = json!({
+        "id": reply.id, "object": object, "created": reply.created,
+        "model": reply.model, "choices": choices, "usage": reply.usage(tokens),
+    });
     Ok(Json(body).into_response())
 }
 
-/// A streamed response: `data:` events as the text comes, a last chunk with
-/// the finish reason, the usage if asked, then `data: [DONE]`. A failure
-/// after the stream has started is sent as an `error` event before the end.
-fn stream(reply: Reply, mut text: Text) -> Response {
+/// A streamed response: `data:` events as the text comes, each choice's
+/// last chunk with its finish reason, the usage if asked, then
+/// `data: [DONE]`. A failure after the stream has started is sent as an
+/// `error` event before the end.
+fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<ChoicePiece>) -> Response {
     let (frames, body) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let send = |value: &Value| Bytes::from(format!("data: {value}\n\n"));
-        if reply.api == Api::Chat
-            && frames
-                .send(send(&reply.chunk(None, true, None)))
-                .await
-                .is_err()
-        {
-            return;
+        if reply.api == Api::Chat {
+            let roles: String = (0..n)
+                .map(|i| format!("data: {}\n\n", reply.chunk(i, None, true, None, None)))
+                .collect();
+            if frames.send(Bytes::from(roles)).await.is_err() {
+                return;
+            }
         }
+        let mut open = n;
+        let mut tokens = 0;
         loop {
-            let frame = match text.next().await {
-                Piece::Text(t) => send(&reply.chunk(Some(&t), false, None)),
+            let Some(ChoicePiece {
+                index,
+                piece,
+                tokens: generated,
+            }) = pieces.recv().await
+            else {
+                return;
+            };
+            let frame = match piece {
+                Piece::Text(t, scored) => {
+                    let scored = reply.logprobs.then_some(scored.as_slice());
+                    send(&reply.chunk(index, Some(&t), false, scored, None))
+                }
                 Piece::End(finish) => {
-                    let last = reply.chunk(None, false, Some(finish));
+                    open -= 1;
+                    tokens += generated;
+                    let last = reply.chunk(index, None, false, None, Some(finish));
                     let mut out = format!("data: {last}\n\n");
-                    if reply.usage_chunks {
-                        out.push_str(&format!("data: {}\n\n", reply.usage_chunk(text.tokens)));
+                    if open == 0 {
+                        if reply.usage_chunks {
+                            out.push_str(&format!("data: {}\n\n", reply.usage_chunk(tokens)));
+                        }
+                        out.push_str("data: [DONE]\n\n");
+                        let _ = frames.send(Bytes::from(out)).await;
+                        return;
                     }
-                    out.push_str("data: [DONE]\n\n");
-                    let _ = frames.send(Bytes::from(out)).await;
-                    return;
+                    Bytes::from(out)
                 }
                 Piece::Failed(e) => {
                     let error =
@@ -773,7 +1087,7 @@ fn stream(reply: Reply, mut text: Text) -> Response {
                     return;
                 }
             };
-            // The client is gone: dropping `text` ends the generation.
+            // The client is gone: dropping `pieces` ends the generations.
             if frames.send(frame).await.is_err() {
                 return;
             }
@@ -867,33 +1181,99 @@ mod tests {
     fn unsupported_parameters_are_refused_unless_neutral() {
         let fields = |v: Value| v.as_object().cloned().expect("an object");
         for refused in [
-            json!({"logprobs": true}),
-            json!({"top_logprobs": 2}),
             json!({"tools": [{"type": "function"}]}),
             json!({"tool_choice": "auto"}),
             json!({"response_format": {"type": "json_object"}}),
             json!({"echo": true}),
             json!({"best_of": 2}),
             json!({"suffix": "x"}),
-            json!({"logit_bias": {"50256": -100}}),
-            json!({"presence_penalty": 0.5}),
-            json!({"frequency_penalty": -1}),
-            json!({"logprobs": 0}),
+            json!({"modalities": ["audio"]}),
         ] {
             let e = refuse_unsupported(&fields(refused.clone())).expect_err("refused");
             assert!(format!("{e:?}").contains("does not support"), "{refused}");
         }
         for neutral in [
-            json!({"logprobs": false, "top_logprobs": null, "tools": [], "tool_choice": "none",
+            json!({"tools": [], "tool_choice": "none",
                    "response_format": {"type": "text"}, "echo": false, "best_of": 1,
-                   "suffix": "", "logit_bias": {}, "presence_penalty": 0,
-                   "frequency_penalty": 0.0, "modalities": ["text"], "user": "u", "foo": 1}),
-            json!({"logprobs": null}),
+                   "suffix": "", "modalities": ["text"], "user": "u", "foo": 1}),
+            json!({"tool_choice": null, "best_of": null, "response_format": {}}),
         ] {
             assert!(
                 refuse_unsupported(&fields(neutral.clone())).is_ok(),
                 "{neutral}"
             );
+        }
+    }
+
+    #[test]
+    fn log_probabilities_are_asked_for_in_each_api_own_way() {
+        let ask = |api, v: Value| logprobs(v.as_object().expect("an object"), api);
+        assert_eq!(ask(Api::Chat, json!({})).ok(), Some(None));
+        assert_eq!(
+            ask(Api::Chat, json!({"logprobs": true})).ok(),
+            Some(Some(0))
+        );
+        assert_eq!(
+            ask(Api::Chat, json!({"logprobs": true, "top_logprobs": 5})).ok(),
+            Some(Some(5))
+        );
+        assert_eq!(
+            ask(Api::Chat, json!({"logprobs": false, "top_logprobs": 0})).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            ask(Api::Completions, json!({"logprobs": 0})).ok(),
+            Some(Some(0))
+        );
+        assert_eq!(
+            ask(Api::Completions, json!({"logprobs": 3})).ok(),
+            Some(Some(3))
+        );
+        assert_eq!(
+            ask(Api::Completions, json!({"logprobs": false})).ok(),
+            Some(None)
+        );
+        for (api, refused, says) in [
+            (Api::Chat, json!({"top_logprobs": 2}), "needs 'logprobs'"),
+            (
+                Api::Chat,
+                json!({"logprobs": true, "top_logprobs": 21}),
+                "from 0 to 20",
+            ),
+            (Api::Chat, json!({"logprobs": 1}), "must be a boolean"),
+            (
+                Api::Completions,
+                json!({"logprobs": true}),
+                "must be an integer",
+            ),
+            (Api::Completions, json!({"logprobs": -1}), "from 0 to 20"),
+            (
+                Api::Completions,
+                json!({"top_logprobs": 2}),
+                "the chat API's",
+            ),
+        ] {
+            let e = ask(api, refused.clone()).expect_err("refused");
+            assert!(format!("{e:?}").contains(says), "{refused}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn logit_biases_are_token_ids_to_numbers_within_100() {
+        assert_eq!(
+            logit_bias(Some(&json!({"5": -100, "7": 2.5})), 10).ok(),
+            Some(vec![(5, -100.0), (7, 2.5)])
+        );
+        assert_eq!(logit_bias(Some(&json!({})), 10).ok(), Some(vec![]));
+        for (refused, says) in [
+            (json!({"10": 1}), "below this model's vocabulary of 10"),
+            (json!({"x": 1}), "below this model's vocabulary"),
+            (json!({"1": 101}), "from -100 to 100"),
+            (json!({"1": "up"}), "from -100 to 100"),
+            (json!([1]), "must be an object"),
+        ] {
+            let e = logit_bias(Some(&refused), 10).expect_err("refused");
+            assert!(format!("{e:?}").contains(says), "{refused}: {e:?}");
         }
     }
 

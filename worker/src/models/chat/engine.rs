@@ -6,7 +6,7 @@
 //! already going. A sequence whose receiver is gone (the client hung up)
 //! is dropped at the next step, freeing its slot.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::models::ModelError;
 const PROMPT_CHUNK: usize = 256;
 
 /// How to pick each next token.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
     /// 0 picks the most likely token (deterministic); higher flattens.
     pub temperature: f32,
@@ -29,6 +29,48 @@ pub struct Sampling {
     pub top_p: f32,
     /// The random generator's seed.
     pub seed: u64,
+    /// Taken from the logit of every token already generated (OpenAI's
+    /// `presence_penalty`).
+    pub presence_penalty: f32,
+    /// Taken from a token's logit once for each time it was generated
+    /// (OpenAI's `frequency_penalty`).
+    pub frequency_penalty: f32,
+    /// Added to these tokens' logits (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Report each generated token's log-probability and those of this many
+    /// likeliest tokens; `None` reports none.
+    pub logprobs: Option<usize>,
+}
+
+impl Sampling {
+    /// Picks the likeliest token, with no adjustment and no report.
+    pub fn greedy() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            logprobs: None,
+        }
+    }
+
+    /// Whether the logits are changed before a token is picked.
+    fn adjusts(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 || !self.logit_bias.is_empty()
+    }
+}
+
+/// A generated token's log-probability under the model (its own
+/// distribution: before temperature, penalties and bias, as vLLM reports
+/// by default), and the likeliest tokens' at the same place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprobs {
+    /// The generated token's.
+    pub logprob: f32,
+    /// The likeliest tokens and theirs, likeliest first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Why a generation ended.
@@ -54,8 +96,9 @@ impl Finish {
 /// `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A generated token (end-of-turn tokens are not sent).
-    Token(u32),
+    /// A generated token (end-of-turn tokens are not sent), with its
+    /// log-probabilities when they were asked for.
+    Token(u32, Option<Logprobs>),
     /// The end.
     Done(Finish),
     /// The model failed; nothing follows.
@@ -108,6 +151,9 @@ struct Active {
     last: [u32; 1],
     generated: usize,
     rng: Rng,
+    /// How often each token was generated, for the penalties (kept only
+    /// when they are set).
+    counts: HashMap<u32, u32>,
 }
 
 fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequences: usize) {
@@ -152,6 +198,7 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
                 last: [0],
                 generated: 0,
                 rng,
+                counts: HashMap::new(),
                 generation,
             });
         }
@@ -210,7 +257,13 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
     let mut finished = Vec::new();
     for (i, mut logits) in sampled.into_iter().zip(logits) {
         let a = &mut active[i];
-        let token = sample(&mut logits, &a.generation.sampling, &mut a.rng);
+        let sampling = &a.generation.sampling;
+        // Reported from the model's own distribution, before any change.
+        let report = sampling.logprobs.map(|k| Report::new(&logits, k));
+        if sampling.adjusts() {
+            adjust(&mut logits, sampling, &a.counts);
+        }
+        let token = sample(&mut logits, sampling, &mut a.rng);
         let events = &a.generation.events;
         if model.tokenizer.stop_ids().contains(&token) {
             let _ = events.send(Event::Done(Finish::Stop));
@@ -219,7 +272,11 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
         }
         a.generated += 1;
         a.last = [token];
-        if events.send(Event::Token(token)).is_err() {
+        if sampling.presence_penalty != 0.0 || sampling.frequency_penalty != 0.0 {
+            *a.counts.entry(token).or_default() += 1;
+        }
+        let logprobs = report.map(|r| r.of(token));
+        if events.send(Event::Token(token, logprobs)).is_err() {
             finished.push(i); // hung up
         } else if a.generated >= a.generation.max_tokens || a.cache.len() + 1 >= context {
             let _ = events.send(Event::Done(Finish::Length));
@@ -228,6 +285,71 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
     }
     for i in finished.into_iter().rev() {
         active.swap_remove(i);
+    }
+}
+
+/// Applies the bias and the penalties for what was generated so far.
+fn adjust(logits: &mut [f32], sampling: &Sampling, counts: &HashMap<u32, u32>) {
+    for &(id, bias) in &sampling.logit_bias {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l += bias;
+        }
+    }
+    for (&id, &n) in counts {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l -= sampling.presence_penalty + n as f32 * sampling.frequency_penalty;
+        }
+    }
+}
+
+/// The log-probabilities of one place, taken before its logits change.
+struct Report {
+    /// log Σ exp(logit): a token's log-probability is its logit less this.
+    log_total: f32,
+    /// The generated token's logit is read from here once it is known.
+    logits: Vec<f32>,
+    top: Vec<(u32, f32)>,
+}
+
+impl Report {
+    fn new(logits: &[f32], k: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let log_total = max + sum.ln() as f32;
+        // The k largest, kept in order in a short list.
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        if k > 0 {
+            for (id, &l) in logits.iter().enumerate() {
+                if top.len() == k && l <= top[k - 1].1 {
+                    continue;
+                }
+                let at = top.partition_point(|&(_, v)| v >= l);
+                top.insert(at, (id as u32, l));
+                top.truncate(k);
+            }
+        }
+        Report {
+            log_total,
+            logits: logits.to_vec(),
+            top,
+        }
+    }
+
+    fn of(self, token: u32) -> Logprobs {
+        let log_total = self.log_total;
+        let logit = self
+            .logits
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        Logprobs {
+            logprob: logit - log_total,
+            top: self
+                .top
+                .into_iter()
+                .map(|(id, l)| (id, l - log_total))
+                .collect(),
+        }
     }
 }
 
@@ -313,6 +435,7 @@ mod tests {
             temperature,
             top_p,
             seed: 7,
+            ..Sampling::greedy()
         }
     }
 
@@ -333,6 +456,43 @@ mod tests {
             let mut logits = vec![0.0, 5.0, 4.9, 1.0];
             assert_eq!(sample(&mut logits, &sampling(1.5, 0.0), &mut rng), 1);
         }
+    }
+
+    #[test]
+    fn log_probabilities_are_the_model_own_before_any_change() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let total: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let want = |id: usize| (f64::from(logits[id]) - total.ln()) as f32;
+        let report = Report::new(&logits, 3);
+        let got = report.of(4);
+        assert!((got.logprob - want(4)).abs() < 1e-6, "{got:?}");
+        // The likeliest first; of two equal, the lower id first.
+        let ids: Vec<u32> = got.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 0]);
+        for (id, lp) in got.top {
+            assert!((lp - want(id as usize)).abs() < 1e-6);
+        }
+        assert!(Report::new(&logits, 0).of(1).top.is_empty());
+        // More asked for than there are tokens: all of them.
+        assert_eq!(Report::new(&logits, 9).of(1).top.len(), 5);
+    }
+
+    #[test]
+    fn bias_and_penalties_change_the_logits_as_openai_defines_them() {
+        let s = Sampling {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            logit_bias: vec![(0, -100.0), (2, 1.0), (99, 5.0)],
+            ..Sampling::greedy()
+        };
+        let counts = HashMap::from([(1, 3), (2, 1)]);
+        let mut logits = [2.0f32, 2.0, 2.0, 2.0];
+        adjust(&mut logits, &s, &counts);
+        // 0: banned; 1: 3 times (0.5 + 3 × 0.25); 2: +1, once (0.5 + 0.25);
+        // 3: untouched; 99 is beyond the vocabulary and ignored.
+        assert_eq!(logits, [-98.0, 0.75, 2.25, 2.0]);
+        let mut rng = Rng::new(1);
+        assert_eq!(sample(&mut logits, &s, &mut rng), 2);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use engine::{Engine, Event, Finish, Generation, Sampling};
+pub use engine::{Engine, Event, Finish, Generation, Logprobs, Sampling};
 pub use template::{ChatMessage, ChatTemplate, Prompt, TemplateError};
 pub use tokenizer::{ChatTokenizer, GgufVocab, StreamDecoder};
 

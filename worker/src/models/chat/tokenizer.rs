@@ -245,6 +245,11 @@ impl ChatTokenizer {
         self.bytes.len()
     }
 
+    /// A token's bytes as it decodes (a control token's: its name).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize).map(Vec::as_slice)
+    }
+
     /// The id of a token, given its text in the byte alphabet.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
