@@ -231,6 +231,17 @@ fn listing_and_errors_do_not_wake_models() {
     assert!(r.json()["error"]
         .as_str()
         .is_some_and(|e| e.contains("model configuration extension")));
+    // Also the statistics of all models, whose path reads as the metadata
+    // of a model named "stats".
+    let r = g.public.get("/v2/models/stats");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("statistics extension")),
+        "{}",
+        r.json()
+    );
     assert_eq!(
         g.public.get("/v2").json()["extensions"],
         json!(["binary_tensor_data"])

@@ -497,7 +497,15 @@ fn bad_requests_get_400_in_openai_shape() {
             "{body}: {message:?} does not mention {needle:?}"
         );
         assert!(message.len() < 500, "{message}");
+        // The field, as OpenAI names it, where the message names one.
+        if let Some(param) = error["param"].as_str() {
+            assert!(message.contains(&format!("'{param}'")), "{error}");
+        }
     }
+    let r = w
+        .client
+        .post_json("/v1/chat/completions", &chat(json!({"temperature": 3})));
+    assert_eq!(r.json()["error"]["param"], "temperature");
     let r = w.client.post_json(
         "/v1/chat/completions",
         &json!({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}),

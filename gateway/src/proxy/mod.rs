@@ -644,7 +644,14 @@ impl Gateway {
             Route::V2ModelMetadata(name) => match self.models.get(&name) {
                 Some(m) => (200, m.metadata.clone()),
                 None => {
-                    return respond::error(session, &GatewayError::UnknownModel(name), false).await
+                    // Triton's `/v2/models/stats` reads as a model's
+                    // metadata: unless a model has that name, say what the
+                    // client asked for.
+                    let e = match respond::triton_extension(path) {
+                        Some(_) => GatewayError::NotFound(path.to_string()),
+                        None => GatewayError::UnknownModel(name),
+                    };
+                    return respond::error(session, &e, false).await;
                 }
             },
             Route::V2ModelReady(name) => match self.models.get(&name) {

@@ -178,7 +178,12 @@ impl GatewayError {
     pub fn body(&self, openai: bool) -> Value {
         if openai {
             let (kind, code) = self.openai_type_code();
-            json!({"error": {"message": self.message(), "type": kind, "param": null, "code": code}})
+            // The one field the gateway reads is the model's.
+            let param = match self {
+                GatewayError::BadRequest(m) if m.contains("'model'") => Some("model"),
+                _ => None,
+            };
+            json!({"error": {"message": self.message(), "type": kind, "param": param, "code": code}})
         } else {
             json!({"error": self.message()})
         }
@@ -188,7 +193,7 @@ impl GatewayError {
 /// The Triton extension a `/v2` path belongs to, for a 404 that says why
 /// a Triton client's call is not served (`get_model_config`, statistics,
 /// the repository API…).
-fn triton_extension(path: &str) -> Option<&'static str> {
+pub(super) fn triton_extension(path: &str) -> Option<&'static str> {
     let rest = path.strip_prefix("/v2/")?;
     let parts: Vec<&str> = rest.split('/').collect();
     let extension = match parts.as_slice() {
@@ -295,5 +300,7 @@ mod tests {
         assert_eq!(e.body(true)["error"]["param"], Value::Null);
         assert!(e.body(true)["error"].get("param").is_some());
         assert!(e.body(false)["error"].is_string());
+        let e = GatewayError::BadRequest("missing required parameter: 'model'".into());
+        assert_eq!(e.body(true)["error"]["param"], "model");
     }
 }

@@ -139,10 +139,22 @@ impl OpenAiError {
     /// The error's JSON body (also sent as an event in a failed stream).
     pub fn body(&self) -> serde_json::Value {
         let (kind, code) = self.0.openai_type_code();
-        // `param` is always there, as OpenAI sends it (its messages name
-        // the field).
-        json!({"error": {"message": self.0.message(), "type": kind, "param": null, "code": code}})
+        let message = self.0.message();
+        let param = match self.0 {
+            ApiError::BadRequest(_) => param(&message),
+            _ => None,
+        };
+        json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
     }
+}
+
+/// OpenAI's `param`: the field a message names first, as every message
+/// about a field begins (`'temperature' is 3; …`, `missing required
+/// parameter: 'model'`); `None` (JSON null) otherwise.
+fn param(message: &str) -> Option<&str> {
+    let field = message.split('\'').nth(1)?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_.[]".contains(c);
+    (!field.is_empty() && field.chars().all(plain)).then_some(field)
 }
 
 impl IntoResponse for OpenAiError {
@@ -161,6 +173,37 @@ impl IntoResponse for V2Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_param_is_the_field_a_message_names() {
+        for (message, want) in [
+            (
+                "'temperature' is 3; it must be between 0 and 2",
+                Some("temperature"),
+            ),
+            ("missing required parameter: 'messages'", Some("messages")),
+            (
+                "'messages[1].content' is missing",
+                Some("messages[1].content"),
+            ),
+            (
+                "'stream_options.include_usage' must be a boolean",
+                Some("stream_options.include_usage"),
+            ),
+            // An apostrophe is no field.
+            (
+                "the prompt's 9 tokens leave 3 of this model's context",
+                None,
+            ),
+            ("the prompt is empty", None),
+        ] {
+            assert_eq!(param(message), want, "{message}");
+        }
+        let body = OpenAiError(ApiError::BadRequest("'n' is 0; …".into())).body();
+        assert_eq!(body["error"]["param"], "n");
+        let body = OpenAiError(ApiError::Internal("'x' failed".into())).body();
+        assert_eq!(body["error"]["param"], serde_json::Value::Null);
+    }
 
     #[test]
     fn statuses() {
