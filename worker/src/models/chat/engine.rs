@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::llama::Step;
 use super::{Cache, ChatModel};
+use crate::models::bert::kernels::exp;
 use crate::models::ModelError;
 
 /// Most prompt tokens run in one step (beside the decoding sequences).
@@ -259,7 +260,9 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
         let a = &mut active[i];
         let sampling = &a.generation.sampling;
         // Reported from the model's own distribution, before any change.
-        let report = sampling.logprobs.map(|k| Report::new(&logits, k));
+        let report = sampling
+            .logprobs
+            .map(|k| Report::new(&logits, k, sampling.adjusts()));
         if sampling.adjusts() {
             adjust(&mut logits, sampling, &a.counts);
         }
@@ -275,7 +278,7 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
         if sampling.presence_penalty != 0.0 || sampling.frequency_penalty != 0.0 {
             *a.counts.entry(token).or_default() += 1;
         }
-        let logprobs = report.map(|r| r.of(token));
+        let logprobs = report.map(|r| r.of(token, &logits));
         if events.send(Event::Token(token, logprobs)).is_err() {
             finished.push(i); // hung up
         } else if a.generated >= a.generation.max_tokens || a.cache.len() + 1 >= context {
@@ -306,15 +309,32 @@ fn adjust(logits: &mut [f32], sampling: &Sampling, counts: &HashMap<u32, u32>) {
 struct Report {
     /// log Σ exp(logit): a token's log-probability is its logit less this.
     log_total: f32,
-    /// The generated token's logit is read from here once it is known.
-    logits: Vec<f32>,
+    /// The logits as they were, where they are changed before a token is
+    /// picked (its own logit is read from here once it is known).
+    unchanged: Option<Vec<f32>>,
     top: Vec<(u32, f32)>,
 }
 
 impl Report {
-    fn new(logits: &[f32], k: usize) -> Self {
+    /// The report of `logits`; `changing` keeps a copy of them, which the
+    /// bias or the penalties are about to change.
+    fn new(logits: &[f32], k: usize, changing: bool) -> Self {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        // Σ e^(l - max) in eight lanes of f32 (the vectorized exp, within
+        // 2 ulp; each term at most 1), added up in f64.
+        let mut lanes = [0.0f32; 8];
+        let blocks = logits.chunks_exact(8);
+        let rest: f64 = blocks
+            .remainder()
+            .iter()
+            .map(|&l| f64::from(exp(l - max)))
+            .sum();
+        for block in blocks {
+            for (lane, &l) in lanes.iter_mut().zip(block) {
+                *lane += exp(l - max);
+            }
+        }
+        let sum = lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest;
         let log_total = max + sum.ln() as f32;
         // The k largest, kept in order in a short list.
         let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
@@ -330,15 +350,18 @@ impl Report {
         }
         Report {
             log_total,
-            logits: logits.to_vec(),
+            unchanged: changing.then(|| logits.to_vec()),
             top,
         }
     }
 
-    fn of(self, token: u32) -> Logprobs {
+    /// With the token picked from `logits` (as they are now).
+    fn of(self, token: u32, logits: &[f32]) -> Logprobs {
         let log_total = self.log_total;
         let logit = self
-            .logits
+            .unchanged
+            .as_deref()
+            .unwrap_or(logits)
             .get(token as usize)
             .copied()
             .unwrap_or(f32::NEG_INFINITY);
@@ -463,8 +486,8 @@ mod tests {
         let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
         let total: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
         let want = |id: usize| (f64::from(logits[id]) - total.ln()) as f32;
-        let report = Report::new(&logits, 3);
-        let got = report.of(4);
+        let report = Report::new(&logits, 3, false);
+        let got = report.of(4, &logits);
         assert!((got.logprob - want(4)).abs() < 1e-6, "{got:?}");
         // The likeliest first; of two equal, the lower id first.
         let ids: Vec<u32> = got.top.iter().map(|t| t.0).collect();
@@ -472,9 +495,22 @@ mod tests {
         for (id, lp) in got.top {
             assert!((lp - want(id as usize)).abs() < 1e-6);
         }
-        assert!(Report::new(&logits, 0).of(1).top.is_empty());
+        assert!(Report::new(&logits, 0, false).of(1, &logits).top.is_empty());
         // More asked for than there are tokens: all of them.
-        assert_eq!(Report::new(&logits, 9).of(1).top.len(), 5);
+        assert_eq!(Report::new(&logits, 9, false).of(1, &logits).top.len(), 5);
+        // Logits changed after the report: the token's own is as it was.
+        let got = Report::new(&logits, 1, true).of(2, &[0.0; 5]);
+        assert!((got.logprob - want(2)).abs() < 1e-6, "{got:?}");
+        // Many tokens (the lanes and the rest): as in f64.
+        let many: Vec<f32> = (0..49_157).map(|i| (i % 97) as f32 * 0.31 - 9.0).collect();
+        let total: f64 = many.iter().map(|&l| f64::from(l).exp()).sum();
+        let got = Report::new(&many, 0, false).of(5, &many);
+        let want = (f64::from(many[5]) - total.ln()) as f32;
+        assert!(
+            (got.logprob - want).abs() < 1e-5,
+            "{} against {want}",
+            got.logprob
+        );
     }
 
     #[test]
