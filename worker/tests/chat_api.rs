@@ -452,6 +452,27 @@ fn bad_requests_get_400_in_openai_shape() {
         ("/v1/chat/completions", chat(json!({"n": 0})), "'n' is 0"),
         (
             "/v1/chat/completions",
+            chat(json!({"top_k": -2})),
+            "'top_k' is -2",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"top_k": 1.5})),
+            "'top_k' is 1.5",
+        ),
+        ("/v1/chat/completions", chat(json!({"min_p": 2})), "min_p"),
+        (
+            "/v1/chat/completions",
+            chat(json!({"repetition_penalty": 0})),
+            "repetition_penalty",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"min_tokens": 13})),
+            "'min_tokens' is 13, more than the 12 tokens",
+        ),
+        (
+            "/v1/chat/completions",
             chat(json!({"stop": ["a", "b", "c", "d", "e"]})),
             "stop",
         ),
@@ -677,7 +698,7 @@ fn log_probabilities_come_with_their_tokens_whole_and_streamed() {
 }
 
 #[test]
-fn choices_biases_and_penalties() {
+fn choices_biases_penalties_and_vllm_sampling_extras() {
     let w = smollm2(4);
     let completion = |extra: Value| {
         let mut body =
@@ -801,4 +822,52 @@ fn choices_biases_and_penalties() {
         presence < free && frequency < free,
         "{free} {presence} {frequency}"
     );
+    // vLLM's repetition penalty counts the prompt's words too.
+    let repetition = repeats(json!({"repetition_penalty": 1.5}));
+    assert!(repetition < free, "{free} {repetition}");
+
+    // top_k = 1 and min_p = 1 keep only the likeliest token: greedy
+    // whatever the temperature and seed.
+    let greedy = completion(json!({"temperature": 0}))["choices"][0]["text"].clone();
+    for seed in 1..4 {
+        for narrow in [json!({"top_k": 1}), json!({"min_p": 1.0})] {
+            let mut body = json!({"temperature": 1.5, "seed": seed});
+            body.as_object_mut()
+                .expect("object")
+                .extend(narrow.as_object().expect("object").clone());
+            assert_eq!(completion(body)["choices"][0]["text"], greedy, "{narrow}");
+        }
+    }
+    // Sampled at that temperature without them, some seed differs.
+    assert!((1..6).any(
+        |seed| completion(json!({"temperature": 1.5, "seed": seed}))["choices"][0]["text"]
+            != greedy
+    ));
+
+    // min_tokens: an answer that ends its turn early goes on to the minimum.
+    let brief = |min: u64| {
+        let r = w.client.post_json(
+            "/v1/chat/completions",
+            &json!({"model": "smollm2", "messages": [{"role": "user", "content": "What is 2+2?"}],
+                "temperature": 0, "max_tokens": 40, "min_tokens": min}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("tokens")
+    };
+    let natural = brief(0);
+    assert!(natural < 30, "{natural}");
+    assert!(brief(30) >= 30);
+    // Stop sequences too count only from the minimum on (vLLM's rule): the
+    // greedy text cut at its first space goes on past it.
+    let first_space = greedy.as_str().expect("text").find(' ').expect("a space");
+    let cut = |min: u64| {
+        completion(json!({"temperature": 0, "stop": " ", "min_tokens": min}))["choices"][0]["text"]
+            .as_str()
+            .expect("text")
+            .len()
+    };
+    assert!(cut(0) <= first_space);
+    assert!(cut(6) > first_space);
 }

@@ -142,6 +142,13 @@ async fn generate(
         None if api == Api::Completions => COMPLETIONS_MAX_TOKENS.min(room),
         None => room,
     };
+    if checked.sampling.min_tokens > max_tokens {
+        return Err(bad(format!(
+            "'min_tokens' is {}, more than the {} tokens this request may generate",
+            checked.sampling.min_tokens, max_tokens
+        ))
+        .into());
+    }
     let prompt_tokens = prompt.len();
     // One generation per choice; the engine runs them side by side. A
     // given seed gives each choice its own (the seed, then the next ones).
@@ -156,7 +163,12 @@ async fn generate(
             sampling,
             events,
         })?;
-        choices.push(Text::new(model.clone(), checked.stop.clone(), receiver));
+        choices.push(Text::new(
+            model.clone(),
+            checked.stop.clone(),
+            checked.sampling.min_tokens,
+            receiver,
+        ));
     }
     let reply = Reply {
         id: response_id(api),
@@ -423,6 +435,36 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
     let frequency_penalty = number("frequency_penalty", 0.0, (-2.0, 2.0))? as f32;
     let logit_bias = logit_bias(fields.get("logit_bias"), model.tokenizer.vocab_size())?;
     let logprobs = logprobs(fields, api)?;
+    // vLLM's and TGI's sampling extras (OpenAI's clients send them in
+    // `extra_body`): ignored, they would change the sampling silently.
+    let whole_number = |key: &str| match fields.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            Ok(Some(n.as_i64().ok_or_else(|| {
+                bad(format!("'{key}' is {n}; it must be a whole number"))
+            })?))
+        }
+        Some(other) => Err(bad(format!(
+            "'{key}' must be an integer, got {}",
+            type_name(other)
+        ))),
+    };
+    let top_k = match whole_number("top_k")? {
+        None | Some(-1 | 0) => 0,
+        Some(k) if k >= 1 => k as usize,
+        Some(k) => {
+            return Err(bad(format!(
+                "'top_k' is {k}; it must be -1 (every token) or at least 1"
+            )))
+        }
+    };
+    let min_tokens = match whole_number("min_tokens")? {
+        None => 0,
+        Some(m) if m >= 0 => m as usize,
+        Some(m) => return Err(bad(format!("'min_tokens' is {m}; it must be at least 0"))),
+    };
+    let min_p = number("min_p", 0.0, (0.0, 1.0))? as f32;
+    let repetition_penalty = number("repetition_penalty", 1.0, (0.01, 100.0))? as f32;
     let stop = match fields.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -469,6 +511,10 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             frequency_penalty,
             logit_bias,
             logprobs,
+            top_k,
+            min_p,
+            repetition_penalty,
+            min_tokens,
         },
         stop,
         n,
@@ -791,6 +837,9 @@ struct Text {
     model: Arc<ChatModel>,
     decoder: StreamDecoder,
     stop: Vec<String>,
+    /// Stop sequences count from this many tokens on (`min_tokens`, as
+    /// vLLM counts them).
+    min_tokens: usize,
     receiver: mpsc::UnboundedReceiver<Event>,
     /// Decoded but not yet released: could be the start of a stop sequence.
     held: String,
@@ -817,12 +866,14 @@ impl Text {
     fn new(
         model: Arc<ChatModel>,
         stop: Vec<String>,
+        min_tokens: usize,
         receiver: mpsc::UnboundedReceiver<Event>,
     ) -> Self {
         Text {
             model,
             decoder: StreamDecoder::new(true),
             stop,
+            min_tokens,
             receiver,
             held: String::new(),
             released: 0,
@@ -877,6 +928,7 @@ impl Text {
                     let found = self
                         .stop
                         .iter()
+                        .filter(|_| self.tokens >= self.min_tokens)
                         .filter_map(|s| self.held.find(s.as_str()))
                         .min();
                     if let Some(at) = found {

@@ -6,7 +6,7 @@
 //! already going. A sequence whose receiver is gone (the client hung up)
 //! is dropped at the next step, freeing its slot.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
@@ -41,6 +41,18 @@ pub struct Sampling {
     /// Report each generated token's log-probability and those of this many
     /// likeliest tokens; `None` reports none.
     pub logprobs: Option<usize>,
+    /// Sample among this many likeliest tokens only; 0: all (vLLM's and
+    /// TGI's `top_k`).
+    pub top_k: usize,
+    /// Leave out tokens less likely than this fraction of the likeliest
+    /// (vLLM's `min_p`); 0: none.
+    pub min_p: f32,
+    /// Divides the positive logits, and multiplies the negative ones, of
+    /// every token of the prompt or generated so far (vLLM's and TGI's
+    /// `repetition_penalty`, from CTRL); 1: none.
+    pub repetition_penalty: f32,
+    /// The turn cannot end before this many tokens (vLLM's `min_tokens`).
+    pub min_tokens: usize,
 }
 
 impl Sampling {
@@ -54,12 +66,23 @@ impl Sampling {
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
             logprobs: None,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            min_tokens: 0,
         }
+    }
+
+    /// Whether a penalty looks at the tokens so far.
+    fn penalizes(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
     }
 
     /// Whether the logits are changed before a token is picked.
     fn adjusts(&self) -> bool {
-        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 || !self.logit_bias.is_empty()
+        self.penalizes() || !self.logit_bias.is_empty() || self.min_tokens > 0
     }
 }
 
@@ -152,9 +175,17 @@ struct Active {
     last: [u32; 1],
     generated: usize,
     rng: Rng,
-    /// How often each token was generated, for the penalties (kept only
-    /// when they are set).
+    /// What the penalties look at (kept only when they are set).
+    history: History,
+}
+
+/// The tokens so far, as the penalties see them.
+#[derive(Debug, Default)]
+struct History {
+    /// How often each token was generated.
     counts: HashMap<u32, u32>,
+    /// The prompt's tokens (for the repetition penalty only).
+    prompt: HashSet<u32>,
 }
 
 fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequences: usize) {
@@ -193,13 +224,17 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
                 break;
             };
             let rng = Rng::new(generation.sampling.seed);
+            let mut history = History::default();
+            if generation.sampling.repetition_penalty != 1.0 {
+                history.prompt = generation.prompt.iter().copied().collect();
+            }
             active.push(Active {
                 unread: generation.prompt.len(),
                 cache: model.decoder.new_cache(),
                 last: [0],
                 generated: 0,
                 rng,
-                counts: HashMap::new(),
+                history,
                 generation,
             });
         }
@@ -264,7 +299,13 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
             .logprobs
             .map(|k| Report::new(&logits, k, sampling.adjusts()));
         if sampling.adjusts() {
-            adjust(&mut logits, sampling, &a.counts);
+            // Before its minimum, the turn cannot end.
+            let stops = if a.generated < sampling.min_tokens {
+                model.tokenizer.stop_ids()
+            } else {
+                &[]
+            };
+            adjust(&mut logits, sampling, &a.history, stops);
         }
         let token = sample(&mut logits, sampling, &mut a.rng);
         let events = &a.generation.events;
@@ -275,8 +316,8 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
         }
         a.generated += 1;
         a.last = [token];
-        if sampling.presence_penalty != 0.0 || sampling.frequency_penalty != 0.0 {
-            *a.counts.entry(token).or_default() += 1;
+        if sampling.penalizes() {
+            *a.history.counts.entry(token).or_default() += 1;
         }
         let logprobs = report.map(|r| r.of(token, &logits));
         if events.send(Event::Token(token, logprobs)).is_err() {
@@ -291,14 +332,33 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
     }
 }
 
-/// Applies the bias and the penalties for what was generated so far.
-fn adjust(logits: &mut [f32], sampling: &Sampling, counts: &HashMap<u32, u32>) {
+/// Applies the bias, bans the `banned` tokens, then the penalties for the
+/// tokens so far (in vLLM's order: repetition, then frequency and
+/// presence).
+fn adjust(logits: &mut [f32], sampling: &Sampling, history: &History, banned: &[u32]) {
     for &(id, bias) in &sampling.logit_bias {
         if let Some(l) = logits.get_mut(id as usize) {
             *l += bias;
         }
     }
-    for (&id, &n) in counts {
+    for &id in banned {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    let rp = sampling.repetition_penalty;
+    if rp != 1.0 {
+        let generated = history
+            .counts
+            .keys()
+            .filter(|id| !history.prompt.contains(id));
+        for &id in history.prompt.iter().chain(generated) {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = if *l > 0.0 { *l / rp } else { *l * rp };
+            }
+        }
+    }
+    for (&id, &n) in &history.counts {
         if let Some(l) = logits.get_mut(id as usize) {
             *l -= sampling.presence_penalty + n as f32 * sampling.frequency_penalty;
         }
@@ -402,6 +462,9 @@ pub fn sample(logits: &mut [f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
         .map(|(i, &v)| (i as u32, ((v - max) / sampling.temperature).exp()))
         .collect();
     candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    if sampling.top_k > 0 {
+        candidates.truncate(sampling.top_k);
+    }
     let total: f32 = candidates.iter().map(|c| c.1).sum();
     // The nucleus: the fewest tokens whose mass reaches top_p.
     let mut kept = 0;
@@ -414,6 +477,9 @@ pub fn sample(logits: &mut [f32], sampling: &Sampling, rng: &mut Rng) -> u32 {
         }
     }
     candidates.truncate(kept.max(1));
+    // min_p, against the likeliest (whose weight is e^0 = 1).
+    let least = sampling.min_p * candidates[0].1;
+    candidates.retain(|c| c.1 >= least);
     let total: f32 = candidates.iter().map(|c| c.1).sum();
     let mut target = rng.next_f32() * total;
     for &(id, p) in &candidates {
@@ -521,14 +587,75 @@ mod tests {
             logit_bias: vec![(0, -100.0), (2, 1.0), (99, 5.0)],
             ..Sampling::greedy()
         };
-        let counts = HashMap::from([(1, 3), (2, 1)]);
+        let history = History {
+            counts: HashMap::from([(1, 3), (2, 1)]),
+            prompt: HashSet::new(),
+        };
         let mut logits = [2.0f32, 2.0, 2.0, 2.0];
-        adjust(&mut logits, &s, &counts);
+        adjust(&mut logits, &s, &history, &[]);
         // 0: banned; 1: 3 times (0.5 + 3 × 0.25); 2: +1, once (0.5 + 0.25);
         // 3: untouched; 99 is beyond the vocabulary and ignored.
         assert_eq!(logits, [-98.0, 0.75, 2.25, 2.0]);
         let mut rng = Rng::new(1);
         assert_eq!(sample(&mut logits, &s, &mut rng), 2);
+    }
+
+    #[test]
+    fn the_repetition_penalty_and_a_minimum_length_as_vllm_applies_them() {
+        let s = Sampling {
+            repetition_penalty: 2.0,
+            ..Sampling::greedy()
+        };
+        // Token 0 in the prompt, 1 generated, 3 banned (the end of a turn
+        // before min_tokens); 2 untouched.
+        let history = History {
+            counts: HashMap::from([(1, 1)]),
+            prompt: HashSet::from([0]),
+        };
+        let mut logits = [3.0f32, -1.0, 1.0, 5.0];
+        adjust(&mut logits, &s, &history, &[3]);
+        assert_eq!(logits, [1.5, -2.0, 1.0, f32::NEG_INFINITY]);
+        assert_eq!(sample(&mut logits, &s, &mut Rng::new(1)), 0);
+    }
+
+    #[test]
+    fn top_k_and_min_p_narrow_the_choice() {
+        // Probabilities ∝ e^l: 1, e^-1 ≈ 0.37, e^-2 ≈ 0.14, e^-5.
+        let logits = [0.0f32, -1.0, -2.0, -5.0];
+        let drawn = |s: &Sampling| {
+            let mut rng = Rng::new(9);
+            let mut seen = HashSet::new();
+            for _ in 0..2000 {
+                seen.insert(sample(&mut logits.clone(), s, &mut rng));
+            }
+            let mut seen: Vec<u32> = seen.into_iter().collect();
+            seen.sort_unstable();
+            seen
+        };
+        let all = sampling(1.0, 1.0);
+        assert_eq!(drawn(&all), [0, 1, 2, 3]);
+        assert_eq!(
+            drawn(&Sampling {
+                top_k: 2,
+                ..all.clone()
+            }),
+            [0, 1]
+        );
+        assert_eq!(
+            drawn(&Sampling {
+                top_k: 1,
+                ..all.clone()
+            }),
+            [0]
+        );
+        // 0.2 of the likeliest: e^-1 is in, e^-2 is not.
+        assert_eq!(
+            drawn(&Sampling {
+                min_p: 0.2,
+                ..all.clone()
+            }),
+            [0, 1]
+        );
     }
 
     #[test]
