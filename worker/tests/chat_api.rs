@@ -677,6 +677,38 @@ fn log_probabilities_come_with_their_tokens_whole_and_streamed() {
     assert_eq!(Value::from(tokens_streamed), lp["tokens"]);
     assert_eq!(Value::from(offsets_streamed), lp["text_offset"]);
 
+    // A token that is part of a character (here a lone byte 0xB5, forced)
+    // is named by its bytes, as OpenAI names one; the legacy object adds
+    // the generated token to the likeliest, likeliest first.
+    let forced = w
+        .client
+        .post_json(
+            "/v1/completions",
+            &json!({"model": "smollm2", "prompt": "Hi", "temperature": 0, "max_tokens": 1,
+                "logprobs": 1, "logit_bias": {"130": 100}}),
+        )
+        .json();
+    let lp = &forced["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"], json!(["bytes:\\xb5"]), "{forced}");
+    let top = lp["top_logprobs"][0].as_object().expect("top");
+    let order: Vec<f64> = top.values().map(|v| v.as_f64().expect("lp")).collect();
+    assert_eq!(order.len(), 2, "{top:?}");
+    assert!(order[0] > order[1], "{top:?}");
+    assert_eq!(top.get("bytes:\\xb5"), Some(&lp["token_logprobs"][0]));
+    let chat_forced = w
+        .client
+        .post_json(
+            "/v1/chat/completions",
+            &chat(json!({"max_tokens": 1, "logprobs": true, "logit_bias": {"130": 100}})),
+        )
+        .json();
+    let entry = &chat_forced["choices"][0]["logprobs"]["content"][0];
+    assert_eq!(
+        (&entry["token"], &entry["bytes"]),
+        (&json!("bytes:\\xb5"), &json!([0xb5])),
+        "{chat_forced}"
+    );
+
     // Cut by a stop sequence: only the tokens that begin in the text.
     let stop = &text[6..9];
     let mut stopped = prompt.clone();
@@ -711,9 +743,9 @@ fn choices_biases_penalties_and_vllm_sampling_extras() {
         r.json()
     };
     // n choices, each the one its own seed gives (the seed, then the next).
-    let three = completion(json!({"n": 3, "seed": 40, "temperature": 1.0}));
+    let three = completion(json!({"n": 6, "seed": 40, "temperature": 1.0}));
     let choices = three["choices"].as_array().expect("choices");
-    assert_eq!(choices.len(), 3);
+    assert_eq!(choices.len(), 6, "more than the worker's 4 at once");
     let mut tokens = 0;
     for (i, c) in choices.iter().enumerate() {
         assert_eq!(c["index"], i);

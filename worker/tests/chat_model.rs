@@ -147,6 +147,7 @@ fn reported_log_probabilities_are_the_model_own_and_rank_as_llama_cpp() {
                     ..Sampling::greedy()
                 },
                 events,
+                forks: Vec::new(),
             })
             .expect("submitted");
         let Some(Event::Token(id, Some(reported))) = receiver.blocking_recv() else {

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use super::openai::type_name;
 use super::{parse_json, read_body, ApiError, AppState, Backend, OpenAiError};
 use crate::models::chat::{
-    ChatMessage, ChatModel, Event, Finish, Generation, Logprobs, Sampling, StreamDecoder,
+    ChatMessage, ChatModel, Event, Finish, Fork, Generation, Logprobs, Sampling, StreamDecoder,
 };
 use crate::models::ModelError;
 
@@ -150,19 +150,14 @@ async fn generate(
         .into());
     }
     let prompt_tokens = prompt.len();
-    // One generation per choice; the engine runs them side by side. A
-    // given seed gives each choice its own (the seed, then the next ones).
+    // One generation per choice, all from the prompt read once; the engine
+    // runs them side by side. A given seed gives each choice its own (the
+    // seed, then the next ones).
     let mut choices = Vec::with_capacity(checked.n);
-    for index in 0..checked.n {
-        let (events, receiver) = mpsc::unbounded_channel();
-        let mut sampling = checked.sampling.clone();
-        sampling.seed = sampling.seed.wrapping_add(index as u64);
-        engine.submit(Generation {
-            prompt: prompt.clone(),
-            max_tokens,
-            sampling,
-            events,
-        })?;
+    let mut events = Vec::with_capacity(checked.n);
+    for _ in 0..checked.n {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        events.push(sender);
         choices.push(Text::new(
             model.clone(),
             checked.stop.clone(),
@@ -170,6 +165,22 @@ async fn generate(
             receiver,
         ));
     }
+    let mut events = events.into_iter().enumerate();
+    let (_, first) = events.next().expect("n is at least 1");
+    let forks = events
+        .map(|(index, events)| {
+            let mut sampling = checked.sampling.clone();
+            sampling.seed = sampling.seed.wrapping_add(index as u64);
+            Fork { sampling, events }
+        })
+        .collect();
+    engine.submit(Generation {
+        prompt,
+        max_tokens,
+        sampling: checked.sampling.clone(),
+        events: first,
+        forks,
+    })?;
     let reply = Reply {
         id: response_id(api),
         created: now(),
@@ -767,9 +778,19 @@ impl Reply {
     }
 
     /// A token's text and bytes (a control token's: its name).
+    /// A token's text and bytes (a control token's: its name). A token
+    /// that is part of a character is written as OpenAI writes one,
+    /// `bytes:\xe2\x80`, so that two such tokens are not both "\u{fffd}".
     fn token(&self, id: u32) -> (String, &[u8]) {
         let bytes = self.chat.tokenizer.token_bytes(id).unwrap_or_default();
-        (String::from_utf8_lossy(bytes).into_owned(), bytes)
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_string(),
+            Err(_) => bytes.iter().fold("bytes:".to_string(), |mut out, b| {
+                out.push_str(&format!("\\x{b:02x}"));
+                out
+            }),
+        };
+        (text, bytes)
     }
 
     /// The `logprobs` of a choice, or of a chunk of one: chat's `content`
@@ -800,9 +821,14 @@ impl Reply {
                 let top: Vec<Value> = scored
                     .iter()
                     .map(|s| {
-                        let alternatives: Map<String, Value> = s
-                            .logprobs
-                            .top
+                        // The likeliest, and the generated token (as
+                        // OpenAI and vLLM add it), likeliest first.
+                        let mut alternatives = s.logprobs.top.clone();
+                        if !alternatives.iter().any(|a| a.0 == s.id) {
+                            alternatives.push((s.id, s.logprobs.logprob));
+                            alternatives.sort_by(|a, b| b.1.total_cmp(&a.1));
+                        }
+                        let alternatives: Map<String, Value> = alternatives
                             .iter()
                             .map(|&(id, lp)| (self.token(id).0, json!(lp)))
                             .collect();
@@ -1001,7 +1027,13 @@ fn merge(choices: Vec<Text>) -> mpsc::Receiver<ChoicePiece> {
         let sender = sender.clone();
         tokio::spawn(async move {
             loop {
-                let piece = text.next().await;
+                // A choice still waiting for its first token notices at
+                // once that the response is gone (and drops its `Text`,
+                // which takes it out of the engine's queue).
+                let piece = tokio::select! {
+                    piece = text.next() => piece,
+                    () = sender.closed() => return,
+                };
                 let last = !matches!(piece, Piece::Text(..));
                 let tokens = text.tokens;
                 let out = ChoicePiece {

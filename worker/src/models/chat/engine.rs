@@ -139,6 +139,17 @@ pub struct Generation {
     pub sampling: Sampling,
     /// Where its events go; dropping the receiver cancels it.
     pub events: mpsc::UnboundedSender<Event>,
+    /// More generations from the same prompt (OpenAI's `n`): each goes on
+    /// from the prompt's cache, read once, and its logits.
+    pub forks: Vec<Fork>,
+}
+
+/// Another generation from a [`Generation`]'s prompt.
+pub struct Fork {
+    /// Its token choice.
+    pub sampling: Sampling,
+    /// Where its events go; dropping the receiver cancels it.
+    pub events: mpsc::UnboundedSender<Event>,
 }
 
 /// The handle to the generation thread.
@@ -208,9 +219,11 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
         None
     };
     let mut waiting: VecDeque<Generation> = VecDeque::new();
+    // Forks with their prompt read, waiting for a slot (before `waiting`).
+    let mut forked: VecDeque<Active> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     loop {
-        if active.is_empty() && waiting.is_empty() {
+        if active.is_empty() && waiting.is_empty() && forked.is_empty() {
             match requests.recv() {
                 Ok(g) => waiting.push_back(g),
                 Err(_) => return, // the API is gone
@@ -219,7 +232,12 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
         waiting.extend(requests.try_iter());
         waiting.retain(|g| !g.events.is_closed());
         active.retain(|a| !a.generation.events.is_closed());
+        forked.retain(|a| !a.generation.events.is_closed());
         while active.len() < max_sequences {
+            if let Some(fork) = forked.pop_front() {
+                active.push(fork);
+                continue;
+            }
             let Some(generation) = waiting.pop_front() else {
                 break;
             };
@@ -241,13 +259,18 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
         if active.is_empty() {
             continue;
         }
-        step(model, pool.as_ref(), &mut active);
+        step(model, pool.as_ref(), &mut active, &mut forked);
     }
 }
 
 /// One forward pass for every active sequence, then a token for each one
 /// whose prompt is read.
-fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Active>) {
+fn step(
+    model: &ChatModel,
+    pool: Option<&rayon::ThreadPool>,
+    active: &mut Vec<Active>,
+    forked: &mut VecDeque<Active>,
+) {
     let mut budget = PROMPT_CHUNK;
     let mut steps = Vec::with_capacity(active.len());
     // Which sequences get logits this step.
@@ -289,47 +312,82 @@ fn step(model: &ChatModel, pool: Option<&rayon::ThreadPool>, active: &mut Vec<Ac
             return;
         }
     };
-    let context = model.decoder.config().context;
     let mut finished = Vec::new();
-    for (i, mut logits) in sampled.into_iter().zip(logits) {
+    for (i, logits) in sampled.into_iter().zip(logits) {
         let a = &mut active[i];
-        let sampling = &a.generation.sampling;
-        // Reported from the model's own distribution, before any change.
-        let report = sampling
-            .logprobs
-            .map(|k| Report::new(&logits, k, sampling.adjusts()));
-        if sampling.adjusts() {
-            // Before its minimum, the turn cannot end.
-            let stops = if a.generated < sampling.min_tokens {
-                model.tokenizer.stop_ids()
-            } else {
-                &[]
+        // A prompt read for several generations: the others go on from
+        // here, each with its own first token from the same logits.
+        for fork in std::mem::take(&mut a.generation.forks) {
+            let mut other = Active {
+                generation: Generation {
+                    prompt: Vec::new(),
+                    max_tokens: a.generation.max_tokens,
+                    sampling: fork.sampling,
+                    events: fork.events,
+                    forks: Vec::new(),
+                },
+                cache: a.cache.clone(),
+                unread: 0,
+                last: [0],
+                generated: 0,
+                rng: Rng::new(0),
+                history: History {
+                    counts: HashMap::new(),
+                    prompt: a.history.prompt.clone(),
+                },
             };
-            adjust(&mut logits, sampling, &a.history, stops);
+            other.rng = Rng::new(other.generation.sampling.seed);
+            if !choose(model, &mut other, logits.clone()) {
+                forked.push_back(other);
+            }
         }
-        let token = sample(&mut logits, sampling, &mut a.rng);
-        let events = &a.generation.events;
-        if model.tokenizer.stop_ids().contains(&token) {
-            let _ = events.send(Event::Done(Finish::Stop));
-            finished.push(i);
-            continue;
-        }
-        a.generated += 1;
-        a.last = [token];
-        if sampling.penalizes() {
-            *a.history.counts.entry(token).or_default() += 1;
-        }
-        let logprobs = report.map(|r| r.of(token, &logits));
-        if events.send(Event::Token(token, logprobs)).is_err() {
-            finished.push(i); // hung up
-        } else if a.generated >= a.generation.max_tokens || a.cache.len() + 1 >= context {
-            let _ = events.send(Event::Done(Finish::Length));
+        if choose(model, a, logits) {
             finished.push(i);
         }
     }
     for i in finished.into_iter().rev() {
         active.swap_remove(i);
     }
+}
+
+/// Picks `a`'s next token from `logits` and sends it; whether `a` is done
+/// (its turn ended, its length reached, its client gone).
+fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
+    let sampling = &a.generation.sampling;
+    // Reported from the model's own distribution, before any change.
+    let report = sampling
+        .logprobs
+        .map(|k| Report::new(&logits, k, sampling.adjusts()));
+    if sampling.adjusts() {
+        // Before its minimum, the turn cannot end.
+        let stops = if a.generated < sampling.min_tokens {
+            model.tokenizer.stop_ids()
+        } else {
+            &[]
+        };
+        adjust(&mut logits, sampling, &a.history, stops);
+    }
+    let token = sample(&mut logits, sampling, &mut a.rng);
+    let events = &a.generation.events;
+    if model.tokenizer.stop_ids().contains(&token) {
+        let _ = events.send(Event::Done(Finish::Stop));
+        return true;
+    }
+    a.generated += 1;
+    a.last = [token];
+    if sampling.penalizes() {
+        *a.history.counts.entry(token).or_default() += 1;
+    }
+    let logprobs = report.map(|r| r.of(token, &logits));
+    if events.send(Event::Token(token, logprobs)).is_err() {
+        return true; // hung up
+    }
+    let context = model.decoder.config().context;
+    if a.generated >= a.generation.max_tokens || a.cache.len() + 1 >= context {
+        let _ = events.send(Event::Done(Finish::Length));
+        return true;
+    }
+    false
 }
 
 /// Applies the bias, bans the `banned` tokens, then the penalties for the

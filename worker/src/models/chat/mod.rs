@@ -13,7 +13,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use engine::{Engine, Event, Finish, Generation, Logprobs, Sampling};
+pub use engine::{Engine, Event, Finish, Fork, Generation, Logprobs, Sampling};
 pub use template::{ChatMessage, ChatTemplate, Prompt, TemplateError};
 pub use tokenizer::{ChatTokenizer, GgufVocab, StreamDecoder};
 
@@ -34,7 +34,9 @@ pub enum Decoder {
     Device(DeviceLlama),
 }
 
-/// One sequence's keys and values, for the decoder that made it.
+/// One sequence's keys and values, for the decoder that made it (cloned
+/// where several generations go on from one prompt).
+#[derive(Clone)]
 pub enum Cache {
     /// For [`Decoder::Cpu`].
     Cpu(KvCache),
