@@ -220,7 +220,7 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
     };
     let mut waiting: VecDeque<Generation> = VecDeque::new();
     // Forks with their prompt read, waiting for a slot (before `waiting`).
-    let mut forked: VecDeque<Active> = VecDeque::new();
+    let mut forked: VecDeque<Pending> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     loop {
         if active.is_empty() && waiting.is_empty() && forked.is_empty() {
@@ -232,10 +232,15 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
         waiting.extend(requests.try_iter());
         waiting.retain(|g| !g.events.is_closed());
         active.retain(|a| !a.generation.events.is_closed());
-        forked.retain(|a| !a.generation.events.is_closed());
+        forked.retain(|p| !p.fork.events.is_closed());
         while active.len() < max_sequences {
-            if let Some(fork) = forked.pop_front() {
-                active.push(fork);
+            if let Some(pending) = forked.pop_front() {
+                // Its own cache only now, when it runs: the waiting forks
+                // of a prompt share one.
+                let mut fork = pending.start();
+                if !choose(model, &mut fork, pending.logits.to_vec()) {
+                    active.push(fork);
+                }
                 continue;
             }
             let Some(generation) = waiting.pop_front() else {
@@ -269,7 +274,7 @@ fn step(
     model: &ChatModel,
     pool: Option<&rayon::ThreadPool>,
     active: &mut Vec<Active>,
-    forked: &mut VecDeque<Active>,
+    forked: &mut VecDeque<Pending>,
 ) {
     let mut budget = PROMPT_CHUNK;
     let mut steps = Vec::with_capacity(active.len());
@@ -316,30 +321,20 @@ fn step(
     for (i, logits) in sampled.into_iter().zip(logits) {
         let a = &mut active[i];
         // A prompt read for several generations: the others go on from
-        // here, each with its own first token from the same logits.
-        for fork in std::mem::take(&mut a.generation.forks) {
-            let mut other = Active {
-                generation: Generation {
-                    prompt: Vec::new(),
-                    max_tokens: a.generation.max_tokens,
-                    sampling: fork.sampling,
-                    events: fork.events,
-                    forks: Vec::new(),
-                },
-                cache: a.cache.clone(),
-                unread: 0,
-                last: [0],
-                generated: 0,
-                rng: Rng::new(0),
-                history: History {
-                    counts: HashMap::new(),
-                    prompt: a.history.prompt.clone(),
-                },
-            };
-            other.rng = Rng::new(other.generation.sampling.seed);
-            if !choose(model, &mut other, logits.clone()) {
-                forked.push_back(other);
-            }
+        // here, each with its own first token from the same logits, as a
+        // slot frees.
+        let forks = std::mem::take(&mut a.generation.forks);
+        if !forks.is_empty() {
+            let cache = Arc::new(a.cache.clone());
+            let shared: Arc<[f32]> = Arc::from(logits.as_slice());
+            let prompt = Arc::new(a.history.prompt.clone());
+            forked.extend(forks.into_iter().map(|fork| Pending {
+                fork,
+                max_tokens: a.generation.max_tokens,
+                cache: cache.clone(),
+                logits: shared.clone(),
+                prompt: prompt.clone(),
+            }));
         }
         if choose(model, a, logits) {
             finished.push(i);
@@ -347,6 +342,41 @@ fn step(
     }
     for i in finished.into_iter().rev() {
         active.swap_remove(i);
+    }
+}
+
+/// A fork whose prompt is read, waiting for a slot: the prompt's cache and
+/// last logits, shared with the other forks of its prompt.
+struct Pending {
+    fork: Fork,
+    max_tokens: usize,
+    cache: Arc<Cache>,
+    logits: Arc<[f32]>,
+    /// The prompt's tokens, where the repetition penalty needs them.
+    prompt: Arc<HashSet<u32>>,
+}
+
+impl Pending {
+    /// The sequence, with a cache of its own, about to pick its first token.
+    fn start(&self) -> Active {
+        Active {
+            generation: Generation {
+                prompt: Vec::new(),
+                max_tokens: self.max_tokens,
+                sampling: self.fork.sampling.clone(),
+                events: self.fork.events.clone(),
+                forks: Vec::new(),
+            },
+            cache: (*self.cache).clone(),
+            unread: 0,
+            last: [0],
+            generated: 0,
+            rng: Rng::new(self.fork.sampling.seed),
+            history: History {
+                counts: HashMap::new(),
+                prompt: (*self.prompt).clone(),
+            },
+        }
     }
 }
 
