@@ -153,24 +153,21 @@ async fn generate(
     // One generation per choice, all from the prompt read once; the engine
     // runs them side by side. A given seed gives each choice its own (the
     // seed, then the next ones).
-    let mut choices = Vec::with_capacity(checked.n);
-    let mut events = Vec::with_capacity(checked.n);
-    for _ in 0..checked.n {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        events.push(sender);
-        choices.push(Text::new(
-            model.clone(),
-            checked.stop.clone(),
-            checked.sampling.min_tokens,
-            receiver,
-        ));
-    }
-    let mut events = events.into_iter().enumerate();
-    let (_, first) = events.next().expect("n is at least 1");
+    let (events, choices): (Vec<_>, Vec<_>) = (0..checked.n)
+        .map(|_| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let stop = checked.stop.clone();
+            let text = Text::new(model.clone(), stop, checked.sampling.min_tokens, receiver);
+            (sender, text)
+        })
+        .unzip();
+    let mut events = events.into_iter();
+    let first = events.next().expect("n is at least 1");
     let forks = events
-        .map(|(index, events)| {
+        .zip(1u64..)
+        .map(|(events, index)| {
             let mut sampling = checked.sampling.clone();
-            sampling.seed = sampling.seed.wrapping_add(index as u64);
+            sampling.seed = sampling.seed.wrapping_add(index);
             Fork { sampling, events }
         })
         .collect();

@@ -237,8 +237,8 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
             if let Some(pending) = forked.pop_front() {
                 // Its own cache only now, when it runs: the waiting forks
                 // of a prompt share one.
-                let mut fork = pending.start();
-                if !choose(model, &mut fork, pending.logits.to_vec()) {
+                let (mut fork, logits) = pending.start();
+                if !choose(model, &mut fork, logits) {
                     active.push(fork);
                 }
                 continue;
@@ -357,26 +357,28 @@ struct Pending {
 }
 
 impl Pending {
-    /// The sequence, with a cache of its own, about to pick its first token.
-    fn start(&self) -> Active {
-        Active {
+    /// The sequence, with a cache of its own, and the logits it picks its
+    /// first token from.
+    fn start(self) -> (Active, Vec<f32>) {
+        let active = Active {
+            rng: Rng::new(self.fork.sampling.seed),
             generation: Generation {
                 prompt: Vec::new(),
                 max_tokens: self.max_tokens,
-                sampling: self.fork.sampling.clone(),
-                events: self.fork.events.clone(),
+                sampling: self.fork.sampling,
+                events: self.fork.events,
                 forks: Vec::new(),
             },
             cache: (*self.cache).clone(),
             unread: 0,
             last: [0],
             generated: 0,
-            rng: Rng::new(self.fork.sampling.seed),
             history: History {
                 counts: HashMap::new(),
                 prompt: (*self.prompt).clone(),
             },
-        }
+        };
+        (active, self.logits.to_vec())
     }
 }
 
