@@ -881,7 +881,8 @@ struct Text {
 enum Piece {
     /// Text, and the tokens (with log-probabilities) it begins.
     Text(String, Vec<Scored>),
-    End(Finish),
+    /// The end, and how many tokens the choice generated.
+    End(Finish, usize),
     Failed(String),
 }
 
@@ -931,7 +932,7 @@ impl Text {
     async fn next(&mut self) -> Piece {
         loop {
             if let Some(finish) = self.end {
-                return Piece::End(finish);
+                return Piece::End(finish, self.tokens);
             }
             match self.receiver.recv().await {
                 Some(Event::Token(id, logprobs)) => {
@@ -1008,17 +1009,11 @@ fn partial_suffix(text: &str, stop: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// A piece of choice `index`, and with its end, the tokens it generated.
-struct ChoicePiece {
-    index: usize,
-    piece: Piece,
-    tokens: usize,
-}
-
 /// The choices' pieces as they come, one task a choice. A choice's pieces
 /// keep their order; dropping the receiver ends every generation (each
 /// task's next send fails and drops its `Text`).
-fn merge(choices: Vec<Text>) -> mpsc::Receiver<ChoicePiece> {
+/// Each piece comes with its choice's index.
+fn merge(choices: Vec<Text>) -> mpsc::Receiver<(usize, Piece)> {
     let (sender, receiver) = mpsc::channel(16);
     for (index, mut text) in choices.into_iter().enumerate() {
         let sender = sender.clone();
@@ -1032,13 +1027,7 @@ fn merge(choices: Vec<Text>) -> mpsc::Receiver<ChoicePiece> {
                     () = sender.closed() => return,
                 };
                 let last = !matches!(piece, Piece::Text(..));
-                let tokens = text.tokens;
-                let out = ChoicePiece {
-                    index,
-                    piece,
-                    tokens,
-                };
-                if sender.send(out).await.is_err() || last {
+                if sender.send((index, piece)).await.is_err() || last {
                     return;
                 }
             }
@@ -1051,19 +1040,14 @@ fn merge(choices: Vec<Text>) -> mpsc::Receiver<ChoicePiece> {
 async fn whole(
     reply: Reply,
     n: usize,
-    mut pieces: mpsc::Receiver<ChoicePiece>,
+    mut pieces: mpsc::Receiver<(usize, Piece)>,
 ) -> Result<Response, OpenAiError> {
     let mut texts = vec![String::new(); n];
     let mut scored: Vec<Vec<Scored>> = (0..n).map(|_| Vec::new()).collect();
     let mut finishes: Vec<Option<Finish>> = vec![None; n];
     let mut tokens = 0;
     while finishes.iter().any(Option::is_none) {
-        let Some(ChoicePiece {
-            index,
-            piece,
-            tokens: generated,
-        }) = pieces.recv().await
-        else {
+        let Some((index, piece)) = pieces.recv().await else {
             return Err(ApiError::Internal("generation failed: it stopped".into()).into());
         };
         match piece {
@@ -1071,7 +1055,7 @@ async fn whole(
                 texts[index].push_str(&t);
                 scored[index].extend(s);
             }
-            Piece::End(finish) => {
+            Piece::End(finish, generated) => {
                 finishes[index] = Some(finish);
                 tokens += generated;
             }
@@ -1116,7 +1100,7 @@ async fn whole(
 /// last chunk with its finish reason, the usage if asked, then
 /// `data: [DONE]`. A failure after the stream has started is sent as an
 /// `error` event before the end.
-fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<ChoicePiece>) -> Response {
+fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<(usize, Piece)>) -> Response {
     let (frames, body) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let send = |value: &Value| Bytes::from(format!("data: {value}\n\n"));
@@ -1131,12 +1115,7 @@ fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<ChoicePiece>) -> Re
         let mut open = n;
         let mut tokens = 0;
         loop {
-            let Some(ChoicePiece {
-                index,
-                piece,
-                tokens: generated,
-            }) = pieces.recv().await
-            else {
+            let Some((index, piece)) = pieces.recv().await else {
                 return;
             };
             let frame = match piece {
@@ -1144,7 +1123,7 @@ fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<ChoicePiece>) -> Re
                     let scored = reply.logprobs.then_some(scored.as_slice());
                     send(&reply.chunk(index, Some(&t), false, scored, None))
                 }
-                Piece::End(finish) => {
+                Piece::End(finish, generated) => {
                     open -= 1;
                     tokens += generated;
                     let last = reply.chunk(index, None, false, None, Some(finish));

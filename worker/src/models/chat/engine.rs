@@ -196,7 +196,7 @@ struct History {
     /// How often each token was generated.
     counts: HashMap<u32, u32>,
     /// The prompt's tokens (for the repetition penalty only).
-    prompt: HashSet<u32>,
+    prompt: Arc<HashSet<u32>>,
 }
 
 fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequences: usize) {
@@ -249,7 +249,7 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
             let rng = Rng::new(generation.sampling.seed);
             let mut history = History::default();
             if generation.sampling.repetition_penalty != 1.0 {
-                history.prompt = generation.prompt.iter().copied().collect();
+                history.prompt = Arc::new(generation.prompt.iter().copied().collect());
             }
             active.push(Active {
                 unread: generation.prompt.len(),
@@ -327,13 +327,12 @@ fn step(
         if !forks.is_empty() {
             let cache = Arc::new(a.cache.clone());
             let shared: Arc<[f32]> = Arc::from(logits.as_slice());
-            let prompt = Arc::new(a.history.prompt.clone());
             forked.extend(forks.into_iter().map(|fork| Pending {
                 fork,
                 max_tokens: a.generation.max_tokens,
                 cache: cache.clone(),
                 logits: shared.clone(),
-                prompt: prompt.clone(),
+                prompt: a.history.prompt.clone(),
             }));
         }
         if choose(model, a, logits) {
@@ -375,7 +374,7 @@ impl Pending {
             generated: 0,
             history: History {
                 counts: HashMap::new(),
-                prompt: (*self.prompt).clone(),
+                prompt: self.prompt,
             },
         };
         (active, self.logits.to_vec())
@@ -679,7 +678,7 @@ mod tests {
         };
         let history = History {
             counts: HashMap::from([(1, 3), (2, 1)]),
-            prompt: HashSet::new(),
+            prompt: Arc::default(),
         };
         let mut logits = [2.0f32, 2.0, 2.0, 2.0];
         adjust(&mut logits, &s, &history, &[]);
@@ -700,7 +699,7 @@ mod tests {
         // before min_tokens); 2 untouched.
         let history = History {
             counts: HashMap::from([(1, 1)]),
-            prompt: HashSet::from([0]),
+            prompt: Arc::new(HashSet::from([0])),
         };
         let mut logits = [3.0f32, -1.0, 1.0, 5.0];
         adjust(&mut logits, &s, &history, &[3]);
