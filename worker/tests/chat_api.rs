@@ -903,3 +903,122 @@ fn choices_biases_penalties_and_vllm_sampling_extras() {
     assert!(cut(0) <= first_space);
     assert!(cut(6) > first_space);
 }
+
+#[test]
+fn json_mode_answers_with_one_object_and_nothing_else() {
+    let w = smollm2(4);
+    let ann = "Give me a JSON object with the keys name and age for a person called Ann who is 30.";
+    let ask = |content: &str, extra: Value| {
+        let mut body = chat(json!({"max_tokens": 100}));
+        body["messages"][0]["content"] = json!(content);
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let json_mode = json!({"response_format": {"type": "json_object"}});
+    let object = |text: &str| serde_json::from_str::<Value>(text).is_ok_and(|v| v.is_object());
+    let content = |r: &Value, i: usize| {
+        r["choices"][i]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .to_string()
+    };
+
+    // Left alone, the model wraps its object in prose; held to JSON, the
+    // answer is the object, parsed by serde_json.
+    let free = w
+        .client
+        .post_json("/v1/chat/completions", &ask(ann, json!({})))
+        .json();
+    assert!(!object(&content(&free, 0)), "{free}");
+    let held = w
+        .client
+        .post_json("/v1/chat/completions", &ask(ann, json_mode.clone()));
+    assert_eq!(held.status, 200, "{}", String::from_utf8_lossy(&held.body));
+    let held = held.json();
+    assert!(object(&content(&held, 0)), "{held}");
+    assert_eq!(held["choices"][0]["finish_reason"], "stop");
+    // Streamed: the same text.
+    let mut streamed = ask(ann, json_mode.clone());
+    streamed["stream"] = json!(true);
+    let text: String = chunks(&w.client.post_json("/v1/chat/completions", &streamed).body)
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(text, content(&held, 0));
+    // The object's end ends the turn, even before `min_tokens`.
+    let mut early = ask(ann, json_mode.clone());
+    early["min_tokens"] = json!(60);
+    let early = w.client.post_json("/v1/chat/completions", &early).json();
+    assert_eq!(content(&early, 0), content(&held, 0), "{early}");
+
+    // A request the model would rather answer in verse: still an object
+    // from the first byte, cut off here by max_tokens.
+    let mut poem = ask("Write a poem about the sea.", json_mode.clone());
+    poem["max_tokens"] = json!(20);
+    let poem = w.client.post_json("/v1/chat/completions", &poem).json();
+    assert!(content(&poem, 0).starts_with('{'), "{poem}");
+    assert_eq!(poem["choices"][0]["finish_reason"], "length");
+
+    // Sampled choices: each begins the object, each that ends is one.
+    let mut sampled = ask(
+        "Describe a cat named Tom, with his age and colors, in JSON.",
+        json_mode.clone(),
+    );
+    sampled["n"] = json!(6);
+    sampled["temperature"] = json!(1.0);
+    sampled["seed"] = json!(1);
+    sampled["max_tokens"] = json!(150);
+    let sampled = w.client.post_json("/v1/chat/completions", &sampled).json();
+    let mut ended = 0;
+    for i in 0..6 {
+        let text = content(&sampled, i);
+        assert!(text.starts_with('{'), "{text:?}");
+        if sampled["choices"][i]["finish_reason"] == "stop" {
+            assert!(object(&text), "{text:?}");
+            ended += 1;
+        }
+    }
+    assert!(ended >= 2, "{sampled}");
+
+    // The legacy completions take it too.
+    let r = w
+        .client
+        .post_json(
+            "/v1/completions",
+            &json!({"model": "smollm2", "prompt": "A person record for Ann, aged 30:",
+                    "temperature": 0, "max_tokens": 60,
+                    "response_format": {"type": "json_object"}}),
+        )
+        .json();
+    let text = r["choices"][0]["text"].as_str().expect("text");
+    assert!(object(text), "{r}");
+
+    // A schema is refused, not taken for JSON mode; so are vLLM's guides.
+    for (extra, param) in [
+        (
+            json!({"response_format": {"type": "json_schema",
+                   "json_schema": {"name": "p", "schema": {"type": "object"}}}}),
+            "response_format.type",
+        ),
+        (
+            json!({"response_format": {"type": "xml"}}),
+            "response_format.type",
+        ),
+        (json!({"response_format": "json"}), "response_format"),
+        (json!({"guided_json": {"type": "object"}}), "guided_json"),
+    ] {
+        let r = w
+            .client
+            .post_json("/v1/chat/completions", &ask(ann, extra.clone()));
+        assert_eq!(r.status, 400, "{extra}");
+        let e = r.json();
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+        assert_eq!(e["error"]["param"], param, "{e}");
+    }
+}

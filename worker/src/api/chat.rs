@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 use super::openai::type_name;
 use super::{parse_json, read_body, ApiError, AppState, Backend, OpenAiError};
 use crate::models::chat::{
-    ChatMessage, ChatModel, Event, Finish, Fork, Generation, Logprobs, Sampling, StreamDecoder,
+    ChatMessage, ChatModel, Event, Finish, Fork, Format, Generation, Logprobs, Sampling,
+    StreamDecoder,
 };
 use crate::models::ModelError;
 
@@ -232,7 +233,7 @@ fn encode_raw(model: &ChatModel, prompt: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 /// OpenAI parameters this server does not implement and that change what a
-/// response means (tools, a JSON mode, an echoed prompt…): refused with a 400 when given a value other than their
+/// response means (tools, a schema, an echoed prompt…): refused with a 400 when given a value other than their
 /// neutral one, never silently ignored. Other unknown fields are ignored,
 /// as new clients send fields older servers do not know.
 fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
@@ -246,21 +247,25 @@ fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
     };
     let neutral = |key: &str, v: &Value| match key {
         "tool_choice" | "function_call" => empty(v) || v == "none",
-        "response_format" => empty(v) || v.get("type").is_some_and(|t| t == "text"),
         "best_of" => empty(v) || v.as_u64() == Some(1),
         "modalities" => empty(v) || *v == serde_json::json!(["text"]),
         _ => empty(v),
     };
-    const UNSUPPORTED: [&str; 9] = [
+    const UNSUPPORTED: [&str; 13] = [
         "tools",
         "tool_choice",
         "functions",
         "function_call",
-        "response_format",
         "echo",
         "best_of",
         "suffix",
         "modalities",
+        // vLLM's structured outputs, other than OpenAI's JSON mode.
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "structured_outputs",
     ];
     for key in UNSUPPORTED {
         if let Some(v) = fields.get(key).filter(|v| !neutral(key, v)) {
@@ -523,10 +528,45 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             min_p,
             repetition_penalty,
             min_tokens,
+            format: response_format(fields.get("response_format"))?,
         },
         stop,
         n,
     })
+}
+
+/// OpenAI's `response_format`: text, or JSON mode. A JSON schema is
+/// refused rather than taken for JSON mode, which would not hold the
+/// answer to it.
+fn response_format(value: Option<&Value>) -> Result<Format, ApiError> {
+    let format = match value {
+        None | Some(Value::Null) => return Ok(Format::Text),
+        Some(Value::Object(format)) => format,
+        Some(other) => {
+            return Err(bad(format!(
+                "'response_format' must be an object such as {{\"type\": \"json_object\"}}, \
+                 got {}",
+                type_name(other)
+            )))
+        }
+    };
+    match format.get("type") {
+        // `{}`: nothing asked.
+        None if format.is_empty() => Ok(Format::Text),
+        Some(Value::String(t)) if t == "text" => Ok(Format::Text),
+        Some(Value::String(t)) if t == "json_object" => Ok(Format::JsonObject),
+        Some(Value::String(t)) if t == "json_schema" => Err(bad(
+            "'response_format.type' is \"json_schema\"; this server holds answers to JSON \
+             (\"json_object\") but not to a schema"
+                .into(),
+        )),
+        None | Some(Value::Null) => Err(bad(
+            "missing required parameter: 'response_format.type'".into()
+        )),
+        Some(other) => Err(bad(format!(
+            "'response_format.type' is {other}; it must be \"text\" or \"json_object\""
+        ))),
+    }
 }
 
 /// A field that is a boolean, false when absent.
@@ -1243,7 +1283,7 @@ mod tests {
         for refused in [
             json!({"tools": [{"type": "function"}]}),
             json!({"tool_choice": "auto"}),
-            json!({"response_format": {"type": "json_object"}}),
+            json!({"guided_json": {"type": "object"}}),
             json!({"echo": true}),
             json!({"best_of": 2}),
             json!({"suffix": "x"}),
@@ -1262,6 +1302,37 @@ mod tests {
                 refuse_unsupported(&fields(neutral.clone())).is_ok(),
                 "{neutral}"
             );
+        }
+    }
+
+    #[test]
+    fn a_response_format_is_text_or_json_mode() {
+        let format = |v: Value| {
+            response_format(Some(&v)).map_err(|e| match e {
+                ApiError::BadRequest(message) => message,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(response_format(None).ok(), Some(Format::Text));
+        assert_eq!(format(json!(null)).ok(), Some(Format::Text));
+        assert_eq!(format(json!({})).ok(), Some(Format::Text));
+        assert_eq!(format(json!({"type": "text"})).ok(), Some(Format::Text));
+        assert_eq!(
+            format(json!({"type": "json_object"})).ok(),
+            Some(Format::JsonObject)
+        );
+        for (refused, says) in [
+            (json!("json_object"), "must be an object"),
+            (
+                json!({"type": "json_schema", "json_schema": {}}),
+                "not to a schema",
+            ),
+            (json!({"type": "yaml"}), "\"yaml\"; it must be"),
+            (json!({"type": 1}), "1; it must be"),
+            (json!({"json_schema": {}}), "'response_format.type'"),
+        ] {
+            let e = format(refused.clone()).expect_err("refused");
+            assert!(e.contains(says), "{refused}: {e}");
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::json::JsonState;
 use super::llama::Step;
 use super::{Cache, ChatModel};
 use crate::models::bert::kernels::exp;
@@ -53,6 +54,18 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     /// The turn cannot end before this many tokens (vLLM's `min_tokens`).
     pub min_tokens: usize,
+    /// What the answer must be.
+    pub format: Format,
+}
+
+/// What an answer must be (OpenAI's `response_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Anything.
+    #[default]
+    Text,
+    /// One JSON object, and the turn ends with it ([`super::json`]).
+    JsonObject,
 }
 
 impl Sampling {
@@ -70,6 +83,7 @@ impl Sampling {
             min_p: 0.0,
             repetition_penalty: 1.0,
             min_tokens: 0,
+            format: Format::Text,
         }
     }
 
@@ -188,6 +202,8 @@ struct Active {
     rng: Rng,
     /// What the penalties look at (kept only when they are set).
     history: History,
+    /// In JSON mode, the recognizer of the answer so far.
+    json: Option<JsonState>,
 }
 
 /// The tokens so far, as the penalties see them.
@@ -252,6 +268,7 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
                 history.prompt = Arc::new(generation.prompt.iter().copied().collect());
             }
             active.push(Active {
+                json: json_state(&generation.sampling),
                 unread: generation.prompt.len(),
                 cache: model.decoder.new_cache(),
                 last: [0],
@@ -361,6 +378,7 @@ impl Pending {
     fn start(self) -> (Active, Vec<f32>) {
         let active = Active {
             rng: Rng::new(self.fork.sampling.seed),
+            json: json_state(&self.fork.sampling),
             generation: Generation {
                 prompt: Vec::new(),
                 max_tokens: self.max_tokens,
@@ -398,11 +416,25 @@ fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
         };
         adjust(&mut logits, sampling, &a.history, stops);
     }
-    let token = sample(&mut logits, sampling, &mut a.rng);
     let events = &a.generation.events;
+    if let Some(state) = a.json {
+        if !constrain(model, state, &mut logits) {
+            // Nothing may come: the object is whole and `min_tokens` holds
+            // off the end. The grammar wins.
+            let _ = events.send(Event::Done(Finish::Stop));
+            return true;
+        }
+    }
+    let token = sample(&mut logits, sampling, &mut a.rng);
     if model.tokenizer.stop_ids().contains(&token) {
         let _ = events.send(Event::Done(Finish::Stop));
         return true;
+    }
+    if let Some(state) = &mut a.json {
+        let bytes = model.tokenizer.token_bytes(token).unwrap_or_default();
+        *state = state
+            .feed(bytes)
+            .expect("only tokens that continue the JSON are sampled");
     }
     a.generated += 1;
     a.last = [token];
@@ -419,6 +451,36 @@ fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
         return true;
     }
     false
+}
+
+/// The recognizer a generation starts with: JSON mode's, or none.
+fn json_state(sampling: &Sampling) -> Option<JsonState> {
+    (sampling.format == Format::JsonObject).then(JsonState::new)
+}
+
+/// Leaves in `logits` only the tokens that can come after `state`: the
+/// end of the turn once the object is whole, the tokens that continue it
+/// before. Whether any is left.
+fn constrain(model: &ChatModel, state: JsonState, logits: &mut [f32]) -> bool {
+    let tokenizer = &model.tokenizer;
+    let mut allowed = vec![false; logits.len()];
+    if state.done() {
+        for &id in tokenizer.stop_ids() {
+            allowed[id as usize] = true;
+        }
+    } else {
+        tokenizer
+            .json_tokens()
+            .allowed(state, |id| allowed[id as usize] = true);
+    }
+    let mut any = false;
+    for (l, allowed) in logits.iter_mut().zip(allowed) {
+        if !allowed {
+            *l = f32::NEG_INFINITY;
+        }
+        any |= *l > f32::NEG_INFINITY;
+    }
+    any
 }
 
 /// Applies the bias, bans the `banned` tokens, then the penalties for the

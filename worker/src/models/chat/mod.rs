@@ -6,6 +6,7 @@
 mod attention;
 pub mod device;
 pub mod engine;
+pub mod json;
 pub mod llama;
 pub mod quant;
 pub mod template;
@@ -13,7 +14,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use engine::{Engine, Event, Finish, Fork, Generation, Logprobs, Sampling};
+pub use engine::{Engine, Event, Finish, Fork, Format, Generation, Logprobs, Sampling};
 pub use template::{ChatMessage, ChatTemplate, Prompt, TemplateError};
 pub use tokenizer::{ChatTokenizer, GgufVocab, StreamDecoder};
 

@@ -5,6 +5,7 @@
 //! incremental decoder for streaming.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -13,6 +14,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
+use super::json;
 use super::template::{ChatMessage, Prompt};
 use crate::models::ModelError;
 
@@ -104,6 +106,8 @@ pub struct ChatTokenizer {
     eos: u32,
     bos: Option<u32>,
     stop: Vec<u32>,
+    /// The plain tokens sorted for JSON mode, made on first use.
+    json: OnceLock<json::Tokens>,
 }
 
 impl ChatTokenizer {
@@ -170,6 +174,7 @@ impl ChatTokenizer {
             eos: vocab.eos,
             bos: vocab.bos,
             stop,
+            json: OnceLock::new(),
         })
     }
 
@@ -275,6 +280,11 @@ impl ChatTokenizer {
     /// control tokens the vocabulary has.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop
+    }
+
+    /// The plain tokens as JSON mode walks them.
+    pub fn json_tokens(&self) -> &json::Tokens {
+        self.json.get_or_init(|| json::Tokens::new(self))
     }
 
     /// The underlying HF tokenizer.

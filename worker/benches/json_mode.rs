@@ -1,0 +1,98 @@
+//! JSON mode's cost per token (`models/chat/json.rs`): finding every token
+//! of SmolLM2's vocabulary that can continue the answer, from three places
+//! (just after `{`, where few can; at the start of a value; inside a
+//! string, where nearly all can), against what it adds to: one decode step
+//! of the same model for one sequence (the forward pass after a 14-token
+//! prompt, on the machine's threads). Needs the SmolLM2 GGUF
+//! (`scripts/fetch-models.sh smollm2`); no GPU.
+//!
+//!     cargo bench -p thaw-worker --bench json_mode
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use criterion::{criterion_main, BatchSize, Criterion};
+use thaw_worker::models::chat::json::JsonState;
+use thaw_worker::models::chat::llama::Step;
+use thaw_worker::models::chat::ChatModel;
+
+/// SmolLM2's template around "Hello" (as `examples/decode_speed.rs`).
+const PROMPT: [u32; 14] = [
+    1, 9690, 198, 2683, 359, 253, 5356, 5646, 28, 2, 198, 1, 4093, 198,
+];
+
+fn json_mode(c: &mut Criterion) {
+    let dir = std::env::var_os("THAW_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/thaw/models")
+        })
+        .join("smollm2");
+    let model = ChatModel::load(&dir, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/fetch-models.sh smollm2)", dir.display()));
+    let tokens = model.tokenizer.json_tokens();
+    let vocabulary = model.tokenizer.vocab_size();
+
+    let mut group = c.benchmark_group("json_mode");
+    let threads = candle_core::utils::get_num_threads();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a pool");
+    let mut prompted = model.decoder.new_cache();
+    pool.install(|| {
+        model.decoder.forward(
+            &mut [Step {
+                cache: &mut prompted,
+                tokens: &PROMPT,
+                logits: true,
+            }],
+            threads > 1,
+        )
+    })
+    .expect("the prompt runs");
+    group.bench_function("decode_step", |b| {
+        b.iter_batched(
+            || prompted.clone(),
+            |mut cache| {
+                pool.install(|| {
+                    model.decoder.forward(
+                        &mut [Step {
+                            cache: &mut cache,
+                            tokens: &[28],
+                            logits: true,
+                        }],
+                        threads > 1,
+                    )
+                })
+                .expect("a step")
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    for (name, prefix) in [
+        ("after_brace", "{"),
+        ("value", "{\"name\": "),
+        ("in_string", "{\"name\": \"To"),
+    ] {
+        let state = JsonState::new().feed(prefix.as_bytes()).expect("valid");
+        let mut allowed = 0;
+        tokens.allowed(state, |_| allowed += 1);
+        eprintln!("{name}: {allowed} of {vocabulary} tokens allowed");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut mask = vec![false; vocabulary];
+                tokens.allowed(state, |id| mask[id as usize] = true);
+                mask
+            })
+        });
+    }
+    group.finish();
+}
+
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    json_mode(&mut c);
+}
+
+criterion_main!(benches);
