@@ -999,13 +999,8 @@ fn json_mode_answers_with_one_object_and_nothing_else() {
     let text = r["choices"][0]["text"].as_str().expect("text");
     assert!(object(text), "{r}");
 
-    // A schema is refused, not taken for JSON mode; so are vLLM's guides.
+    // Bad formats, and vLLM's guides (not taken for what they are not).
     for (extra, param) in [
-        (
-            json!({"response_format": {"type": "json_schema",
-                   "json_schema": {"name": "p", "schema": {"type": "object"}}}}),
-            "response_format.type",
-        ),
         (
             json!({"response_format": {"type": "xml"}}),
             "response_format.type",
@@ -1021,4 +1016,92 @@ fn json_mode_answers_with_one_object_and_nothing_else() {
         assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
         assert_eq!(e["error"]["param"], param, "{e}");
     }
+}
+
+#[test]
+fn structured_outputs_follow_the_schema() {
+    let w = smollm2(4);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "color": {"enum": ["black", "white", "orange", "grey"]},
+            "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+            "indoor": {"type": "boolean"}
+        },
+        "required": ["name", "age", "color", "toys", "indoor"],
+        "additionalProperties": false
+    });
+    let ask = |extra: Value| {
+        let mut body = chat(json!({"max_tokens": 120, "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "cat", "strict": true, "schema": schema}}}));
+        body["messages"][0]["content"] = json!("Describe a cat named Tom.");
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        w.client.post_json("/v1/chat/completions", &body)
+    };
+    // Checked on the parsed answer, apart from the recognizer: every key
+    // in the schema's order, each value of its type.
+    let conforms = |text: &str| {
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let o = v.as_object().expect("an object");
+        let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["name", "age", "color", "toys", "indoor"], "{text}");
+        assert!(o["name"].is_string(), "{text}");
+        assert!(o["age"].is_i64() || o["age"].is_u64(), "{text}");
+        assert!(
+            ["black", "white", "orange", "grey"].contains(&o["color"].as_str().unwrap_or("")),
+            "{text}"
+        );
+        let toys = o["toys"].as_array().expect("toys");
+        assert!(
+            toys.len() <= 3 && toys.iter().all(Value::is_string),
+            "{text}"
+        );
+        assert!(o["indoor"].is_boolean(), "{text}");
+    };
+    let r = ask(json!({}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = r.json();
+    assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+    conforms(
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content"),
+    );
+
+    let sampled = ask(json!({"n": 4, "temperature": 1.0, "seed": 3, "max_tokens": 200})).json();
+    let mut ended = 0;
+    for c in sampled["choices"].as_array().expect("choices") {
+        let text = c["message"]["content"].as_str().expect("content");
+        assert!(text.starts_with('{'), "{text:?}");
+        if c["finish_reason"] == "stop" {
+            conforms(text);
+            ended += 1;
+        }
+    }
+    assert!(ended >= 2, "{sampled}");
+
+    // What the answer could not be held to is a 400 that says so.
+    let mut body = chat(
+        json!({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "p", "schema": {"type": "object", "properties": {
+            "when": {"type": "string", "format": "date-time"}}}}}}),
+    );
+    body["max_tokens"] = json!(5);
+    let r = w.client.post_json("/v1/chat/completions", &body);
+    assert_eq!(r.status, 400);
+    let e = r.json();
+    assert_eq!(
+        e["error"]["param"], "response_format.json_schema.schema",
+        "{e}"
+    );
+    let message = e["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("'format' at #/properties/when is not supported"),
+        "{message}"
+    );
 }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use super::openai::type_name;
 use super::{parse_json, read_body, ApiError, AppState, Backend, OpenAiError};
 use crate::models::chat::{
-    ChatMessage, ChatModel, Event, Finish, Fork, Format, Generation, Logprobs, Sampling,
+    ChatMessage, ChatModel, Event, Finish, Fork, Format, Generation, Logprobs, Sampling, Schema,
     StreamDecoder,
 };
 use crate::models::ModelError;
@@ -233,7 +233,7 @@ fn encode_raw(model: &ChatModel, prompt: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 /// OpenAI parameters this server does not implement and that change what a
-/// response means (tools, a schema, an echoed prompt…): refused with a 400 when given a value other than their
+/// response means (tools, a grammar, an echoed prompt…): refused with a 400 when given a value other than their
 /// neutral one, never silently ignored. Other unknown fields are ignored,
 /// as new clients send fields older servers do not know.
 fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
@@ -260,7 +260,7 @@ fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
         "best_of",
         "suffix",
         "modalities",
-        // vLLM's structured outputs, other than OpenAI's JSON mode.
+        // vLLM's structured outputs, other than OpenAI's response_format.
         "guided_json",
         "guided_regex",
         "guided_choice",
@@ -535,9 +535,8 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
     })
 }
 
-/// OpenAI's `response_format`: text, or JSON mode. A JSON schema is
-/// refused rather than taken for JSON mode, which would not hold the
-/// answer to it.
+/// OpenAI's `response_format`: text, JSON mode (any object), or
+/// structured outputs (an object a JSON Schema admits).
 fn response_format(value: Option<&Value>) -> Result<Format, ApiError> {
     let format = match value {
         None | Some(Value::Null) => return Ok(Format::Text),
@@ -554,19 +553,75 @@ fn response_format(value: Option<&Value>) -> Result<Format, ApiError> {
         // `{}`: nothing asked.
         None if format.is_empty() => Ok(Format::Text),
         Some(Value::String(t)) if t == "text" => Ok(Format::Text),
-        Some(Value::String(t)) if t == "json_object" => Ok(Format::JsonObject),
-        Some(Value::String(t)) if t == "json_schema" => Err(bad(
-            "'response_format.type' is \"json_schema\"; this server holds answers to JSON \
-             (\"json_object\") but not to a schema"
-                .into(),
-        )),
+        Some(Value::String(t)) if t == "json_object" => {
+            Ok(Format::Json(Arc::new(Schema::any_object())))
+        }
+        Some(Value::String(t)) if t == "json_schema" => json_schema(format.get("json_schema")),
         None | Some(Value::Null) => Err(bad(
             "missing required parameter: 'response_format.type'".into()
         )),
         Some(other) => Err(bad(format!(
-            "'response_format.type' is {other}; it must be \"text\" or \"json_object\""
+            "'response_format.type' is {other}; it must be \"text\", \"json_object\" or \
+             \"json_schema\""
         ))),
     }
+}
+
+/// `response_format.json_schema`: a `name` (OpenAI requires one) and the
+/// `schema`, compiled; without a schema, any object.
+fn json_schema(value: Option<&Value>) -> Result<Format, ApiError> {
+    let spec = match value {
+        Some(Value::Object(spec)) => spec,
+        None | Some(Value::Null) => {
+            return Err(bad(
+                "missing required parameter: 'response_format.json_schema'".into(),
+            ))
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "'response_format.json_schema' must be an object with a 'name' and a \
+                 'schema', got {}",
+                type_name(other)
+            )))
+        }
+    };
+    match spec.get("name") {
+        Some(Value::String(name))
+            if (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {}
+        None | Some(Value::Null) => {
+            return Err(bad(
+                "missing required parameter: 'response_format.json_schema.name'".into(),
+            ))
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "'response_format.json_schema.name' is {}; it must be 1 to 64 letters, \
+                 digits, '_' or '-'",
+                abridged(other)
+            )))
+        }
+    }
+    match spec.get("strict") {
+        None | Some(Value::Null | Value::Bool(_)) => {}
+        Some(other) => {
+            return Err(bad(format!(
+                "'response_format.json_schema.strict' must be a boolean, got {}",
+                type_name(other)
+            )))
+        }
+    }
+    let schema = match spec.get("schema") {
+        None | Some(Value::Null) => Schema::any_object(),
+        Some(schema) => Schema::compile(schema).map_err(|why| {
+            bad(format!(
+                "'response_format.json_schema.schema' cannot be held to: {why}"
+            ))
+        })?,
+    };
+    Ok(Format::Json(Arc::new(schema)))
 }
 
 /// A field that is a boolean, false when absent.
@@ -1306,7 +1361,7 @@ mod tests {
     }
 
     #[test]
-    fn a_response_format_is_text_or_json_mode() {
+    fn a_response_format_is_text_json_mode_or_a_schema() {
         let format = |v: Value| {
             response_format(Some(&v)).map_err(|e| match e {
                 ApiError::BadRequest(message) => message,
@@ -1317,15 +1372,37 @@ mod tests {
         assert_eq!(format(json!(null)).ok(), Some(Format::Text));
         assert_eq!(format(json!({})).ok(), Some(Format::Text));
         assert_eq!(format(json!({"type": "text"})).ok(), Some(Format::Text));
-        assert_eq!(
-            format(json!({"type": "json_object"})).ok(),
-            Some(Format::JsonObject)
-        );
+        let json = |v: Value| matches!(format(v), Ok(Format::Json(_)));
+        assert!(json(json!({"type": "json_object"})));
+        assert!(json(
+            json!({"type": "json_schema", "json_schema": {"name": "p", "strict": true,
+                   "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}})
+        ));
+        assert!(json(
+            json!({"type": "json_schema", "json_schema": {"name": "any-1"}})
+        ));
         for (refused, says) in [
             (json!("json_object"), "must be an object"),
             (
-                json!({"type": "json_schema", "json_schema": {}}),
-                "not to a schema",
+                json!({"type": "json_schema"}),
+                "'response_format.json_schema'",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"schema": {}}}),
+                "'response_format.json_schema.name'",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "a b"}}),
+                "1 to 64 letters",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "p", "strict": "yes"}}),
+                "must be a boolean",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "p",
+                       "schema": {"type": "object", "properties": {"a": {"format": "date"}}}}}),
+                "cannot be held to: 'format' at #/properties/a is not supported",
             ),
             (json!({"type": "yaml"}), "\"yaml\"; it must be"),
             (json!({"type": 1}), "1; it must be"),

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::json::JsonState;
 use super::llama::Step;
+use super::schema::{Schema, SchemaState};
 use super::{Cache, ChatModel};
 use crate::models::bert::kernels::exp;
 use crate::models::ModelError;
@@ -59,13 +59,24 @@ pub struct Sampling {
 }
 
 /// What an answer must be (OpenAI's `response_format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub enum Format {
     /// Anything.
     #[default]
     Text,
-    /// One JSON object, and the turn ends with it ([`super::json`]).
-    JsonObject,
+    /// A JSON object the schema admits (any object in JSON mode), and the
+    /// turn ends with it ([`super::schema`]).
+    Json(Arc<Schema>),
+}
+
+impl PartialEq for Format {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Format::Text, Format::Text) => true,
+            (Format::Json(a), Format::Json(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl Sampling {
@@ -202,8 +213,8 @@ struct Active {
     rng: Rng,
     /// What the penalties look at (kept only when they are set).
     history: History,
-    /// In JSON mode, the recognizer of the answer so far.
-    json: Option<JsonState>,
+    /// Held to JSON, where the answer is.
+    json: Option<SchemaState>,
 }
 
 /// The tokens so far, as the penalties see them.
@@ -417,8 +428,8 @@ fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
         adjust(&mut logits, sampling, &a.history, stops);
     }
     let events = &a.generation.events;
-    if let Some(state) = a.json {
-        if !constrain(model, state, &mut logits) {
+    if let (Format::Json(schema), Some(state)) = (&sampling.format, &a.json) {
+        if !constrain(model, schema, state, &mut logits) {
             // Nothing may come: the object is whole and `min_tokens` holds
             // off the end. The grammar wins.
             let _ = events.send(Event::Done(Finish::Stop));
@@ -430,10 +441,10 @@ fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
         let _ = events.send(Event::Done(Finish::Stop));
         return true;
     }
-    if let Some(state) = &mut a.json {
+    if let (Format::Json(schema), Some(state)) = (&sampling.format, &mut a.json) {
         let bytes = model.tokenizer.token_bytes(token).unwrap_or_default();
-        *state = state
-            .feed(bytes)
+        *state = schema
+            .feed(state, bytes)
             .expect("only tokens that continue the JSON are sampled");
     }
     a.generated += 1;
@@ -453,15 +464,18 @@ fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
     false
 }
 
-/// The recognizer a generation starts with: JSON mode's, or none.
-fn json_state(sampling: &Sampling) -> Option<JsonState> {
-    (sampling.format == Format::JsonObject).then(JsonState::new)
+/// Where a generation held to JSON starts; `None` for text.
+fn json_state(sampling: &Sampling) -> Option<SchemaState> {
+    match &sampling.format {
+        Format::Text => None,
+        Format::Json(schema) => Some(schema.start()),
+    }
 }
 
 /// Leaves in `logits` only the tokens that can come after `state`: the
 /// end of the turn once the object is whole, the tokens that continue it
 /// before. Whether any is left.
-fn constrain(model: &ChatModel, state: JsonState, logits: &mut [f32]) -> bool {
+fn constrain(model: &ChatModel, schema: &Schema, state: &SchemaState, logits: &mut [f32]) -> bool {
     let tokenizer = &model.tokenizer;
     let mut allowed = vec![false; logits.len()];
     if state.done() {
@@ -471,7 +485,7 @@ fn constrain(model: &ChatModel, state: JsonState, logits: &mut [f32]) -> bool {
     } else {
         tokenizer
             .json_tokens()
-            .allowed(state, |id| allowed[id as usize] = true);
+            .allowed(schema, *state, |id| allowed[id as usize] = true);
     }
     let mut any = false;
     for (l, allowed) in logits.iter_mut().zip(allowed) {

@@ -50,7 +50,7 @@ enum Lex {
 
 /// Where a string is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StrAt {
+pub(super) enum StrAt {
     /// Characters, `\` or the closing quote.
     Plain,
     /// After `\`.
@@ -65,10 +65,54 @@ enum StrAt {
     Utf8 { left: u8, low: u8, high: u8 },
 }
 
+impl StrAt {
+    /// Where the string is after `b`: `Some(None)` when `b` closes it.
+    pub(super) fn step(self, b: u8) -> Option<Option<StrAt>> {
+        Some(Some(match (self, b) {
+            (StrAt::Plain, b'"') => return Some(None),
+            (StrAt::Plain, b'\\') => StrAt::Escape,
+            (StrAt::Plain, 0x20..=0x7f) => StrAt::Plain,
+            (StrAt::Plain, 0xc2..=0xdf) => utf8(1, 0x80, 0xbf),
+            (StrAt::Plain, 0xe0) => utf8(2, 0xa0, 0xbf),
+            (StrAt::Plain, 0xed) => utf8(2, 0x80, 0x9f),
+            (StrAt::Plain, 0xe1..=0xef) => utf8(2, 0x80, 0xbf),
+            (StrAt::Plain, 0xf0) => utf8(3, 0x90, 0xbf),
+            (StrAt::Plain, 0xf1..=0xf3) => utf8(3, 0x80, 0xbf),
+            (StrAt::Plain, 0xf4) => utf8(3, 0x80, 0x8f),
+            (StrAt::Utf8 { left, low, high }, _) if (low..=high).contains(&b) => {
+                if left == 1 {
+                    StrAt::Plain
+                } else {
+                    utf8(left - 1, 0x80, 0xbf)
+                }
+            }
+            (StrAt::Escape, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => StrAt::Plain,
+            (StrAt::Escape, b'u') => StrAt::Hex {
+                left: 4,
+                after_d: false,
+            },
+            (StrAt::Hex { left, after_d }, _) if b.is_ascii_hexdigit() => {
+                // \uD800–\uDFFF: a surrogate.
+                if after_d && !matches!(b, b'0'..=b'7') {
+                    return None;
+                }
+                match left {
+                    1 => StrAt::Plain,
+                    _ => StrAt::Hex {
+                        left: left - 1,
+                        after_d: left == 4 && matches!(b, b'd' | b'D'),
+                    },
+                }
+            }
+            _ => return None,
+        }))
+    }
+}
+
 /// Where a number is (JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)?
 /// ([eE] [+-]? [0-9]+)?`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Num {
+pub(super) enum Num {
     Minus,
     Zero,
     Int,
@@ -80,12 +124,22 @@ enum Num {
 }
 
 impl Num {
+    /// Where a number that begins with `b` is.
+    pub(super) fn start(b: u8) -> Option<Num> {
+        match b {
+            b'-' => Some(Num::Minus),
+            b'0' => Some(Num::Zero),
+            b'1'..=b'9' => Some(Num::Int),
+            _ => None,
+        }
+    }
+
     /// Whether the number may end here.
-    fn whole(self) -> bool {
+    pub(super) fn whole(self) -> bool {
         matches!(self, Num::Zero | Num::Int | Num::Frac | Num::Exp)
     }
 
-    fn step(self, b: u8) -> Option<Num> {
+    pub(super) fn step(self, b: u8) -> Option<Num> {
         Some(match (self, b) {
             (Num::Minus, b'0') => Num::Zero,
             (Num::Minus, b'1'..=b'9') => Num::Int,
@@ -132,10 +186,28 @@ impl JsonState {
         }
     }
 
+    /// Before any one JSON value (not only an object), whitespace first.
+    pub fn any() -> Self {
+        JsonState {
+            lex: Lex::Value,
+            ..Self::new()
+        }
+    }
+
     /// Whether the object is whole (the turn may end, and nothing else may
     /// come).
     pub fn done(&self) -> bool {
         self.lex == Lex::Done
+    }
+
+    /// Whether the value is whole here: done, or a number that may end
+    /// (only the byte after it tells that it did).
+    pub fn may_end(&self) -> bool {
+        match self.lex {
+            Lex::Done => true,
+            Lex::Number(n) => self.depth == 0 && n.whole(),
+            _ => false,
+        }
     }
 
     /// The state after `b`, or `None` where `b` cannot come here.
@@ -143,50 +215,10 @@ impl JsonState {
         let mut s = self;
         match s.lex {
             Lex::Str { key, at } => {
-                let at = match (at, b) {
-                    (StrAt::Plain, b'"') => {
-                        s.lex = if key { Lex::Colon } else { s.after_value() };
-                        return Some(s);
-                    }
-                    (StrAt::Plain, b'\\') => StrAt::Escape,
-                    (StrAt::Plain, 0x20..=0x7f) => StrAt::Plain,
-                    (StrAt::Plain, 0xc2..=0xdf) => utf8(1, 0x80, 0xbf),
-                    (StrAt::Plain, 0xe0) => utf8(2, 0xa0, 0xbf),
-                    (StrAt::Plain, 0xed) => utf8(2, 0x80, 0x9f),
-                    (StrAt::Plain, 0xe1..=0xef) => utf8(2, 0x80, 0xbf),
-                    (StrAt::Plain, 0xf0) => utf8(3, 0x90, 0xbf),
-                    (StrAt::Plain, 0xf1..=0xf3) => utf8(3, 0x80, 0xbf),
-                    (StrAt::Plain, 0xf4) => utf8(3, 0x80, 0x8f),
-                    (StrAt::Utf8 { left, low, high }, _) if (low..=high).contains(&b) => {
-                        if left == 1 {
-                            StrAt::Plain
-                        } else {
-                            utf8(left - 1, 0x80, 0xbf)
-                        }
-                    }
-                    (StrAt::Escape, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                        StrAt::Plain
-                    }
-                    (StrAt::Escape, b'u') => StrAt::Hex {
-                        left: 4,
-                        after_d: false,
-                    },
-                    (StrAt::Hex { left, after_d }, _) if b.is_ascii_hexdigit() => {
-                        // \uD800–\uDFFF: a surrogate.
-                        if after_d && !matches!(b, b'0'..=b'7') {
-                            return None;
-                        }
-                        match left {
-                            1 => StrAt::Plain,
-                            _ => StrAt::Hex {
-                                left: left - 1,
-                                after_d: left == 4 && matches!(b, b'd' | b'D'),
-                            },
-                        }
-                    }
-                    _ => return None,
-                };
-                s.lex = Lex::Str { key, at };
+                match at.step(b)? {
+                    Some(at) => s.lex = Lex::Str { key, at },
+                    None => s.lex = if key { Lex::Colon } else { s.after_value() },
+                }
                 Some(s)
             }
             Lex::Number(n) => match n.step(b) {
@@ -263,9 +295,7 @@ impl JsonState {
                 key: false,
                 at: StrAt::Plain,
             },
-            b'-' => Lex::Number(Num::Minus),
-            b'0' => Lex::Number(Num::Zero),
-            b'1'..=b'9' => Lex::Number(Num::Int),
+            b'-' | b'0'..=b'9' => Lex::Number(Num::start(b)?),
             b't' => Lex::Word(b"rue"),
             b'f' => Lex::Word(b"alse"),
             b'n' => Lex::Word(b"ull"),
@@ -309,7 +339,7 @@ impl JsonState {
     }
 
     /// Whether this is inside a string, between characters.
-    fn in_text(&self) -> bool {
+    pub fn in_text(&self) -> bool {
         matches!(
             self.lex,
             Lex::Str {
@@ -327,6 +357,35 @@ impl JsonState {
 
 fn utf8(left: u8, low: u8, high: u8) -> StrAt {
     StrAt::Utf8 { left, low, high }
+}
+
+/// What the answer is held to, a byte at a time. Its strings must step as
+/// [`JsonState`]'s do: a token that is text inside one of its strings
+/// ([`Grammar::in_text`]) leaves the state as it was.
+pub trait Grammar {
+    /// Where the answer is: copied at every byte tried.
+    type State: Copy;
+
+    /// The state after `b`, or `None` where `b` cannot come here.
+    fn step(&self, state: &Self::State, b: u8) -> Option<Self::State>;
+
+    /// Whether `state` is inside a string, between characters.
+    fn in_text(&self, state: &Self::State) -> bool;
+}
+
+/// Any one JSON object ([`JsonState`]).
+pub struct AnyObject;
+
+impl Grammar for AnyObject {
+    type State = JsonState;
+
+    fn step(&self, state: &JsonState, b: u8) -> Option<JsonState> {
+        state.step(b)
+    }
+
+    fn in_text(&self, state: &JsonState) -> bool {
+        state.in_text()
+    }
 }
 
 /// A vocabulary's plain tokens as JSON mode tries them.
@@ -369,12 +428,12 @@ impl Tokens {
     }
 
     /// Calls `allow` with every token that can come after `state`.
-    pub fn allowed(&self, state: JsonState, mut allow: impl FnMut(u32)) {
-        if state.in_text() {
+    pub fn allowed<G: Grammar>(&self, grammar: &G, state: G::State, mut allow: impl FnMut(u32)) {
+        if grammar.in_text(&state) {
             self.text.iter().for_each(|&id| allow(id));
-            self.rest.allowed(state, allow);
+            self.rest.allowed(grammar, state, allow);
         } else {
-            self.all.allowed(state, allow);
+            self.all.allowed(grammar, state, allow);
         }
     }
 }
@@ -422,7 +481,7 @@ impl Sorted {
     /// token steps from the state its shared prefix with the one before
     /// reached; a prefix found impossible skips every token that follows
     /// with it.
-    fn allowed(&self, state: JsonState, mut allow: impl FnMut(u32)) {
+    fn allowed<G: Grammar>(&self, grammar: &G, state: G::State, mut allow: impl FnMut(u32)) {
         // `states[j]`: the state after the first j bytes of the last token
         // stepped through, known for j ≤ `known`.
         let mut states = vec![state; self.longest + 1];
@@ -439,7 +498,7 @@ impl Sorted {
             let bytes = &self.bytes[self.starts[k]..self.starts[k + 1]];
             let mut whole = true;
             for (j, &b) in bytes.iter().enumerate().skip(known) {
-                match states[j].step(b) {
+                match grammar.step(&states[j], b) {
                     Some(next) => states[j + 1] = next,
                     None => {
                         known = j;
@@ -458,7 +517,7 @@ impl Sorted {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn accepts(text: &[u8]) -> bool {
@@ -497,6 +556,27 @@ mod tests {
         let parsed =
             serde_json::from_slice::<serde_json::Value>(&tamed).is_ok_and(|v| v.is_object());
         within_limits && !around && parsed
+    }
+
+    /// Makes `edits` random changes to `text`: a byte of `alphabet` put in
+    /// place of one, one dropped, or one added (`pick(n)`: below n).
+    pub(in crate::models::chat) fn mutate(
+        text: &mut Vec<u8>,
+        edits: usize,
+        alphabet: &[u8],
+        pick: &mut impl FnMut(usize) -> usize,
+    ) {
+        for _ in 0..edits {
+            let at = pick(text.len() + 1);
+            let byte = alphabet[pick(alphabet.len())];
+            match pick(3) {
+                0 if at < text.len() => text[at] = byte,
+                1 if at < text.len() => {
+                    text.remove(at);
+                }
+                _ => text.insert(at, byte),
+            }
+        }
     }
 
     #[test]
@@ -577,17 +657,8 @@ mod tests {
             } else {
                 bases[pick(bases.len())].to_vec()
             };
-            for _ in 0..pick(3) {
-                let at = pick(text.len() + 1);
-                let byte = alphabet[pick(alphabet.len())];
-                match pick(3) {
-                    0 if at < text.len() => text[at] = byte,
-                    1 if at < text.len() => {
-                        text.remove(at);
-                    }
-                    _ => text.insert(at, byte),
-                }
-            }
+            let edits = pick(3);
+            mutate(&mut text, edits, alphabet, &mut pick);
             let ours = accepts(&text);
             assert_eq!(
                 ours,
@@ -676,7 +747,7 @@ mod tests {
         for prefix in prefixes {
             let state = JsonState::new().feed(prefix).expect("a valid prefix");
             let mut got = Vec::new();
-            tokens.allowed(state, |id| got.push(id));
+            tokens.allowed(&AnyObject, state, |id| got.push(id));
             got.sort_unstable();
             let want: Vec<u32> = (0..vocab.len() as u32)
                 .filter(|&id| state.feed(&vocab[id as usize]).is_some())

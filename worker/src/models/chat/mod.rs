@@ -9,12 +9,14 @@ pub mod engine;
 pub mod json;
 pub mod llama;
 pub mod quant;
+pub mod schema;
 pub mod template;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
 pub use engine::{Engine, Event, Finish, Fork, Format, Generation, Logprobs, Sampling};
+pub use schema::Schema;
 pub use template::{ChatMessage, ChatTemplate, Prompt, TemplateError};
 pub use tokenizer::{ChatTokenizer, GgufVocab, StreamDecoder};
 
