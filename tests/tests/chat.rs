@@ -3,6 +3,8 @@
 //! held until it ends or its client leaves, a stream that cannot be admitted
 //! gets a plain HTTP error, and a chat model cold-starts from its template.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 use thaw_tests::registry_model;
 use thaw_tests::served::{self, Served};
@@ -33,7 +35,7 @@ fn started_from(s: &Value) -> String {
 #[test]
 fn streams_pass_through_as_generated_and_hold_their_permit_until_they_end() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let g = gateway(&dir);
+    let mut g = gateway(&dir);
 
     // Cold from the source: the snapshot is built, a template started, the
     // worker forked from it; the stream's first event arrives long before
@@ -47,6 +49,23 @@ fn streams_pass_through_as_generated_and_hold_their_permit_until_they_end() {
     assert!(head.contains("x-thaw-cold-start-ms"), "{head}");
     assert!(!head.contains("[DONE]"), "the stream was buffered: {head}");
     assert_eq!(started_from(&g.status()), "source");
+    // The client's leaving is said on its request's line (a client's
+    // network, not a fault of the gateway's to page anyone for), never
+    // logged as an ERROR: once the request is counted, which comes after
+    // pingora's error log, stderr (at WARN here) holds no ERROR.
+    let counted = r#"thaw_requests_total{model="smollm2",status="200"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&g.admin.get("/metrics").body).contains(counted) {
+        assert!(Instant::now() < deadline, "the stream was never counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let errors: Vec<String> = g
+        .proc
+        .drain_stderr()
+        .into_iter()
+        .filter(|l| l.contains("ERROR"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 
     // The client left: its permit (the only one) is free again, so this is
     // served, not queued behind 8000 tokens until its queue timeout.

@@ -334,6 +334,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// pingora logs every failed request at ERROR. A failure of the
+    /// client's own making (it hung up, broke its body, stopped sending)
+    /// is no fault of the gateway's, and its request line (`logging`,
+    /// with the error and a 499 or 4xx) already says what happened: an
+    /// ERROR for each would page someone for a client's flaky network.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        e.esource() == &pingora::ErrorSource::Downstream
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.permit = None;
         // A client that hung up before any answer is counted as nginx
