@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use criterion::{criterion_main, BatchSize, Criterion};
 use thaw_worker::models::chat::json::{AnyObject, JsonState};
-use thaw_worker::models::chat::llama::Step;
+use thaw_worker::models::chat::llama::{Logits, Step};
 use thaw_worker::models::chat::ChatModel;
 use thaw_worker::models::chat::Schema;
 
@@ -48,7 +48,7 @@ fn json_mode(c: &mut Criterion) {
             &mut [Step {
                 cache: &mut prompted,
                 tokens: &PROMPT,
-                logits: true,
+                logits: Logits::Last,
             }],
             threads > 1,
         )
@@ -63,7 +63,7 @@ fn json_mode(c: &mut Criterion) {
                         &mut [Step {
                             cache: &mut cache,
                             tokens: &[28],
-                            logits: true,
+                            logits: Logits::Last,
                         }],
                         threads > 1,
                     )

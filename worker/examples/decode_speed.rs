@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use thaw_worker::models::chat::llama::{KvCache, Llama, Step};
+use thaw_worker::models::chat::llama::{KvCache, Llama, Logits, Step};
 
 /// A chat prompt of 14 tokens (SmolLM2's template around "Hello").
 const PROMPT: [u32; 14] = [
@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         let mut steps = [Step {
             cache: &mut cache,
             tokens: &long,
-            logits: true,
+            logits: Logits::Last,
         }];
         pool.install(|| model.forward(&mut steps, threads > 1))?;
         prefill_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             .map(|cache| Step {
                 cache,
                 tokens: &context,
-                logits: true,
+                logits: Logits::Last,
             })
             .collect();
         let logits = pool.install(|| model.forward(&mut steps, threads > 1))?;
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|(cache, t)| Step {
                     cache,
                     tokens: t,
-                    logits: true,
+                    logits: Logits::Last,
                 })
                 .collect();
             let logits = pool.install(|| model.forward(&mut steps, threads > 1))?;

@@ -1105,3 +1105,87 @@ fn structured_outputs_follow_the_schema() {
         "{message}"
     );
 }
+
+#[test]
+fn echo_returns_the_prompt_first_and_scores_it() {
+    let w = smollm2(4);
+    let prompt = "The quick brown fox jumps over the lazy dog";
+    let complete = |extra: Value| {
+        let mut body = json!({"model": "smollm2", "prompt": prompt, "temperature": 0});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        w.client.post_json("/v1/completions", &body)
+    };
+    // Scored only (lm-evaluation-harness's request): the prompt, each of
+    // its tokens but the first with a log-probability and the likeliest.
+    let r = complete(json!({"echo": true, "logprobs": 1, "max_tokens": 0}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = r.json();
+    let choice = &r["choices"][0];
+    assert_eq!(choice["text"], prompt);
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(r["usage"]["completion_tokens"], 0);
+    let lp = &choice["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("a token"))
+        .collect();
+    assert_eq!(tokens.concat(), prompt);
+    assert_eq!(r["usage"]["prompt_tokens"], tokens.len());
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    let mut chars = 0;
+    for (k, token) in tokens.iter().enumerate() {
+        assert_eq!(lp["text_offset"][k], chars, "{lp}");
+        chars += token.chars().count();
+        if k > 0 {
+            let logprob = lp["token_logprobs"][k].as_f64().expect("a log-probability");
+            assert!(logprob <= 0.0);
+            assert_eq!(lp["top_logprobs"][k][*token], logprob, "{lp}");
+        }
+    }
+
+    // Generated after it: the same text as without the echo, its
+    // offsets counted after the prompt.
+    let plain = complete(json!({"max_tokens": 4, "logprobs": 0})).json();
+    let echoed = complete(json!({"echo": true, "max_tokens": 4, "logprobs": 0})).json();
+    let text = echoed["choices"][0]["text"].as_str().expect("text");
+    assert_eq!(
+        text.strip_prefix(prompt),
+        plain["choices"][0]["text"].as_str()
+    );
+    let offsets = &echoed["choices"][0]["logprobs"]["text_offset"];
+    assert_eq!(offsets.as_array().map(Vec::len), Some(tokens.len() + 4));
+    assert_eq!(offsets[tokens.len()], chars);
+    for k in 0..4 {
+        assert_eq!(
+            offsets[tokens.len() + k].as_u64().expect("offset") - chars as u64,
+            plain["choices"][0]["logprobs"]["text_offset"][k]
+                .as_u64()
+                .expect("offset")
+        );
+    }
+    // Streamed: the prompt first, then the rest; each choice echoes.
+    let body = complete(json!({"echo": true, "max_tokens": 4, "stream": true, "n": 2})).body;
+    for i in 0..2 {
+        let texts: Vec<String> = chunks(&body)
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["text"].as_str().map(String::from))
+            .collect();
+        assert_eq!(texts[0], prompt);
+        assert_eq!(texts.concat(), text, "choice {i}");
+    }
+
+    // Not on the chat API; no max_tokens of 0 without it.
+    let r = w
+        .client
+        .post_json("/v1/chat/completions", &chat(json!({"echo": true})));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "echo");
+    let r = complete(json!({"max_tokens": 0}));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "max_tokens");
+}

@@ -25,8 +25,10 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::Deserialize;
 use thaw_worker::models::chat::device::Products;
-use thaw_worker::models::chat::llama::{Llama, Step};
-use thaw_worker::models::chat::{Cache, ChatModel, Decoder, Engine, Event, Generation, Sampling};
+use thaw_worker::models::chat::llama::{Llama, Logits, Step};
+use thaw_worker::models::chat::{
+    Cache, ChatModel, Decoder, Engine, Event, Finish, Fork, Generation, Sampling,
+};
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -110,7 +112,7 @@ fn run(model: &Decoder, cache: &mut Cache, tokens: &[u32]) -> Vec<f32> {
     let mut steps = [Step {
         cache,
         tokens,
-        logits: true,
+        logits: Logits::Last,
     }];
     model.forward(&mut steps, false).expect("forward").remove(0)
 }
@@ -124,17 +126,23 @@ fn argmax(logits: &[f32]) -> (u32, f32) {
     (i as u32, *v)
 }
 
+/// SmolLM2 on the CPU, and a generation engine running it.
+fn engine() -> (Arc<ChatModel>, Engine) {
+    let model = Arc::new(
+        ChatModel::load(&thaw_tests::registry_model("smollm2"), &Device::Cpu)
+            .expect("the model loads"),
+    );
+    let engine = Engine::spawn(model.clone(), 2, "test-generation").expect("the engine starts");
+    (model, engine)
+}
+
 /// The log-probabilities the engine reports with a token (OpenAI's
 /// `logprobs`): the log-softmax of the model's logits, computed here in f64
 /// from the same forward pass, to 1e-4; the likeliest tokens in order; and
 /// their gaps to the best within the logits' tolerance of llama.cpp's.
 #[test]
 fn reported_log_probabilities_are_the_model_own_and_rank_as_llama_cpp() {
-    let model = Arc::new(
-        ChatModel::load(&thaw_tests::registry_model("smollm2"), &Device::Cpu)
-            .expect("the model loads"),
-    );
-    let engine = Engine::spawn(model.clone(), 2, "test-generation").expect("the engine starts");
+    let (model, engine) = engine();
     let mut worst = 0.0f32;
     for case in fixture().cases {
         let (events, mut receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -148,6 +156,7 @@ fn reported_log_probabilities_are_the_model_own_and_rank_as_llama_cpp() {
                 },
                 events,
                 forks: Vec::new(),
+                echo: false,
             })
             .expect("submitted");
         let Some(Event::Token(id, Some(reported))) = receiver.blocking_recv() else {
@@ -177,6 +186,72 @@ fn reported_log_probabilities_are_the_model_own_and_rank_as_llama_cpp() {
         }
     }
     println!("reported log-probabilities: gaps to the best within {worst:.3} of llama.cpp's");
+}
+
+/// An echoed prompt's log-probabilities (the legacy completions' `echo`):
+/// a prompt longer than the engine's chunk, scored in chunks, gets for each
+/// token the log-softmax, in f64 here, of the logits that the model gives
+/// the tokens before it decoded one at a time, to 1e-4; the choices
+/// forked from it get the same; `max_tokens: 0` generates nothing.
+#[test]
+fn an_echoed_prompt_is_scored_as_its_tokens_decoded_one_at_a_time() {
+    let (model, engine) = engine();
+    let prompt: Vec<u32> = fixture()
+        .cases
+        .iter()
+        .flat_map(|c| c.ids.clone())
+        .cycle()
+        .take(300)
+        .collect();
+    let (events, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (fork_events, mut fork_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let sampling = Sampling {
+        logprobs: Some(3),
+        ..Sampling::greedy()
+    };
+    engine
+        .submit(Generation {
+            prompt: prompt.clone(),
+            max_tokens: 0,
+            sampling: sampling.clone(),
+            events,
+            forks: vec![Fork {
+                sampling,
+                events: fork_events,
+            }],
+            echo: true,
+        })
+        .expect("submitted");
+    let Some(Event::Prompt(Some(scores))) = receiver.blocking_recv() else {
+        panic!("no prompt scores first");
+    };
+    assert_eq!(receiver.blocking_recv(), Some(Event::Done(Finish::Length)));
+    assert_eq!(
+        fork_receiver.blocking_recv(),
+        Some(Event::Prompt(Some(scores.clone())))
+    );
+    assert_eq!(
+        fork_receiver.blocking_recv(),
+        Some(Event::Done(Finish::Length))
+    );
+    assert_eq!(scores.len(), prompt.len() - 1, "none for the first token");
+    let mut cache = model.decoder.new_cache();
+    let mut worst = 0.0f32;
+    for (k, score) in scores.iter().enumerate() {
+        let logits = run(&model.decoder, &mut cache, &prompt[k..=k]);
+        let max = f64::from(argmax(&logits).1);
+        let total: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+        let want = |t: u32| (f64::from(logits[t as usize]) - max - total.ln()) as f32;
+        let off = (score.logprob - want(prompt[k + 1])).abs();
+        worst = worst.max(off);
+        assert!(off < 1e-4, "token {}: {score:?}", k + 1);
+        assert_eq!(score.top.len(), 3);
+        assert_eq!(score.top[0].0, argmax(&logits).0, "token {}", k + 1);
+        for &(t, lp) in &score.top {
+            assert!((lp - want(t)).abs() < 1e-4, "token {}: {t}", k + 1);
+        }
+    }
+    println!("echoed prompt: log-probabilities within {worst:.2e} of one-at-a-time decoding");
 }
 
 #[test]
@@ -262,7 +337,7 @@ fn together_as_alone(under: &Under) {
             .map(|(cache, tokens)| Step {
                 cache,
                 tokens,
-                logits: true,
+                logits: Logits::Last,
             })
             .collect();
         together = pool
@@ -297,13 +372,13 @@ fn refuses_beyond_context(name: &str, model: &Decoder) {
     let mut steps = [Step {
         cache: &mut cache,
         tokens: &too_long,
-        logits: true,
+        logits: Logits::Last,
     }];
     assert!(model.forward(&mut steps, false).is_err(), "{name}");
     let mut steps = [Step {
         cache: &mut cache,
         tokens: &[60_000],
-        logits: true,
+        logits: Logits::Last,
     }];
     assert!(
         model.forward(&mut steps, false).is_err(),

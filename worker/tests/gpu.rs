@@ -243,7 +243,7 @@ fn argmax(logits: &[f32]) -> (usize, f32) {
 
 #[test]
 fn smollm2_on_the_gpu_matches_llama_cpp() {
-    use thaw_worker::models::chat::llama::Step;
+    use thaw_worker::models::chat::llama::{Logits, Step};
     use thaw_worker::models::chat::{ChatModel, Decoder};
 
     let Some(device) = gpu("smollm2_on_the_gpu_matches_llama_cpp") else {
@@ -272,7 +272,7 @@ fn smollm2_on_the_gpu_matches_llama_cpp() {
         let mut steps = [Step {
             cache,
             tokens,
-            logits: true,
+            logits: Logits::Last,
         }];
         model
             .decoder

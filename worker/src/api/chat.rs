@@ -59,6 +59,9 @@ struct Checked {
     stop: Vec<String>,
     /// How many choices to generate (OpenAI's `n`).
     n: usize,
+    /// The prompt's text, which each choice begins with (the legacy
+    /// completions' `echo`).
+    echo: Option<String>,
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -151,6 +154,11 @@ async fn generate(
         .into());
     }
     let prompt_tokens = prompt.len();
+    let prompt_ids = if checked.echo.is_some() {
+        prompt.clone()
+    } else {
+        Vec::new()
+    };
     // One generation per choice, all from the prompt read once; the engine
     // runs them side by side. A given seed gives each choice its own (the
     // seed, then the next ones).
@@ -178,6 +186,7 @@ async fn generate(
         sampling: checked.sampling.clone(),
         events: first,
         forks,
+        echo: checked.echo.is_some(),
     })?;
     let reply = Reply {
         id: response_id(api),
@@ -188,6 +197,7 @@ async fn generate(
         prompt_tokens,
         usage_chunks: checked.stream && checked.include_usage,
         logprobs: checked.sampling.logprobs.is_some(),
+        echo: checked.echo.map(|text| Echo::new(text, &prompt_ids, model)),
     };
     let pieces = merge(choices);
     if checked.stream {
@@ -251,12 +261,11 @@ fn refuse_unsupported(fields: &Map<String, Value>) -> Result<(), ApiError> {
         "modalities" => empty(v) || *v == serde_json::json!(["text"]),
         _ => empty(v),
     };
-    const UNSUPPORTED: [&str; 13] = [
+    const UNSUPPORTED: [&str; 12] = [
         "tools",
         "tool_choice",
         "functions",
         "function_call",
-        "echo",
         "best_of",
         "suffix",
         "modalities",
@@ -292,6 +301,16 @@ fn abridged(v: &Value) -> String {
 /// Checks every field this API reads; renders and tokenizes the prompt.
 fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Checked, ApiError> {
     refuse_unsupported(fields)?;
+    let echo = boolean(fields, "echo")?;
+    if echo && api == Api::Chat {
+        return Err(bad(
+            "'echo' is true; it is the legacy completions' (POST /v1/completions), \
+             not the chat API's"
+                .into(),
+        ));
+    }
+    // A string prompt, echoed as it was written.
+    let mut prompt_text = None;
     let prompt = match api {
         Api::Chat => {
             let messages = messages(fields.get("messages"))?;
@@ -308,10 +327,16 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
                 })?
         }
         Api::Completions => match fields.get("prompt") {
-            Some(Value::String(p)) => encode_raw(model, p)?,
+            Some(Value::String(p)) => {
+                prompt_text = Some(p.clone());
+                encode_raw(model, p)?
+            }
             Some(Value::Array(items)) => match items.as_slice() {
                 [] => return Err(bad("'prompt' is empty".into())),
-                [Value::String(p)] => encode_raw(model, p)?,
+                [Value::String(p)] => {
+                    prompt_text = Some(p.clone());
+                    encode_raw(model, p)?
+                }
                 // Token ids (as OpenAI and vLLM take them): the prompt as
                 // is, given flat or as an array of one.
                 [first, ..] if first.is_number() => {
@@ -394,9 +419,13 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_i64() {
             Some(v) if v >= 1 => Some(v as usize),
+            // Only the prompt scored: OpenAI's legacy `echo` with
+            // `max_tokens: 0`, as lm-evaluation-harness sends it.
+            Some(0) if echo => Some(0),
             _ => {
                 return Err(bad(format!(
-                    "'{max_key}' is {n}; it must be a whole number of at least 1"
+                    "'{max_key}' is {n}; it must be a whole number of at least 1 (0 with \
+                     'echo')"
                 )))
             }
         },
@@ -510,6 +539,7 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
     if stop.iter().any(String::is_empty) {
         return Err(bad("'stop' sequences must not be empty".into()));
     }
+    let echo = echo.then(|| prompt_text.unwrap_or_else(|| decode_prompt(model, &prompt)));
     Ok(Checked {
         prompt,
         stream,
@@ -532,7 +562,24 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
         },
         stop,
         n,
+        echo,
     })
+}
+
+/// A prompt given as token ids, as text (control tokens by their names).
+fn decode_prompt(model: &ChatModel, ids: &[u32]) -> String {
+    let bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|&id| {
+            model
+                .tokenizer
+                .token_bytes(id)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+        })
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// OpenAI's `response_format`: text, JSON mode (any object), or
@@ -807,6 +854,48 @@ struct Reply {
     usage_chunks: bool,
     /// Whether log-probabilities were asked for.
     logprobs: bool,
+    /// The prompt each choice begins with, when echoed.
+    echo: Option<Echo>,
+}
+
+/// An echoed prompt: its text, and each token's and where its text begins.
+struct Echo {
+    text: String,
+    ids: Vec<u32>,
+    /// Each token's start in `text`, in characters (`text_offset`).
+    offsets: Vec<usize>,
+    /// The text's length in characters: where the generated text's
+    /// offsets begin.
+    chars: usize,
+}
+
+impl Echo {
+    fn new(text: String, ids: &[u32], model: &ChatModel) -> Self {
+        // Characters before each byte (a token that begins inside a
+        // character begins at that character's end, as generated ones do).
+        let mut before = vec![0; text.len() + 1];
+        let mut chars = 0;
+        for (i, b) in text.bytes().enumerate() {
+            before[i] = chars;
+            chars += usize::from(!(0x80..0xc0).contains(&b));
+        }
+        before[text.len()] = chars;
+        let mut at = 0;
+        let offsets = ids
+            .iter()
+            .map(|&id| {
+                let offset = before[at.min(text.len())];
+                at += model.tokenizer.token_bytes(id).map_or(0, <[u8]>::len);
+                offset
+            })
+            .collect();
+        Echo {
+            text,
+            ids: ids.to_vec(),
+            offsets,
+            chars,
+        }
+    }
 }
 
 impl Reply {
@@ -869,7 +958,6 @@ impl Reply {
         })
     }
 
-    /// A token's text and bytes (a control token's: its name).
     /// A token's text and bytes (a control token's: its name). A token
     /// that is part of a character is written as OpenAI writes one,
     /// `bytes:\xe2\x80`, so that two such tokens are not both "\u{fffd}".
@@ -883,6 +971,46 @@ impl Reply {
             }),
         };
         (text, bytes)
+    }
+
+    /// Generated tokens, their offsets counted after the echoed prompt.
+    fn after_echo<'s>(&self, scored: &'s mut [Scored]) -> &'s [Scored] {
+        if let Some(echo) = &self.echo {
+            for s in scored.iter_mut() {
+                s.offset += echo.chars;
+            }
+        }
+        scored
+    }
+
+    /// The legacy `logprobs` of an echoed prompt: its first token has
+    /// none (nothing comes before it), the others `scores`.
+    fn echo_logprobs(&self, echo: &Echo, scores: &[Logprobs]) -> Value {
+        let (first, rest) = echo.ids.split_first().expect("a prompt is not empty");
+        let scored: Vec<Scored> = rest
+            .iter()
+            .zip(scores)
+            .zip(&echo.offsets[1..])
+            .map(|((&id, logprobs), &offset)| Scored {
+                id,
+                logprobs: logprobs.clone(),
+                at: 0,
+                offset,
+            })
+            .collect();
+        let mut json = self.logprobs_json(&scored);
+        let (token, _) = self.token(*first);
+        for (key, value) in [
+            ("tokens", json!(token)),
+            ("token_logprobs", Value::Null),
+            ("top_logprobs", Value::Null),
+            ("text_offset", json!(0)),
+        ] {
+            if let Some(Value::Array(items)) = json.get_mut(key) {
+                items.insert(0, value);
+            }
+        }
+        json
     }
 
     /// The `logprobs` of a choice, or of a chunk of one: chat's `content`
@@ -938,6 +1066,18 @@ impl Reply {
     }
 }
 
+/// Two legacy `logprobs` objects as one: each array of `b` after `a`'s.
+fn join(mut a: Value, b: Value) -> Value {
+    if let (Value::Object(a), Value::Object(b)) = (&mut a, b) {
+        for (key, items) in b {
+            if let (Some(Value::Array(first)), Value::Array(items)) = (a.get_mut(&key), items) {
+                first.extend(items);
+            }
+        }
+    }
+    a
+}
+
 /// A generated token whose log-probabilities were asked for.
 #[derive(Debug)]
 struct Scored {
@@ -974,6 +1114,9 @@ struct Text {
 
 /// The next piece of a generation.
 enum Piece {
+    /// The prompt is read: its tokens' log-probabilities, if asked (an
+    /// echo).
+    Prompt(Option<Arc<[Logprobs]>>),
     /// Text, and the tokens (with log-probabilities) it begins.
     Text(String, Vec<Scored>),
     /// The end, and how many tokens the choice generated.
@@ -1085,6 +1228,7 @@ impl Text {
                         return self.release(rest, true);
                     }
                 }
+                Some(Event::Prompt(scores)) => return Piece::Prompt(scores),
                 Some(Event::Failed(e)) => return Piece::Failed(e),
                 None => return Piece::Failed("the generation stopped".into()),
             }
@@ -1121,7 +1265,7 @@ fn merge(choices: Vec<Text>) -> mpsc::Receiver<(usize, Piece)> {
                     piece = text.next() => piece,
                     () = sender.closed() => return,
                 };
-                let last = !matches!(piece, Piece::Text(..));
+                let last = matches!(piece, Piece::End(..) | Piece::Failed(..));
                 if sender.send((index, piece)).await.is_err() || last {
                     return;
                 }
@@ -1140,12 +1284,15 @@ async fn whole(
     let mut texts = vec![String::new(); n];
     let mut scored: Vec<Vec<Scored>> = (0..n).map(|_| Vec::new()).collect();
     let mut finishes: Vec<Option<Finish>> = vec![None; n];
+    // Each choice's echoed prompt's log-probabilities.
+    let mut prompts: Vec<Option<Arc<[Logprobs]>>> = vec![None; n];
     let mut tokens = 0;
     while finishes.iter().any(Option::is_none) {
         let Some((index, piece)) = pieces.recv().await else {
             return Err(ApiError::Internal("generation failed: it stopped".into()).into());
         };
         match piece {
+            Piece::Prompt(scores) => prompts[index] = scores,
             Piece::Text(t, s) => {
                 texts[index].push_str(&t);
                 scored[index].extend(s);
@@ -1161,11 +1308,18 @@ async fn whole(
     }
     let choices: Vec<Value> = (0..n)
         .map(|i| {
-            let logprobs = if reply.logprobs {
-                reply.logprobs_json(&scored[i])
+            let mut logprobs = if reply.logprobs {
+                reply.logprobs_json(reply.after_echo(&mut scored[i]))
             } else {
                 Value::Null
             };
+            if let Some(echo) = &reply.echo {
+                texts[i].insert_str(0, &echo.text);
+                if reply.logprobs {
+                    let scores = prompts[i].as_deref().unwrap_or_default();
+                    logprobs = join(reply.echo_logprobs(echo, scores), logprobs);
+                }
+            }
             let finish = finishes[i].map(Finish::as_str);
             match reply.api {
                 Api::Chat => json!({
@@ -1214,8 +1368,18 @@ fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<(usize, Piece)>) ->
                 return;
             };
             let frame = match piece {
-                Piece::Text(t, scored) => {
-                    let scored = reply.logprobs.then_some(scored.as_slice());
+                Piece::Prompt(scores) => {
+                    let Some(echo) = &reply.echo else { continue };
+                    let mut chunk = reply.chunk(index, Some(&echo.text), false, None, None);
+                    if reply.logprobs {
+                        let scores = scores.as_deref().unwrap_or_default();
+                        chunk["choices"][0]["logprobs"] = reply.echo_logprobs(echo, scores);
+                    }
+                    send(&chunk)
+                }
+                Piece::Text(t, mut scored) => {
+                    let scored = reply.after_echo(&mut scored);
+                    let scored = reply.logprobs.then_some(scored);
                     send(&reply.chunk(index, Some(&t), false, scored, None))
                 }
                 Piece::End(finish, generated) => {
@@ -1339,7 +1503,6 @@ mod tests {
             json!({"tools": [{"type": "function"}]}),
             json!({"tool_choice": "auto"}),
             json!({"guided_json": {"type": "object"}}),
-            json!({"echo": true}),
             json!({"best_of": 2}),
             json!({"suffix": "x"}),
             json!({"modalities": ["audio"]}),

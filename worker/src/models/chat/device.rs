@@ -189,8 +189,8 @@ impl DeviceLlama {
     }
 
     /// Runs `steps` through the model, appending to each cache, and returns
-    /// the logits after the last token of each step that asks for them, in
-    /// order (as `Llama::forward`).
+    /// the logits each step asks for, one row each, in order (as
+    /// `Llama::forward`).
     pub fn forward(
         &self,
         steps: &mut [Step<'_, DeviceCache>],
@@ -311,14 +311,13 @@ impl DeviceLlama {
             x = (&x + layer.down.forward(&(gate * up)?)?)?;
         }
 
-        // The last row of each step that wants logits.
+        // The rows each step wants logits for: its last ones.
         let mut last = Vec::new();
         let mut end = 0u32;
         for step in steps.iter() {
             end += step.tokens.len() as u32;
-            if step.logits && !step.tokens.is_empty() {
-                last.push(end - 1);
-            }
+            let rows = step.logits.rows(step.tokens.len()) as u32;
+            last.extend(end - rows..end);
         }
         if last.is_empty() {
             return Ok(Vec::new());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::llama::Step;
+use super::llama::{Logits, Step};
 use super::schema::{Schema, SchemaState};
 use super::{Cache, ChatModel};
 use crate::models::bert::kernels::exp;
@@ -141,10 +141,13 @@ impl Finish {
     }
 }
 
-/// What a generation sends back, in order: tokens, then one `Done` or
-/// `Failed`.
+/// What a generation sends back, in order: the prompt's echo if asked,
+/// tokens, then one `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The prompt is read: the log-probability of each of its tokens from
+    /// the second on, when asked (a [`Generation::echo`]).
+    Prompt(Option<Arc<[Logprobs]>>),
     /// A generated token (end-of-turn tokens are not sent), with its
     /// log-probabilities when they were asked for.
     Token(u32, Option<Logprobs>),
@@ -167,6 +170,9 @@ pub struct Generation {
     /// More generations from the same prompt (OpenAI's `n`): each goes on
     /// from the prompt's cache, read once, and its logits.
     pub forks: Vec<Fork>,
+    /// Send [`Event::Prompt`] (to the forks too) once the prompt is read,
+    /// with its tokens' log-probabilities if `sampling.logprobs` asks.
+    pub echo: bool,
 }
 
 /// Another generation from a [`Generation`]'s prompt.
@@ -215,6 +221,16 @@ struct Active {
     history: History,
     /// Held to JSON, where the answer is.
     json: Option<SchemaState>,
+    /// The prompt's tokens' log-probabilities so far, from its second on
+    /// (an echo that reports them).
+    prompt_scores: Vec<Logprobs>,
+}
+
+impl Active {
+    /// Whether the prompt's log-probabilities are reported with its echo.
+    fn scores_prompt(&self) -> bool {
+        self.generation.echo && self.generation.sampling.logprobs.is_some()
+    }
 }
 
 /// The tokens so far, as the penalties see them.
@@ -280,6 +296,7 @@ fn run(model: &ChatModel, requests: &std_mpsc::Receiver<Generation>, max_sequenc
             }
             active.push(Active {
                 json: json_state(&generation.sampling),
+                prompt_scores: Vec::new(),
                 unread: generation.prompt.len(),
                 cache: model.decoder.new_cache(),
                 last: [0],
@@ -306,10 +323,12 @@ fn step(
 ) {
     let mut budget = PROMPT_CHUNK;
     let mut steps = Vec::with_capacity(active.len());
-    // Which sequences get logits this step.
-    let mut sampled = Vec::with_capacity(active.len());
+    // Each sequence in this step: where its tokens begin in its prompt,
+    // how many there are, and the logits it gets.
+    let mut runs = Vec::with_capacity(active.len());
     for (i, a) in active.iter_mut().enumerate() {
-        let tokens: &[u32] = if a.unread > 0 {
+        let scores = a.scores_prompt();
+        let (tokens, start, logits): (&[u32], usize, Logits) = if a.unread > 0 {
             if budget == 0 {
                 continue;
             }
@@ -317,14 +336,16 @@ fn step(
             let n = a.unread.min(budget);
             budget -= n;
             a.unread -= n;
-            &a.generation.prompt[start..start + n]
+            let logits = match (scores, a.unread) {
+                (true, _) => Logits::Every,
+                (false, 0) => Logits::Last,
+                (false, _) => Logits::None,
+            };
+            (&a.generation.prompt[start..start + n], start, logits)
         } else {
-            &a.last
+            (&a.last, 0, Logits::Last)
         };
-        let logits = a.unread == 0;
-        if logits {
-            sampled.push(i);
-        }
+        runs.push((i, start, tokens.len(), logits));
         steps.push(Step {
             cache: &mut a.cache,
             tokens,
@@ -345,9 +366,45 @@ fn step(
             return;
         }
     };
+    let mut rows = logits.into_iter();
     let mut finished = Vec::new();
-    for (i, logits) in sampled.into_iter().zip(logits) {
+    for (i, start, n, want) in runs {
         let a = &mut active[i];
+        // The logits the next token is picked from, if this step read the
+        // last of the prompt or decoded.
+        let logits = match want {
+            Logits::None => None,
+            Logits::Last => rows.next(),
+            Logits::Every => {
+                // Each prompt token's log-probability after those before
+                // it; the last row is what comes after the prompt.
+                let k = a.generation.sampling.logprobs.unwrap_or(0);
+                let mut last = None;
+                for at in start + 1..=start + n {
+                    let row = rows.next().expect("a row per token");
+                    match a.generation.prompt.get(at) {
+                        Some(&token) => a
+                            .prompt_scores
+                            .push(Report::new(&row, k, false).of(token, &row)),
+                        None => last = Some(row),
+                    }
+                }
+                last
+            }
+        };
+        let Some(logits) = logits else {
+            continue;
+        };
+        if a.generation.echo && a.generated == 0 && a.cache.len() == a.generation.prompt.len() {
+            // The prompt is read: each choice echoes it first.
+            let scores: Option<Arc<[Logprobs]>> = a
+                .scores_prompt()
+                .then(|| std::mem::take(&mut a.prompt_scores).into());
+            for fork in &a.generation.forks {
+                let _ = fork.events.send(Event::Prompt(scores.clone()));
+            }
+            let _ = a.generation.events.send(Event::Prompt(scores));
+        }
         // A prompt read for several generations: the others go on from
         // here, each with its own first token from the same logits, as a
         // slot frees.
@@ -390,12 +447,15 @@ impl Pending {
         let active = Active {
             rng: Rng::new(self.fork.sampling.seed),
             json: json_state(&self.fork.sampling),
+            prompt_scores: Vec::new(),
             generation: Generation {
                 prompt: Vec::new(),
                 max_tokens: self.max_tokens,
                 sampling: self.fork.sampling,
                 events: self.fork.events,
                 forks: Vec::new(),
+                // Sent its echo with the prompt's.
+                echo: false,
             },
             cache: (*self.cache).clone(),
             unread: 0,
@@ -413,6 +473,11 @@ impl Pending {
 /// Picks `a`'s next token from `logits` and sends it; whether `a` is done
 /// (its turn ended, its length reached, its client gone).
 fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
+    if a.generated >= a.generation.max_tokens {
+        // Nothing to generate (an echoed prompt scored, `max_tokens: 0`).
+        let _ = a.generation.events.send(Event::Done(Finish::Length));
+        return true;
+    }
     let sampling = &a.generation.sampling;
     // Reported from the model's own distribution, before any change.
     let report = sampling

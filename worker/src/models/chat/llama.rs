@@ -193,8 +193,30 @@ pub struct Step<'a, C = KvCache> {
     pub cache: &'a mut C,
     /// The tokens to run (a prompt, a chunk of one, or one decoded token).
     pub tokens: &'a [u32],
-    /// Whether the caller wants the logits after the last of them.
-    pub logits: bool,
+    /// Which logits the caller wants.
+    pub logits: Logits,
+}
+
+/// Which rows of a [`Step`] the caller wants logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a chunk of a prompt).
+    None,
+    /// After the last token: what comes next.
+    Last,
+    /// After every token, in order (a prompt's log-probabilities).
+    Every,
+}
+
+impl Logits {
+    /// How many rows of a step of `tokens` tokens are wanted.
+    pub fn rows(self, tokens: usize) -> usize {
+        match self {
+            Logits::None => 0,
+            Logits::Last => tokens.min(1),
+            Logits::Every => tokens,
+        }
+    }
 }
 
 impl Llama {
@@ -333,7 +355,7 @@ impl Llama {
     }
 
     /// Runs `steps` through the model, appending to each cache, and returns
-    /// the logits after the last token of each step that asks for them, in
+    /// the logits each step asks for ([`Logits`]), one row each, in
     /// order. `parallel`: split the work on rayon's current pool (call it
     /// inside `ThreadPool::install`, so the caller is one of the workers).
     pub fn forward(
@@ -424,14 +446,13 @@ impl Llama {
             step.cache.len += step.tokens.len();
         }
 
-        // The last row of each step that wants logits.
+        // The rows each step wants logits for: its last ones.
         let mut last = Vec::new();
         let mut end = 0;
         for step in steps.iter() {
             end += step.tokens.len();
-            if step.logits && !step.tokens.is_empty() {
-                last.extend_from_slice(&x[(end - 1) * d..end * d]);
-            }
+            let rows = step.logits.rows(step.tokens.len());
+            last.extend_from_slice(&x[(end - rows) * d..end * d]);
         }
         if last.is_empty() {
             return Ok(Vec::new());

@@ -26,7 +26,7 @@ use thaw_snapshot::mmap::MappedFile;
 
 use crate::models::ModelError;
 use device::{DeviceCache, DeviceLlama, Products};
-use llama::{KvCache, Llama, LlamaConfig, Step};
+use llama::{KvCache, Llama, LlamaConfig, Logits, Step};
 
 /// The decoder a chat model runs.
 pub enum Decoder {
@@ -209,7 +209,7 @@ impl ChatModel {
             let mut steps = [Step {
                 cache: &mut cache,
                 tokens: &ids,
-                logits: true,
+                logits: Logits::Last,
             }];
             self.decoder.forward(&mut steps, false)?;
         }
