@@ -485,8 +485,18 @@ fn bad_requests_get_400_in_openai_shape() {
         ),
         (
             "/v1/completions",
-            json!({"model": "smollm2", "prompt": [[1], [2]]}),
-            "one prompt per request",
+            json!({"model": "smollm2", "prompt": ["a", [1]]}),
+            "'prompt[1]' must be a string like 'prompt[0]'",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": [[1], [2, 99999]]}),
+            "'prompt[1]' item 1 must be a token id",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": vec!["a"; 65], "n": 2}),
+            "at most 128 choices",
         ),
         (
             "/v1/completions",
@@ -1188,4 +1198,57 @@ fn echo_returns_the_prompt_first_and_scores_it() {
     let r = complete(json!({"max_tokens": 0}));
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["param"], "max_tokens");
+}
+
+#[test]
+fn several_prompts_get_their_choices_in_order() {
+    let w = smollm2(4);
+    let prompts = ["The quick brown fox", "Once upon a time"];
+    let complete = |prompt: Value, extra: Value| {
+        let mut body =
+            json!({"model": "smollm2", "prompt": prompt, "temperature": 0, "max_tokens": 5});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let r = w.client.post_json("/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    // Each prompt's n choices, prompt by prompt (OpenAI's order), each
+    // what that prompt alone gets; the usage adds up over all of them.
+    let extra = json!({"n": 2, "echo": true, "logprobs": 1});
+    let both = complete(json!(prompts), extra.clone());
+    let choices = both["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 4);
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    for (k, prompt) in prompts.iter().enumerate() {
+        let alone = complete(json!(prompt), extra.clone());
+        prompt_tokens += alone["usage"]["prompt_tokens"].as_u64().expect("tokens");
+        completion_tokens += alone["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("tokens");
+        for j in 0..2 {
+            let c = &choices[2 * k + j];
+            assert_eq!(c["index"], 2 * k + j);
+            assert!(c["text"].as_str().is_some_and(|t| t.starts_with(prompt)));
+            assert_eq!(c["text"], alone["choices"][j]["text"]);
+            assert_eq!(c["logprobs"], alone["choices"][j]["logprobs"]);
+        }
+    }
+    assert_eq!(both["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(both["usage"]["completion_tokens"], completion_tokens);
+    // Token ids, several; streamed, each choice's chunks make its text.
+    let ids = json!([[504, 2365], [19842, 2365, 253]]);
+    let whole = complete(ids.clone(), json!({}));
+    let streamed = json!({"model": "smollm2", "prompt": ids, "temperature": 0,
+                          "max_tokens": 5, "stream": true});
+    let body = w.client.post_json("/v1/completions", &streamed).body;
+    for i in 0..2 {
+        let text: String = chunks(&body)
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["text"].as_str().map(String::from))
+            .collect();
+        assert_eq!(text, whole["choices"][i]["text"].as_str().expect("text"));
+    }
 }

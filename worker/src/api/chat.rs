@@ -48,8 +48,9 @@ enum Api {
 /// A checked generation request.
 #[derive(Debug)]
 struct Checked {
-    /// The prompt's ids.
-    prompt: Vec<u32>,
+    /// The prompts (one on the chat API; the legacy completions take
+    /// several, each with its `n` choices).
+    prompts: Vec<Input>,
     stream: bool,
     include_usage: bool,
     max_tokens: Option<usize>,
@@ -57,11 +58,19 @@ struct Checked {
     max_key: &'static str,
     sampling: Sampling,
     stop: Vec<String>,
-    /// How many choices to generate (OpenAI's `n`).
+    /// How many choices to generate for each prompt (OpenAI's `n`).
     n: usize,
-    /// The prompt's text, which each choice begins with (the legacy
+    /// Whether each choice begins with its prompt (the legacy
     /// completions' `echo`).
-    echo: Option<String>,
+    echo: bool,
+}
+
+/// One prompt: its ids, and its text as it is echoed (as written, or the
+/// ids decoded).
+#[derive(Debug)]
+struct Input {
+    ids: Vec<u32>,
+    text: Option<String>,
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -112,32 +121,55 @@ async fn generate(
         .into());
     };
     let checked = check(&fields, api, model)?;
-    let prompt = checked.prompt;
     let context = model.context();
-    if prompt.is_empty() {
-        return Err(bad("the prompt is empty".into()).into());
-    }
-    if prompt.len() >= context {
-        let leaves = if prompt.len() == context {
-            ", which leaves no room to generate"
+    let many = checked.prompts.len() > 1;
+    let name = |k: usize| {
+        if many {
+            format!("prompt {k}")
         } else {
-            ""
-        };
-        return Err(ApiError::ContextLength(format!(
-            "the prompt is {} tokens{leaves}; this model's context is {context} tokens",
-            prompt.len()
-        ))
-        .into());
+            "the prompt".to_string()
+        }
+    };
+    for (k, input) in checked.prompts.iter().enumerate() {
+        let len = input.ids.len();
+        if len == 0 {
+            return Err(bad(format!("{} is empty", name(k))).into());
+        }
+        if len >= context {
+            let leaves = if len == context {
+                ", which leaves no room to generate"
+            } else {
+                ""
+            };
+            return Err(ApiError::ContextLength(format!(
+                "{} is {len} tokens{leaves}; this model's context is {context} tokens",
+                name(k)
+            ))
+            .into());
+        }
     }
-    let room = context - prompt.len();
+    // The longest prompt leaves the least room.
+    let (longest, len) = checked
+        .prompts
+        .iter()
+        .map(|p| p.ids.len())
+        .enumerate()
+        .max_by_key(|&(k, len)| (len, std::cmp::Reverse(k)))
+        .expect("at least one prompt");
+    let room = context - len;
     let max_tokens = match checked.max_tokens {
         Some(n) if n > room => {
+            let whose = if many {
+                format!("prompt {longest}'s")
+            } else {
+                "the prompt's".to_string()
+            };
             return Err(ApiError::ContextLength(format!(
-                "{} is {n}, but the prompt's {} leave {room} of the context of {context}",
+                "{} is {n}, but {whose} {} leave {room} of the context of {context}",
                 checked.max_key,
-                count(prompt.len(), "token")
+                count(len, "token")
             ))
-            .into())
+            .into());
         }
         Some(n) => n,
         // OpenAI's (and vLLM's) default for the legacy completions: a
@@ -153,41 +185,49 @@ async fn generate(
         ))
         .into());
     }
-    let prompt_tokens = prompt.len();
-    let prompt_ids = if checked.echo.is_some() {
-        prompt.clone()
-    } else {
-        Vec::new()
-    };
-    // One generation per choice, all from the prompt read once; the engine
-    // runs them side by side. A given seed gives each choice its own (the
-    // seed, then the next ones).
-    let (events, choices): (Vec<_>, Vec<_>) = (0..checked.n)
-        .map(|_| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            let stop = checked.stop.clone();
-            let text = Text::new(model.clone(), stop, checked.sampling.min_tokens, receiver);
-            (sender, text)
-        })
-        .unzip();
-    let mut events = events.into_iter();
-    let first = events.next().expect("n is at least 1");
-    let forks = events
-        .zip(1u64..)
-        .map(|(events, index)| {
-            let mut sampling = checked.sampling.clone();
-            sampling.seed = sampling.seed.wrapping_add(index);
-            Fork { sampling, events }
-        })
-        .collect();
-    engine.submit(Generation {
-        prompt,
-        max_tokens,
-        sampling: checked.sampling.clone(),
-        events: first,
-        forks,
-        echo: checked.echo.is_some(),
-    })?;
+    let prompt_tokens = checked.prompts.iter().map(|p| p.ids.len()).sum();
+    let n = checked.n;
+    let mut choices = Vec::with_capacity(checked.prompts.len() * n);
+    let mut echoes = Vec::new();
+    for input in checked.prompts {
+        if checked.echo {
+            let text = input
+                .text
+                .unwrap_or_else(|| decode_prompt(model, &input.ids));
+            echoes.push(Echo::new(text, &input.ids, model));
+        }
+        // One generation per choice, all from the prompt read once; the
+        // engine runs them side by side. A given seed gives each choice its
+        // own (the seed, then the next ones).
+        let (events, texts): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                let stop = checked.stop.clone();
+                let text = Text::new(model.clone(), stop, checked.sampling.min_tokens, receiver);
+                (sender, text)
+            })
+            .unzip();
+        choices.extend(texts);
+        let mut events = events.into_iter();
+        let first = events.next().expect("n is at least 1");
+        let forks = events
+            .zip(1u64..)
+            .map(|(events, index)| {
+                let mut sampling = checked.sampling.clone();
+                sampling.seed = sampling.seed.wrapping_add(index);
+                Fork { sampling, events }
+            })
+            .collect();
+        engine.submit(Generation {
+            prompt: input.ids,
+            max_tokens,
+            sampling: checked.sampling.clone(),
+            events: first,
+            forks,
+            echo: checked.echo,
+        })?;
+    }
+    let total = choices.len();
     let reply = Reply {
         id: response_id(api),
         created: now(),
@@ -197,13 +237,69 @@ async fn generate(
         prompt_tokens,
         usage_chunks: checked.stream && checked.include_usage,
         logprobs: checked.sampling.logprobs.is_some(),
-        echo: checked.echo.map(|text| Echo::new(text, &prompt_ids, model)),
+        n,
+        echoes,
     };
     let pieces = merge(choices);
     if checked.stream {
-        Ok(stream(reply, checked.n, pieces))
+        Ok(stream(reply, total, pieces))
     } else {
-        whole(reply, checked.n, pieces).await
+        whole(reply, total, pieces).await
+    }
+}
+
+/// The legacy completions' `prompt`: a string, token ids, or an array of
+/// either (one prompt each).
+fn completion_prompts(value: Option<&Value>, model: &ChatModel) -> Result<Vec<Input>, ApiError> {
+    let vocabulary = model.tokenizer.vocab_size();
+    let text = |p: &String| -> Result<Input, ApiError> {
+        Ok(Input {
+            ids: encode_raw(model, p)?,
+            text: Some(p.clone()),
+        })
+    };
+    let ids = |items: &[Value]| -> Result<Input, ApiError> {
+        Ok(Input {
+            ids: prompt_ids(items, vocabulary)?,
+            text: None,
+        })
+    };
+    match value {
+        Some(Value::String(p)) => Ok(vec![text(p)?]),
+        Some(Value::Array(items)) => match items.as_slice() {
+            [] => Err(bad("'prompt' is empty".into())),
+            // Token ids (as OpenAI and vLLM take them): the prompt as is.
+            [first, ..] if first.is_number() => Ok(vec![ids(items)?]),
+            // Several prompts, all strings or all token ids.
+            prompts => prompts
+                .iter()
+                .enumerate()
+                .map(|(k, p)| match (p, &prompts[0]) {
+                    (Value::String(p), Value::String(_)) => text(p),
+                    (Value::Array(items), Value::Array(_)) if !items.is_empty() => ids(items)
+                        .map_err(|e| match e {
+                            ApiError::BadRequest(m) => {
+                                bad(m.replacen("'prompt' item", &format!("'prompt[{k}]' item"), 1))
+                            }
+                            other => other,
+                        }),
+                    _ => Err(bad(format!(
+                        "'prompt[{k}]' must be {} like 'prompt[0]', got {}",
+                        if prompts[0].is_string() {
+                            "a string"
+                        } else {
+                            "a non-empty array of token ids"
+                        },
+                        type_name(p)
+                    ))),
+                })
+                .collect(),
+        },
+        None | Some(Value::Null) => Err(bad("missing required parameter: 'prompt'".into())),
+        Some(other) => Err(bad(format!(
+            "'prompt' must be a string, token ids, or an array of either, got {}",
+            type_name(other)
+        ))),
     }
 }
 
@@ -309,60 +405,23 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
                 .into(),
         ));
     }
-    // A string prompt, echoed as it was written.
-    let mut prompt_text = None;
-    let prompt = match api {
+    let prompts = match api {
         Api::Chat => {
             let messages = messages(fields.get("messages"))?;
             let prompt = model
                 .template
                 .render_prompt(&messages, true)
                 .map_err(|e| bad(e.to_string()))?;
-            model
+            let ids = model
                 .tokenizer
                 .encode_prompt(&prompt, &messages)
                 .map_err(|e| match e {
                     ModelError::Inference(why) => bad(why),
                     other => bad(other.to_string()),
-                })?
+                })?;
+            vec![Input { ids, text: None }]
         }
-        Api::Completions => match fields.get("prompt") {
-            Some(Value::String(p)) => {
-                prompt_text = Some(p.clone());
-                encode_raw(model, p)?
-            }
-            Some(Value::Array(items)) => match items.as_slice() {
-                [] => return Err(bad("'prompt' is empty".into())),
-                [Value::String(p)] => {
-                    prompt_text = Some(p.clone());
-                    encode_raw(model, p)?
-                }
-                // Token ids (as OpenAI and vLLM take them): the prompt as
-                // is, given flat or as an array of one.
-                [first, ..] if first.is_number() => {
-                    prompt_ids(items, model.tokenizer.vocab_size())?
-                }
-                [Value::Array(ids)] if !ids.is_empty() => {
-                    prompt_ids(ids, model.tokenizer.vocab_size())?
-                }
-                _ => {
-                    return Err(bad(
-                        "'prompt' must be a string or token ids (or an array of one of \
-                         those): one prompt per request"
-                            .into(),
-                    ))
-                }
-            },
-            None | Some(Value::Null) => {
-                return Err(bad("missing required parameter: 'prompt'".into()))
-            }
-            Some(other) => {
-                return Err(bad(format!(
-                    "'prompt' must be a string, got {}",
-                    type_name(other)
-                )))
-            }
-        },
+        Api::Completions => completion_prompts(fields.get("prompt"), model)?,
     };
     let number = |key: &str, default: f64, range: (f64, f64)| match fields.get(key) {
         None | Some(Value::Null) => Ok(default),
@@ -539,9 +598,14 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
     if stop.iter().any(String::is_empty) {
         return Err(bad("'stop' sequences must not be empty".into()));
     }
-    let echo = echo.then(|| prompt_text.unwrap_or_else(|| decode_prompt(model, &prompt)));
+    if prompts.len() * n > MAX_CHOICES as usize {
+        return Err(bad(format!(
+            "'prompt' has {} prompts and 'n' is {n}: at most {MAX_CHOICES} choices a request",
+            prompts.len()
+        )));
+    }
     Ok(Checked {
-        prompt,
+        prompts,
         stream,
         include_usage,
         max_tokens,
@@ -854,8 +918,10 @@ struct Reply {
     usage_chunks: bool,
     /// Whether log-probabilities were asked for.
     logprobs: bool,
-    /// The prompt each choice begins with, when echoed.
-    echo: Option<Echo>,
+    /// Choices per prompt: choice `i` is prompt `i / n`'s.
+    n: usize,
+    /// Each prompt, when echoed.
+    echoes: Vec<Echo>,
 }
 
 /// An echoed prompt: its text, and each token's and where its text begins.
@@ -973,9 +1039,15 @@ impl Reply {
         (text, bytes)
     }
 
-    /// Generated tokens, their offsets counted after the echoed prompt.
-    fn after_echo<'s>(&self, scored: &'s mut [Scored]) -> &'s [Scored] {
-        if let Some(echo) = &self.echo {
+    /// The prompt choice `i` begins with, if echoed.
+    fn echo(&self, i: usize) -> Option<&Echo> {
+        self.echoes.get(i / self.n)
+    }
+
+    /// Choice `i`'s generated tokens, their offsets counted after its
+    /// echoed prompt.
+    fn after_echo<'s>(&self, i: usize, scored: &'s mut [Scored]) -> &'s [Scored] {
+        if let Some(echo) = self.echo(i) {
             for s in scored.iter_mut() {
                 s.offset += echo.chars;
             }
@@ -1309,11 +1381,11 @@ async fn whole(
     let choices: Vec<Value> = (0..n)
         .map(|i| {
             let mut logprobs = if reply.logprobs {
-                reply.logprobs_json(reply.after_echo(&mut scored[i]))
+                reply.logprobs_json(reply.after_echo(i, &mut scored[i]))
             } else {
                 Value::Null
             };
-            if let Some(echo) = &reply.echo {
+            if let Some(echo) = reply.echo(i) {
                 texts[i].insert_str(0, &echo.text);
                 if reply.logprobs {
                     let scores = prompts[i].as_deref().unwrap_or_default();
@@ -1369,7 +1441,9 @@ fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<(usize, Piece)>) ->
             };
             let frame = match piece {
                 Piece::Prompt(scores) => {
-                    let Some(echo) = &reply.echo else { continue };
+                    let Some(echo) = reply.echo(index) else {
+                        continue;
+                    };
                     let mut chunk = reply.chunk(index, Some(&echo.text), false, None, None);
                     if reply.logprobs {
                         let scores = scores.as_deref().unwrap_or_default();
@@ -1378,7 +1452,7 @@ fn stream(reply: Reply, n: usize, mut pieces: mpsc::Receiver<(usize, Piece)>) ->
                     send(&chunk)
                 }
                 Piece::Text(t, mut scored) => {
-                    let scored = reply.after_echo(&mut scored);
+                    let scored = reply.after_echo(index, &mut scored);
                     let scored = reply.logprobs.then_some(scored);
                     send(&reply.chunk(index, Some(&t), false, scored, None))
                 }

@@ -395,8 +395,9 @@ fn step(
         let Some(logits) = logits else {
             continue;
         };
-        if a.generation.echo && a.generated == 0 && a.cache.len() == a.generation.prompt.len() {
-            // The prompt is read: each choice echoes it first.
+        if a.generation.echo && a.generated == 0 {
+            // The prompt is read (a decode step comes after a token): each
+            // choice echoes it first.
             let scores: Option<Arc<[Logprobs]>> = a
                 .scores_prompt()
                 .then(|| std::mem::take(&mut a.prompt_scores).into());
