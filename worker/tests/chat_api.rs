@@ -887,20 +887,25 @@ fn choices_biases_penalties_and_vllm_sampling_extras() {
     ));
 
     // min_tokens: an answer that ends its turn early goes on to the minimum.
-    let brief = |min: u64| {
-        let r = w.client.post_json(
-            "/v1/chat/completions",
-            &json!({"model": "smollm2", "messages": [{"role": "user", "content": "What is 2+2?"}],
-                "temperature": 0, "max_tokens": 40, "min_tokens": min}),
-        );
+    let brief = |extra: Value| {
+        let mut body = json!({"model": "smollm2",
+            "messages": [{"role": "user", "content": "What is 2+2?"}],
+            "temperature": 0, "max_tokens": 40});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let r = w.client.post_json("/v1/chat/completions", &body);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["usage"]["completion_tokens"]
-            .as_u64()
-            .expect("tokens")
+        let r = r.json();
+        let tokens = r["usage"]["completion_tokens"].as_u64().expect("tokens");
+        (tokens, r["choices"][0]["finish_reason"].clone())
     };
-    let natural = brief(0);
+    let (natural, _) = brief(json!({}));
     assert!(natural < 30, "{natural}");
-    assert!(brief(30) >= 30);
+    assert!(brief(json!({"min_tokens": 30})).0 >= 30);
+    // ignore_eos (vLLM's, for benchmarks' fixed lengths): only the length
+    // ends it.
+    assert_eq!(brief(json!({"ignore_eos": true})), (40, json!("length")));
     // Stop sequences too count only from the minimum on (vLLM's rule): the
     // greedy text cut at its first space goes on past it.
     let first_space = greedy.as_str().expect("text").find(' ').expect("a space");

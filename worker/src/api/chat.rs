@@ -622,6 +622,7 @@ fn check(fields: &Map<String, Value>, api: Api, model: &ChatModel) -> Result<Che
             min_p,
             repetition_penalty,
             min_tokens,
+            ignore_eos: boolean(fields, "ignore_eos")?,
             format: response_format(fields.get("response_format"))?,
         },
         stop,

@@ -54,6 +54,9 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     /// The turn cannot end before this many tokens (vLLM's `min_tokens`).
     pub min_tokens: usize,
+    /// The turn never ends: only the length does (vLLM's `ignore_eos`, as
+    /// benchmarks send it for a fixed output length).
+    pub ignore_eos: bool,
     /// What the answer must be.
     pub format: Format,
 }
@@ -94,6 +97,7 @@ impl Sampling {
             min_p: 0.0,
             repetition_penalty: 1.0,
             min_tokens: 0,
+            ignore_eos: false,
             format: Format::Text,
         }
     }
@@ -107,7 +111,7 @@ impl Sampling {
 
     /// Whether the logits are changed before a token is picked.
     fn adjusts(&self) -> bool {
-        self.penalizes() || !self.logit_bias.is_empty() || self.min_tokens > 0
+        self.penalizes() || !self.logit_bias.is_empty() || self.min_tokens > 0 || self.ignore_eos
     }
 }
 
@@ -485,8 +489,8 @@ fn choose(model: &ChatModel, a: &mut Active, mut logits: Vec<f32>) -> bool {
         .logprobs
         .map(|k| Report::new(&logits, k, sampling.adjusts()));
     if sampling.adjusts() {
-        // Before its minimum, the turn cannot end.
-        let stops = if a.generated < sampling.min_tokens {
+        // Before its minimum (ever, ignoring the end), the turn cannot end.
+        let stops = if a.generated < sampling.min_tokens || sampling.ignore_eos {
             model.tokenizer.stop_ids()
         } else {
             &[]

@@ -539,9 +539,15 @@ pub(super) mod tests {
         let around = [text.first(), text.last()]
             .iter()
             .any(|b| b.is_some_and(|b| b" \t\n\r".contains(b)));
-        // serde_json refuses numbers beyond f64's range, which JSON's
-        // grammar allows: every digit of an exponent becomes 0 (a digit
-        // for a digit, wherever it is, changes nothing else).
+        let parsed = parse(text).is_ok_and(|v| v.is_object());
+        within_limits && !around && parsed
+    }
+
+    /// `text` parsed by serde_json, which refuses numbers beyond f64's
+    /// range that JSON's grammar allows: every digit of an exponent
+    /// becomes 0 first (a digit for a digit, wherever it is, changes
+    /// nothing else).
+    pub(in crate::models::chat) fn parse(text: &[u8]) -> serde_json::Result<serde_json::Value> {
         let mut exponent = false;
         let tamed: Vec<u8> = text
             .iter()
@@ -553,9 +559,7 @@ pub(super) mod tests {
                 b
             })
             .collect();
-        let parsed =
-            serde_json::from_slice::<serde_json::Value>(&tamed).is_ok_and(|v| v.is_object());
-        within_limits && !around && parsed
+        serde_json::from_slice(&tamed)
     }
 
     /// Makes `edits` random changes to `text`: a byte of `alphabet` put in

@@ -34,7 +34,16 @@ pub const MAX_CHOICES: usize = 64;
 pub struct Schema {
     nodes: Vec<Node>,
     root: u16,
+    /// Each node's least frames a value of it takes, nested values
+    /// included ([`NEVER`]: no value is possible). A value begins only
+    /// where its least fits under [`MAX_FRAMES`], so that the answer can
+    /// always end: a recursive schema's answer goes no deeper than its
+    /// way out allows.
+    need: Vec<u32>,
 }
+
+/// The `need` of a node that admits no value.
+const NEVER: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 enum Node {
@@ -64,6 +73,8 @@ enum Node {
     },
     /// One of these, told apart by their first byte.
     AnyOf(Vec<u16>),
+    /// Nothing (the schema `false`).
+    Never,
     /// Not compiled yet (a `$ref` target being compiled).
     Pending,
 }
@@ -106,6 +117,7 @@ impl Schema {
         Schema {
             nodes: vec![Node::Any { object: true }],
             root: 0,
+            need: vec![1],
         }
     }
 
@@ -116,11 +128,13 @@ impl Schema {
             root: schema,
             nodes: Vec::new(),
             refs: HashMap::new(),
+            places: HashMap::new(),
         };
         let root = compiler.node(schema, "#")?;
-        let schema = Schema {
+        let mut schema = Schema {
             nodes: compiler.nodes,
             root,
+            need: Vec::new(),
         };
         if schema.nodes.iter().any(|n| matches!(n, Node::Pending)) {
             return Err("'$ref's refer to one another with nothing between".into());
@@ -143,10 +157,12 @@ impl Schema {
                     for b in 0..=255u8 {
                         if schema.begins(a, b, 0)? {
                             if seen[b as usize] {
+                                let place = compiler.places.get(&(k as u16));
                                 return Err(format!(
-                                    "'anyOf' (node {k}) has alternatives that begin alike \
+                                    "'anyOf' at {} has alternatives that begin alike \
                                      (with {:?}); only alternatives of different types \
                                      (a string or null, an object or an array…) are supported",
+                                    place.map_or("#", String::as_str),
                                     b as char
                                 ));
                             }
@@ -156,7 +172,63 @@ impl Schema {
                 }
             }
         }
-        Ok(schema)
+        schema.need = schema.needs();
+        match schema.need[root as usize] {
+            NEVER => Err(
+                "the schema admits no value: a required property or item admits \
+                          nothing, or a recursion never ends"
+                    .into(),
+            ),
+            need if need as usize > MAX_FRAMES => Err(format!(
+                "the schema's values nest {need} deep at the least; at most {MAX_FRAMES} are \
+                 supported"
+            )),
+            _ => Ok(schema),
+        }
+    }
+
+    /// Each node's least frames (see `need`), to a fixed point: a
+    /// recursion's least is that of its way out.
+    fn needs(&self) -> Vec<u32> {
+        let mut need = vec![NEVER; self.nodes.len()];
+        loop {
+            let mut changed = false;
+            for (k, node) in self.nodes.iter().enumerate() {
+                let least = match node {
+                    Node::Any { .. } | Node::Number { .. } | Node::String | Node::Literals(_) => 1,
+                    Node::Never | Node::Pending => NEVER,
+                    Node::Array { min: 0, .. } => 1,
+                    Node::Array { items, .. } => need[*items as usize].saturating_add(1),
+                    Node::Object {
+                        values, required, ..
+                    } => values
+                        .iter()
+                        .zip(required)
+                        .filter(|(_, &r)| r)
+                        .map(|(&v, _)| need[v as usize])
+                        .max()
+                        .unwrap_or(0)
+                        .saturating_add(1),
+                    Node::AnyOf(alternatives) => alternatives
+                        .iter()
+                        .map(|&a| need[a as usize])
+                        .min()
+                        .unwrap_or(NEVER),
+                };
+                if least < need[k] {
+                    need[k] = least;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return need;
+            }
+        }
+    }
+
+    /// Whether a value of `node` fits in `room` frames.
+    fn fits(&self, node: u16, room: usize) -> bool {
+        self.need[node as usize] as usize <= room
     }
 
     /// Whether a value of `node` can begin with `b`.
@@ -179,7 +251,7 @@ impl Schema {
                 }
                 false
             }
-            Node::Pending => false,
+            Node::Never | Node::Pending => false,
         })
     }
 
@@ -211,9 +283,10 @@ impl Schema {
         }
     }
 
-    /// The frame of a value of `node` that begins with `b` (not whitespace).
-    fn begin(&self, node: u16, b: u8) -> Option<Frame> {
-        let node = self.pick(node, b)?;
+    /// The frame of a value of `node` that begins with `b` (not
+    /// whitespace), where `room` frames are left for it.
+    fn begin(&self, node: u16, b: u8, room: usize) -> Option<Frame> {
+        let node = self.pick(node, b).filter(|&n| self.fits(n, room))?;
         Some(match &self.nodes[node as usize] {
             Node::Any { object } => {
                 let start = if *object {
@@ -247,6 +320,27 @@ impl Schema {
         })
     }
 
+    /// The keys of an object of `node` that may come next: from `next` up
+    /// to the first required one (those before it may be left out), the
+    /// optional ones only where their values fit in `room` frames.
+    fn next_keys(&self, node: u16, next: u16, room: usize) -> Option<u64> {
+        let Node::Object {
+            values, required, ..
+        } = &self.nodes[node as usize]
+        else {
+            return None;
+        };
+        let next = next as usize;
+        let last = required[next..]
+            .iter()
+            .position(|&r| r)
+            .map_or(values.len(), |p| next + p + 1);
+        mask(
+            (0..values.len())
+                .map(|k| (next..last).contains(&k) && (required[k] || self.fits(values[k], room))),
+        )
+    }
+
     /// Whether an object of `node` may end with properties from `next` on
     /// left out.
     fn may_close(&self, node: u16, next: u16) -> bool {
@@ -270,6 +364,8 @@ struct Compiler<'a> {
     nodes: Vec<Node>,
     /// `$ref` targets compiled (or being compiled), by their path.
     refs: HashMap<String, u16>,
+    /// Where each `anyOf` is in the schema, for its errors.
+    places: HashMap<u16, String>,
 }
 
 impl Compiler<'_> {
@@ -283,7 +379,7 @@ impl Compiler<'_> {
     fn node(&mut self, schema: &Value, path: &str) -> Result<u16, String> {
         let fields = match schema {
             Value::Bool(true) => return self.add(Node::Any { object: false }),
-            Value::Bool(false) => return Err(format!("{path} is false, which admits nothing")),
+            Value::Bool(false) => return self.add(Node::Never),
             Value::Object(fields) => fields,
             other => {
                 return Err(format!(
@@ -329,7 +425,9 @@ impl Compiler<'_> {
                 .enumerate()
                 .map(|(k, a)| self.node(a, &format!("{path}/anyOf/{k}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            return self.add(Node::AnyOf(ids));
+            let id = self.add(Node::AnyOf(ids))?;
+            self.places.insert(id, path.to_string());
+            return Ok(id);
         }
         let types: Vec<&str> = match fields.get("type") {
             None => Vec::new(),
@@ -370,12 +468,20 @@ impl Compiler<'_> {
         } else {
             types
         };
+        // An integer is a number: both is a number.
+        let types: Vec<&str> = if types.contains(&"number") {
+            types.into_iter().filter(|t| *t != "integer").collect()
+        } else {
+            types
+        };
         if types.len() > 1 {
             let ids = types
                 .iter()
                 .map(|t| self.typed(fields, t, path))
                 .collect::<Result<Vec<_>, _>>()?;
-            return self.add(Node::AnyOf(ids));
+            let id = self.add(Node::AnyOf(ids))?;
+            self.places.insert(id, format!("{path}/type"));
+            return Ok(id);
         }
         self.typed(fields, types[0], path)
     }
@@ -567,6 +673,9 @@ impl Compiler<'_> {
         self.refs.insert(target.clone(), id);
         let compiled = self.node(schema, target)?;
         self.nodes[id as usize] = self.nodes[compiled as usize].clone();
+        if let Some(place) = self.places.get(&compiled).cloned() {
+            self.places.insert(id, place);
+        }
         Ok(id)
     }
 }
@@ -716,7 +825,8 @@ impl Grammar for Schema {
             }
             match *s.top() {
                 Frame::Value(node) => {
-                    *s.top() = self.begin(node, b)?;
+                    let room = MAX_FRAMES - (s.len as usize - 1);
+                    *s.top() = self.begin(node, b, room)?;
                     // (No value is whole at its first byte; an `Any`
                     // checks, as it would at any other.)
                     if let Frame::Any(inner) = *s.top() {
@@ -806,12 +916,14 @@ impl Grammar for Schema {
                     let Node::Array { items, min, max } = self.nodes[node as usize] else {
                         return None;
                     };
+                    // Another item only where one fits (inside this array).
+                    let more = count < max && self.fits(items, MAX_FRAMES - s.len as usize);
                     match (at, b) {
                         (ArrayAt::Open | ArrayAt::After, b']') if count >= min => {
                             s.pop();
                             return Some(s);
                         }
-                        (ArrayAt::After, b',') if count < max => {
+                        (ArrayAt::After, b',') if more => {
                             *s.top() = Frame::Array {
                                 node,
                                 count,
@@ -819,7 +931,7 @@ impl Grammar for Schema {
                             };
                             return Some(s);
                         }
-                        (ArrayAt::Open | ArrayAt::Item, _) if count < max => {
+                        (ArrayAt::Open | ArrayAt::Item, _) if more => {
                             *s.top() = Frame::Array {
                                 node,
                                 count: count + 1,
@@ -832,14 +944,11 @@ impl Grammar for Schema {
                     }
                 }
                 Frame::Object { node, next, at } => {
-                    let Node::Object {
-                        keys,
-                        values,
-                        required,
-                    } = &self.nodes[node as usize]
-                    else {
+                    let Node::Object { keys, values, .. } = &self.nodes[node as usize] else {
                         return None;
                     };
+                    // What a property's value has (it goes above this).
+                    let room = MAX_FRAMES - s.len as usize;
                     let to = |at| Frame::Object { node, next, at };
                     match (at, b) {
                         (ObjectAt::Key { first: true } | ObjectAt::After, b'}')
@@ -848,14 +957,7 @@ impl Grammar for Schema {
                             s.pop();
                         }
                         (ObjectAt::Key { .. }, b'"') => {
-                            // The keys from `next` up to the first required
-                            // one (those before it may be left out).
-                            let last = required[next as usize..]
-                                .iter()
-                                .position(|&r| r)
-                                .map_or(keys.len(), |p| next as usize + p + 1);
-                            let candidates =
-                                mask((0..keys.len()).map(|k| k >= next as usize && k < last))?;
+                            let candidates = self.next_keys(node, next, room)?;
                             *s.top() = to(ObjectAt::InKey { candidates, at: 1 });
                         }
                         (ObjectAt::InKey { candidates, at }, _) => {
@@ -885,7 +987,7 @@ impl Grammar for Schema {
                             *s.top() = to(ObjectAt::After);
                             s.push(Frame::Value(values[k as usize]))?;
                         }
-                        (ObjectAt::After, b',') if (next as usize) < keys.len() => {
+                        (ObjectAt::After, b',') if self.next_keys(node, next, room).is_some() => {
                             *s.top() = to(ObjectAt::Key { first: false });
                         }
                         _ => return None,
@@ -910,7 +1012,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::models::chat::json::tests::mutate;
+    use crate::models::chat::json::tests::{mutate, parse};
     use crate::models::chat::json::Tokens;
 
     fn accepts(schema: &Schema, text: &str) -> bool {
@@ -1105,6 +1207,121 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_can_always_end_however_deep_it_goes() {
+        // From any state reached, some byte comes next until the answer is
+        // whole: random walks through each schema, taking bytes among
+        // JSON's structural ones where they may come (else any that may).
+        let schemas = [
+            // A linked list: its recursion ends only with null.
+            json!({"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#"},
+                   {"type": "null"}]}}, "required": ["next"]}),
+            // Optional recursion; a tree of arrays; numbers in nested lists.
+            json!({"type": "object", "properties": {"n": {"$ref": "#"}}}),
+            json!({"$defs": {"t": {"type": "object", "properties": {
+                       "kids": {"type": "array", "items": {"$ref": "#/$defs/t"}}},
+                       "required": ["kids"]}}, "$ref": "#/$defs/t"}),
+            json!({"$defs": {"v": {"type": ["number", "array"], "items": {"$ref": "#/$defs/v"}}},
+                   "type": "object", "properties": {"v": {"$ref": "#/$defs/v"}},
+                   "required": ["v"]}),
+            // An item that admits nothing: only empty arrays.
+            json!({"type": "object", "properties": {"a": {"type": "array", "items": false},
+                   "b": false}, "required": ["a"]}),
+        ];
+        let structural: &[u8] = b"{}[]\":,0123456789-ntruefalsx ";
+        let mut rng = super::super::engine::Rng::new(11);
+        let mut pick = |n: usize| ((rng.next_f32() * n as f32) as usize).min(n - 1);
+        for raw in schemas {
+            let schema = compiled(raw.clone());
+            let (mut deepest, mut whole) = (0, 0);
+            for _ in 0..40 {
+                let mut state = schema.start();
+                let mut text = Vec::new();
+                while !state.done() && text.len() < 3000 {
+                    let can = |bytes: &mut dyn Iterator<Item = u8>| -> Vec<u8> {
+                        bytes
+                            .filter(|&b| schema.step(&state, b).is_some())
+                            .collect()
+                    };
+                    let mut next = can(&mut structural.iter().copied());
+                    if next.is_empty() {
+                        next = can(&mut (0..=255u8));
+                    }
+                    assert!(
+                        !next.is_empty(),
+                        "{raw}: a dead end after {:?}",
+                        String::from_utf8_lossy(&text)
+                    );
+                    let b = next[pick(next.len())];
+                    state = schema.step(&state, b).expect("allowed");
+                    text.push(b);
+                    deepest = deepest.max(state.len);
+                }
+                if state.done() {
+                    let v = parse(&text).expect("JSON");
+                    assert!(shaped(&raw, &v), "{raw}: {v}");
+                    whole += 1;
+                }
+            }
+            assert!(whole > 0, "{raw}: no walk ended");
+            assert!(deepest as usize <= MAX_FRAMES);
+        }
+        // The list goes as deep as the frames allow, then only null.
+        let list = compiled(json!({"type": "object", "properties": {"next": {"anyOf": [
+            {"$ref": "#"}, {"type": "null"}]}}, "required": ["next"]}));
+        let mut state = list.start();
+        let mut depth = 0;
+        while let Some(deeper) = list.feed(&state, br#"{"next":"#) {
+            state = deeper;
+            depth += 1;
+        }
+        // Each object's `next` takes a frame above it: the last null too.
+        assert_eq!(depth, MAX_FRAMES - 1);
+        let closed = [b"null".to_vec(), vec![b'}'; depth]].concat();
+        assert!(list.feed(&state, &closed).is_some_and(|s| s.done()));
+    }
+
+    /// Whether `v` has the shape of its walk's schema, checked on the
+    /// parsed value: lists end in null, trees have only kids, numbers in
+    /// lists, arrays of nothing empty.
+    fn shaped(schema: &Value, v: &Value) -> bool {
+        fn list(v: &Value) -> bool {
+            v.is_null() || v.get("next").is_some_and(list)
+        }
+        fn optional(v: &Value) -> bool {
+            v.as_object()
+                .is_some_and(|o| o.iter().all(|(k, x)| k == "n" && optional(x)))
+        }
+        fn tree(v: &Value) -> bool {
+            v.as_object().map(|o| o.len()) == Some(1)
+                && v["kids"].as_array().is_some_and(|k| k.iter().all(tree))
+        }
+        fn nested(v: &Value) -> bool {
+            v.is_number() || v.as_array().is_some_and(|a| a.iter().all(nested))
+        }
+        let props = &schema["properties"];
+        if props.get("next").is_some() {
+            v.get("next").is_some_and(list)
+        } else if props.get("n").is_some() {
+            optional(v)
+        } else if props.get("v").is_some() {
+            v.get("v").is_some_and(nested)
+        } else if props.get("a").is_some() {
+            v["a"] == json!([]) && v.get("b").is_none()
+        } else {
+            tree(v)
+        }
+    }
+
+    /// An object whose one property nests 26 arrays of at least one item.
+    fn deep() -> Value {
+        let mut v = json!({"type": "null"});
+        for _ in 0..26 {
+            v = json!({"type": "array", "minItems": 1, "items": v});
+        }
+        json!({"type": "object", "properties": {"a": v}, "required": ["a"]})
+    }
+
+    #[test]
     fn what_cannot_be_held_to_is_refused_with_its_place() {
         for (schema, says) in [
             (json!({"type": "string"}), "root must be an object"),
@@ -1118,8 +1335,9 @@ mod tests {
                 "begin alike",
             ),
             (
-                json!({"type": "object", "properties": {"a": {"type": ["integer", "number"]}}}),
-                "begin alike",
+                json!({"type": "object", "properties": {"a": {"anyOf": [
+                    {"type": "integer"}, {"type": "number"}]}}}),
+                "'anyOf' at #/properties/a has alternatives that begin alike",
             ),
             (
                 json!({"type": "object", "required": ["a"]}),
@@ -1138,9 +1356,14 @@ mod tests {
                 "admits no value",
             ),
             (
-                json!({"type": "object", "properties": {"a": false}}),
-                "admits nothing",
+                json!({"type": "object", "properties": {"a": false}, "required": ["a"]}),
+                "admits no value",
             ),
+            (
+                json!({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}),
+                "a recursion never ends",
+            ),
+            (deep(), "nest 28 deep at the least"),
             (json!({"type": "thing"}), "names no JSON type"),
             (
                 json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/b"}},
