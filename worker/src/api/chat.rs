@@ -159,14 +159,10 @@ async fn generate(
     let room = context - len;
     let max_tokens = match checked.max_tokens {
         Some(n) if n > room => {
-            let whose = if many {
-                format!("prompt {longest}'s")
-            } else {
-                "the prompt's".to_string()
-            };
             return Err(ApiError::ContextLength(format!(
-                "{} is {n}, but {whose} {} leave {room} of the context of {context}",
+                "{} is {n}, but {}'s {} leave {room} of the context of {context}",
                 checked.max_key,
+                name(longest),
                 count(len, "token")
             ))
             .into());
@@ -258,9 +254,9 @@ fn completion_prompts(value: Option<&Value>, model: &ChatModel) -> Result<Vec<In
             text: Some(p.clone()),
         })
     };
-    let ids = |items: &[Value]| -> Result<Input, ApiError> {
+    let ids = |items: &[Value], field: &str| -> Result<Input, ApiError> {
         Ok(Input {
-            ids: prompt_ids(items, vocabulary)?,
+            ids: prompt_ids(items, vocabulary, field)?,
             text: None,
         })
     };
@@ -269,20 +265,16 @@ fn completion_prompts(value: Option<&Value>, model: &ChatModel) -> Result<Vec<In
         Some(Value::Array(items)) => match items.as_slice() {
             [] => Err(bad("'prompt' is empty".into())),
             // Token ids (as OpenAI and vLLM take them): the prompt as is.
-            [first, ..] if first.is_number() => Ok(vec![ids(items)?]),
+            [first, ..] if first.is_number() => Ok(vec![ids(items, "prompt")?]),
             // Several prompts, all strings or all token ids.
             prompts => prompts
                 .iter()
                 .enumerate()
                 .map(|(k, p)| match (p, &prompts[0]) {
                     (Value::String(p), Value::String(_)) => text(p),
-                    (Value::Array(items), Value::Array(_)) if !items.is_empty() => ids(items)
-                        .map_err(|e| match e {
-                            ApiError::BadRequest(m) => {
-                                bad(m.replacen("'prompt' item", &format!("'prompt[{k}]' item"), 1))
-                            }
-                            other => other,
-                        }),
+                    (Value::Array(items), Value::Array(_)) if !items.is_empty() => {
+                        ids(items, &format!("prompt[{k}]"))
+                    }
                     _ => Err(bad(format!(
                         "'prompt[{k}]' must be {} like 'prompt[0]', got {}",
                         if prompts[0].is_string() {
@@ -303,8 +295,9 @@ fn completion_prompts(value: Option<&Value>, model: &ChatModel) -> Result<Vec<In
     }
 }
 
-/// A prompt given as token ids: each a whole number below `vocabulary`.
-fn prompt_ids(items: &[Value], vocabulary: usize) -> Result<Vec<u32>, ApiError> {
+/// A prompt given as token ids (the field `field`): each a whole number
+/// below `vocabulary`.
+fn prompt_ids(items: &[Value], vocabulary: usize, field: &str) -> Result<Vec<u32>, ApiError> {
     items
         .iter()
         .enumerate()
@@ -314,8 +307,8 @@ fn prompt_ids(items: &[Value], vocabulary: usize) -> Result<Vec<u32>, ApiError> 
                 .map(|id| id as u32)
                 .ok_or_else(|| {
                     bad(format!(
-                        "'prompt' item {k} must be a token id below this model's vocabulary \
-                         of {vocabulary}, got {v}"
+                        "'{field}' item {k} must be a token id below this model's \
+                         vocabulary of {vocabulary}, got {v}"
                     ))
                 })
         })

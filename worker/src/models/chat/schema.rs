@@ -826,14 +826,8 @@ impl Grammar for Schema {
             match *s.top() {
                 Frame::Value(node) => {
                     let room = MAX_FRAMES - (s.len as usize - 1);
+                    // No value is whole at its first byte.
                     *s.top() = self.begin(node, b, room)?;
-                    // (No value is whole at its first byte; an `Any`
-                    // checks, as it would at any other.)
-                    if let Frame::Any(inner) = *s.top() {
-                        if inner.done() {
-                            s.pop();
-                        }
-                    }
                     return Some(s);
                 }
                 Frame::Any(inner) => match inner.step(b) {
