@@ -267,7 +267,7 @@ fn credit_score_refuses_bad_input_and_keeps_serving() {
             "/v1/embeddings",
             &json!({"model": "credit-score", "input": "hi"}),
         ),
-        400,
+        404,
         "unsupported_model_kind",
     );
     openai_error(

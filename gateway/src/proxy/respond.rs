@@ -249,7 +249,13 @@ pub async fn error(session: &mut Session, error: &GatewayError, openai: bool) ->
     if let GatewayError::MethodNotAllowed(allow) = error {
         extra.push(("allow", allow.to_string()));
     }
-    json(session, error.status(), &error.body(openai), &extra).await
+    // A model that does not serve an OpenAI endpoint is OpenAI's 404 (and
+    // vLLM's); KServe's `infer` on a chat model stays a bad request.
+    let status = match error {
+        GatewayError::WrongKind(_) if openai => 404,
+        _ => error.status(),
+    };
+    json(session, status, &error.body(openai), &extra).await
 }
 
 #[cfg(test)]

@@ -160,7 +160,14 @@ fn param(message: &str) -> Option<&str> {
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let body = self.body();
-        (self.0.status(), Json(body)).into_response()
+        // A model that does not serve the endpoint is OpenAI's 404 ("This
+        // is a chat model and not supported in the v1/completions
+        // endpoint"), and vLLM's.
+        let status = match self.0 {
+            ApiError::WrongKind(_) => StatusCode::NOT_FOUND,
+            _ => self.0.status(),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
