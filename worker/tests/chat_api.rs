@@ -545,7 +545,9 @@ fn bad_requests_get_400_in_openai_shape() {
     let r = w
         .client
         .post_json("/v1/embeddings", &json!({"model": "smollm2", "input": "x"}));
-    assert_eq!(r.status, 400);
+    // OpenAI's (and vLLM's) 404 for a model that does not serve the route.
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "unsupported_model_kind");
     // Generated through the OpenAI routes only: KServe's metadata lists
     // no tensors, and its infer says where to go.
     let meta = w.client.get("/v2/models/smollm2").json();
