@@ -97,6 +97,16 @@ impl GatewayError {
         }
     }
 
+    /// The HTTP status in the API's own terms (`openai`: OpenAI's shape).
+    /// A model that does not serve an OpenAI endpoint is OpenAI's 404 (and
+    /// vLLM's); KServe's `infer` on a chat model stays a bad request.
+    pub fn status_for(&self, openai: bool) -> u16 {
+        match self {
+            GatewayError::WrongKind(_) if openai => 404,
+            _ => self.status(),
+        }
+    }
+
     fn message(&self) -> String {
         match self {
             GatewayError::BadRequest(m)
@@ -249,13 +259,13 @@ pub async fn error(session: &mut Session, error: &GatewayError, openai: bool) ->
     if let GatewayError::MethodNotAllowed(allow) = error {
         extra.push(("allow", allow.to_string()));
     }
-    // A model that does not serve an OpenAI endpoint is OpenAI's 404 (and
-    // vLLM's); KServe's `infer` on a chat model stays a bad request.
-    let status = match error {
-        GatewayError::WrongKind(_) if openai => 404,
-        _ => error.status(),
-    };
-    json(session, status, &error.body(openai), &extra).await
+    json(
+        session,
+        error.status_for(openai),
+        &error.body(openai),
+        &extra,
+    )
+    .await
 }
 
 #[cfg(test)]

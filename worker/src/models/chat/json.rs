@@ -162,10 +162,34 @@ pub struct JsonState {
     /// array.
     open: u64,
     depth: u8,
-    /// Whitespace bytes in a row just before here.
-    space: u8,
+    space: Space,
+}
+
+/// The whitespace in a row just before here, bounded ([`MAX_SPACE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Space {
+    bytes: u8,
     /// Whether they hold a line break.
     line: bool,
+}
+
+impl Space {
+    /// Whether `b` is whitespace as the answer may write it.
+    pub(super) fn is(b: u8) -> bool {
+        matches!(b, b' ' | b'\t' | b'\n')
+    }
+
+    /// The run with whitespace byte `b` added, or `None` where the run may
+    /// not go on.
+    pub(super) fn add(self, b: u8) -> Option<Space> {
+        if self.bytes >= MAX_SPACE || (b == b'\n' && self.line) {
+            return None;
+        }
+        Some(Space {
+            bytes: self.bytes + 1,
+            line: self.line || b == b'\n',
+        })
+    }
 }
 
 impl Default for JsonState {
@@ -181,8 +205,7 @@ impl JsonState {
             lex: Lex::Start,
             open: 0,
             depth: 0,
-            space: 0,
-            line: false,
+            space: Space::default(),
         }
     }
 
@@ -249,17 +272,12 @@ impl JsonState {
             Lex::Done => None,
             Lex::Start if b == b'{' => s.open(true),
             Lex::Start => None,
-            _ if matches!(b, b' ' | b'\t' | b'\n') => {
-                if s.space >= MAX_SPACE || (b == b'\n' && s.line) {
-                    return None;
-                }
-                s.space += 1;
-                s.line |= b == b'\n';
+            _ if Space::is(b) => {
+                s.space = s.space.add(b)?;
                 Some(s)
             }
             lex => {
-                s.space = 0;
-                s.line = false;
+                s.space = Space::default();
                 match (lex, b) {
                     (Lex::Value | Lex::FirstItem, _) => s.value(b),
                     (Lex::FirstKey | Lex::Key, b'"') => {

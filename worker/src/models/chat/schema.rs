@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::json::{Grammar, JsonState, Num, StrAt, MAX_SPACE};
+use super::json::{Grammar, JsonState, Num, Space, StrAt};
 
 /// Most frames open at once: values nested in objects and arrays. A
 /// recursive schema's answer ends where it would go deeper.
@@ -260,8 +260,7 @@ impl Schema {
         let mut state = SchemaState {
             frames: [Frame::Value(0); MAX_FRAMES],
             len: 0,
-            space: 0,
-            line: false,
+            space: Space::default(),
         };
         state.push(Frame::Value(self.root));
         state
@@ -745,10 +744,9 @@ enum ObjectAt {
 pub struct SchemaState {
     frames: [Frame; MAX_FRAMES],
     len: u8,
-    /// Whitespace bytes in a row just before here, and whether they hold
-    /// a line break (bounded as JSON mode bounds them).
-    space: u8,
-    line: bool,
+    /// The whitespace in a row just before here (bounded as JSON mode
+    /// bounds it).
+    space: Space,
 }
 
 impl SchemaState {
@@ -771,20 +769,6 @@ impl SchemaState {
     fn pop(&mut self) {
         self.len -= 1;
     }
-
-    /// Takes a whitespace byte where whitespace may come.
-    fn space(mut self, b: u8) -> Option<SchemaState> {
-        if self.space >= MAX_SPACE || (b == b'\n' && self.line) {
-            return None;
-        }
-        self.space += 1;
-        self.line |= b == b'\n';
-        Some(self)
-    }
-}
-
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n')
 }
 
 impl Grammar for Schema {
@@ -804,10 +788,10 @@ impl Grammar for Schema {
             );
             if structural {
                 // The answer begins with its object, no whitespace first.
-                if s.len == 1 && matches!(s.top(), Frame::Value(_)) && is_space(b) {
+                if s.len == 1 && matches!(s.top(), Frame::Value(_)) && Space::is(b) {
                     return None;
                 }
-                if is_space(b) {
+                if Space::is(b) {
                     // Not inside a key.
                     if !matches!(
                         s.top(),
@@ -816,11 +800,11 @@ impl Grammar for Schema {
                             ..
                         }
                     ) {
-                        return s.space(b);
+                        s.space = s.space.add(b)?;
+                        return Some(s);
                     }
                 } else {
-                    s.space = 0;
-                    s.line = false;
+                    s.space = Space::default();
                 }
             }
             match *s.top() {
